@@ -1,0 +1,3 @@
+"""bnexp: experiments that test what Batch Normalization actually does."""
+
+__version__ = "0.1.0"

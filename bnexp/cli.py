@@ -1,0 +1,171 @@
+"""Typer commands: parse arguments, call into the library, print. No logic lives here.
+
+torch and Hydra are imported inside the commands so that ``bnexp --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bnexp.errors import BnexpError
+
+app = typer.Typer(help="bnexp: experiments that test what Batch Normalization actually does.",
+                  no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+data_app = typer.Typer(help="List, fetch and verify datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+Overrides = Annotated[Optional[list[str]], typer.Argument(  # noqa: UP007 (typer needs Optional)
+    help="Hydra overrides, e.g. norm=custom model=mlp optim.lr=0.05 trainer.epochs=1",
+    show_default=False)]
+DataRoot = Annotated[Optional[Path], typer.Option(  # noqa: UP007
+    "--root", help="Data folder (default: $BNEXP_DATA or ./data).")]
+
+
+@contextmanager
+def user_errors():
+    """Print a BnexpError as one short paragraph and exit 2; bugs keep their traceback."""
+    try:
+        yield
+    except BnexpError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _root(root: Path | None) -> Path:
+    import os
+
+    return root if root is not None else Path(os.environ.get("BNEXP_DATA", "./data"))
+
+
+@app.command()
+def train(overrides: Overrides = None) -> None:
+    """Train one model; OVERRIDES use Hydra's syntax (norm=torch model=cnn optim.lr=0.05)."""
+    with user_errors():
+        from bnexp.hydra_app import compose_config
+        from bnexp.train import train as run_training
+
+        cfg = compose_config(overrides or [])
+        try:
+            summary = run_training(cfg, overrides or [])
+        except KeyboardInterrupt:
+            typer.secho("interrupted: everything logged so far is kept in the run directory",
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(130) from None
+    final = summary["final"]
+    acc = f"test acc {100 * final['test/acc']:.2f}%" if "test/acc" in final else "no evaluation"
+    typer.echo(f"{summary['status']}: {acc} after {summary['steps']} steps in "
+               f"{summary['wall_time_s']:.1f}s -> {summary['run_dir']}")
+    if summary["status"] == "diverged":
+        typer.echo(f"the loss became non-finite at step {summary['diverged_step']}")
+
+
+@app.command()
+def config(overrides: Overrides = None) -> None:
+    """Print the composed, resolved config without training."""
+    with user_errors():
+        from omegaconf import OmegaConf
+
+        from bnexp.hydra_app import compose_config
+
+        typer.echo(OmegaConf.to_yaml(compose_config(overrides or [])), nl=False)
+
+
+@data_app.command("list")
+def data_list(root: DataRoot = None) -> None:
+    """Show the datasets bnexp knows and whether each is installed under the data folder."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bnexp.data import REGISTRY, is_present
+
+    root = _root(root)
+    table = Table("name", "classes", "shape", "installed", title=f"datasets in {root}")
+    for name, spec in REGISTRY.items():
+        table.add_row(name, str(spec.num_classes), "x".join(map(str, spec.shape)),
+                      "yes" if is_present(spec, root) else "no")
+    Console().print(table)
+
+
+@data_app.command("get")
+def data_get(
+    name: Annotated[str, typer.Argument(help="mnist | fashion_mnist | cifar10 | cifar100")],
+    from_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+        "--from", help="Folder holding the official archives (no download).")] = None,
+    root: DataRoot = None,
+) -> None:
+    """Download NAME (or install it from --from DIR) into the data folder, checking MD5s."""
+    with user_errors():
+        from bnexp import data
+
+        root = _root(root)
+        if from_dir is not None:
+            data.get_from_dir(name, from_dir, root)
+        else:
+            data.download(name, root)
+        problems = data.check_files(name, root)
+        if problems:
+            raise BnexpError(f"{name} was fetched but failed verification: {'; '.join(problems)}.")
+    typer.echo(f"{name}: installed and verified in {root}")
+
+
+@data_app.command("verify")
+def data_verify(
+    name: Annotated[str, typer.Argument(help="mnist | fashion_mnist | cifar10 | cifar100")],
+    root: DataRoot = None,
+) -> None:
+    """Check the installed files of NAME against the official MD5s."""
+    with user_errors():
+        from bnexp import data
+
+        root = _root(root)
+        problems = data.check_files(name, root)
+        if problems:
+            raise BnexpError(f"{name} in {root} failed verification: {'; '.join(problems)}. "
+                             f"Delete the files and run `bnexp data get {name}`.")
+    typer.echo(f"{name}: all files match the official MD5s ({root})")
+
+
+@app.command()
+def tb(
+    logdir: Annotated[Path, typer.Argument(help="Folder of runs to show.")] = Path("outputs"),
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 6006,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "localhost",
+) -> None:
+    """Start TensorBoard on LOGDIR (default outputs/) and print its URL."""
+    import socket
+    import subprocess
+
+    with user_errors():
+        if not logdir.is_dir():
+            raise BnexpError(f"{logdir} is not a folder. Pass the folder that holds your runs "
+                             "(default: outputs/, created by `bnexp train`).")
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+           "--port", str(port), "--host", host, "--reload_interval", "5"]
+    typer.echo(f"TensorBoard on {logdir}: http://{host}:{port}/  (Ctrl-C to stop)", err=False)
+    sys.stdout.flush()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        return
+    if proc.returncode not in (0, -15):
+        typer.secho(f"error: TensorBoard exited with code {proc.returncode}: "
+                    f"{err.strip().splitlines()[-1] if err.strip() else ''}. If the port is "
+                    "taken, pass --port 0.", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+
+
+if __name__ == "__main__":
+    app()

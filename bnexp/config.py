@@ -1,0 +1,153 @@
+"""The structured config schema (dataclasses) and the checks a type alone cannot express.
+
+Hydra merges the YAML files under ``configs/`` into these dataclasses, so an unknown key or a
+value of the wrong type is rejected at composition time; ``validate`` adds range checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bnexp.errors import BnexpError
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+ARCHS = ("mlp", "cnn")
+NORMS = ("none", "torch", "custom", "seed")
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step", "onecycle")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PROGRESS = ("auto", "bar", "plain", "none")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    root: str = "./data"
+    download: bool = True
+    verify: bool = True
+    train_size: int | None = None  # seeded subset of the training split (overfitting studies)
+    val_size: int = 5000  # held out from the training split
+    augment: bool = False  # random crop (4-px padding) + horizontal flip, batched on tensors
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"
+    activation: str = "relu"
+    dropout: float = 0.0
+    depth: int = 3  # mlp: hidden layers
+    width: int = 100  # mlp: units per hidden layer
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # cnn: one stage each
+    convs_per_stage: int = 1  # cnn: conv-norm-act blocks before each 2x2 max-pool
+
+
+@dataclass
+class NormConfig:
+    kind: str = "none"
+    eps: float = 1e-5
+    momentum: float | None = 0.1  # None: cumulative average, as in torch.nn.BatchNorm
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "constant"
+    step_size: int = 1  # step schedule: epochs between decays
+    gamma: float = 0.1  # step schedule: decay factor
+    warmup: float = 0.2  # onecycle: fraction of steps spent warming up
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 3
+    steps: int | None = None  # if set, overrides epochs: train this many optimizer steps
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    eval_every: int = 1  # epochs between val/test evaluations (the last epoch always evaluates)
+    log_every: int = 50  # steps between train/loss points
+    device: str = "auto"
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    progress: str = "auto"  # auto: a rich bar on a terminal, plain lines otherwise
+    checkpoint: bool = True  # write checkpoint.pt at the end of the run
+
+
+@dataclass
+class BnexpConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    name: str = "run"
+    output_dir: str = "outputs"
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise BnexpError(
+            f"{key}={value!r} is not a valid choice. Use one of: {', '.join(allowed)} "
+            f"(for example `bnexp train {key}={allowed[0]}`)."
+        )
+
+
+def _positive(value: float | int | None, key: str, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise BnexpError(f"{key}={value} must be {bound}; pass e.g. `{key}=1`.")
+
+
+def validate(cfg: Any) -> None:
+    """Range and choice checks on a composed config; raises BnexpError naming the fix."""
+    _choice(cfg.data.name, DATASETS, "data.name")
+    _choice(cfg.model.arch, ARCHS, "model.arch")
+    _choice(cfg.model.activation, ACTIVATIONS, "model.activation")
+    _choice(cfg.norm.kind, NORMS, "norm.kind")
+    _choice(cfg.optim.name, OPTIMIZERS, "optim.name")
+    _choice(cfg.optim.schedule, SCHEDULES, "optim.schedule")
+    _choice(cfg.trainer.device, DEVICES, "trainer.device")
+    _choice(cfg.trainer.progress, PROGRESS, "trainer.progress")
+    for key, value in [
+        ("optim.lr", cfg.optim.lr),
+        ("trainer.batch_size", cfg.trainer.batch_size),
+        ("trainer.eval_batch_size", cfg.trainer.eval_batch_size),
+        ("trainer.epochs", cfg.trainer.epochs),
+        ("trainer.steps", cfg.trainer.steps),
+        ("trainer.eval_every", cfg.trainer.eval_every),
+        ("trainer.log_every", cfg.trainer.log_every),
+        ("trainer.threads", cfg.trainer.threads),
+        ("model.depth", cfg.model.depth),
+        ("model.width", cfg.model.width),
+        ("model.convs_per_stage", cfg.model.convs_per_stage),
+        ("data.train_size", cfg.data.train_size),
+        ("norm.eps", cfg.norm.eps),
+        ("optim.step_size", cfg.optim.step_size),
+    ]:
+        _positive(value, key)
+    for key, value in [
+        ("optim.weight_decay", cfg.optim.weight_decay),
+        ("optim.momentum", cfg.optim.momentum),
+        ("data.val_size", cfg.data.val_size),
+        ("model.dropout", cfg.model.dropout),
+    ]:
+        _positive(value, key, allow_zero=True)
+    if not 0 <= cfg.model.dropout < 1:
+        raise BnexpError(f"model.dropout={cfg.model.dropout} must be in [0, 1); try 0.2.")
+    if not cfg.model.channels or any(c <= 0 for c in cfg.model.channels):
+        raise BnexpError(
+            f"model.channels={list(cfg.model.channels)} must be a non-empty list of positive "
+            "integers, e.g. `model.channels=[16,32,64]`."
+        )
+    if cfg.norm.momentum is not None and not 0 <= cfg.norm.momentum <= 1:
+        raise BnexpError(f"norm.momentum={cfg.norm.momentum} must be in [0, 1] or null.")
+    if cfg.optim.nesterov and cfg.optim.name == "sgd" and cfg.optim.momentum == 0:
+        raise BnexpError("optim.nesterov=true needs optim.momentum > 0; set e.g. 0.9.")

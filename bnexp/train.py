@@ -1,0 +1,244 @@
+"""``train(cfg)``: one readable training loop, from a composed config to a finished run directory.
+
+Read top to bottom: pick the device and seed everything, load the data as resident tensors,
+build model/optimizer/schedule, create the run directory, then loop over epochs of steps, with
+per-step train metrics, per-epoch evaluation, and a summary.json whatever the outcome
+(completed, diverged, interrupted, failed).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import bnexp
+from bnexp.data import TensorLoader, load_splits
+from bnexp.errors import BnexpError
+from bnexp.models import build_model
+from bnexp.progress import Progress
+from bnexp.runlog import RunLog, git_sha, new_run_dir
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto picks CUDA, then MPS, then CPU; an explicit choice that is unavailable is an error."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise BnexpError(f"trainer.device={name} but no {name.upper()} device is available here. "
+                         "Use trainer.device=auto or trainer.device=cpu.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: Any) -> float:
+    """Multiplier of optim.lr at ``step`` (0-based) of ``total`` optimizer steps."""
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / total))
+    if cfg.schedule == "step":
+        return cfg.gamma ** (step // (cfg.step_size * steps_per_epoch))
+    if cfg.schedule == "onecycle":  # linear warm-up from lr/10, then linear decay to 0
+        warm = max(1, int(cfg.warmup * total))
+        if step < warm:
+            return 0.1 + 0.9 * step / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+    return 1.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: TensorLoader) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a split, in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=loader.images.device)
+    correct = torch.zeros((), device=loader.images.device, dtype=torch.long)
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train()
+    n = len(loader.images)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The config as flat ``a.b: value`` pairs of the types the HParams dashboard accepts."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            key = prefix[:-1]
+            out[key] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk("", OmegaConf.to_container(cfg, resolve=True))
+    return out
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train one model as ``cfg`` says and return its summary (also written to summary.json).
+
+    User errors found before training (missing data, bad device) raise BnexpError before any
+    run directory exists; anything after that is recorded in the run's summary.json.
+    """
+    t_start = time.perf_counter()
+    tc, oc = cfg.trainer, cfg.optim
+    device = resolve_device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    seed_everything(cfg.seed)
+
+    splits = load_splits(cfg.data, cfg.seed, device)
+    spec = splits.spec
+    n_train = len(splits.train[0])
+    if n_train < tc.batch_size:
+        raise BnexpError(f"trainer.batch_size={tc.batch_size} exceeds the {n_train} training "
+                         "images; pass a smaller trainer.batch_size or a larger data.train_size.")
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # own stream: probes can't disturb it
+    train_loader = TensorLoader(*splits.train, tc.batch_size, spec, shuffle=True, drop_last=True,
+                                augment=cfg.data.augment, generator=shuffle_gen)
+    eval_loaders = {"test": TensorLoader(*splits.test, tc.eval_batch_size, spec)}
+    if splits.val is not None:
+        eval_loaders["val"] = TensorLoader(*splits.val, tc.eval_batch_size, spec)
+
+    model = build_model(cfg.model, cfg.norm, spec.shape, spec.num_classes).to(device)
+    optimizer = make_optimizer(model.parameters(), oc)
+    steps_per_epoch = len(train_loader)
+    total_steps = tc.steps or tc.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, steps_per_epoch, oc))
+
+    run_dir = new_run_dir(cfg.output_dir, cfg.name)
+    log = RunLog(run_dir, OmegaConf.to_yaml(cfg, resolve=True), overrides or [], flat_hparams(cfg))
+    summary: dict[str, Any] = {
+        "status": "running", "name": cfg.name, "run_dir": str(run_dir), "device": str(device),
+        "seed": cfg.seed, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps, "params": sum(p.numel() for p in model.parameters()),
+        "versions": {"bnexp": bnexp.__version__, "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "python": platform.python_version()},
+        "git_sha": git_sha(),
+    }
+    final: dict[str, float] = {}
+    best: dict[str, float] = {}
+    step, epoch, train_time = 0, 0, 0.0
+    try:
+        with Progress(tc.progress, epochs, steps_per_epoch) as progress:
+            while step < total_steps:
+                epoch += 1
+                progress.start_epoch(epoch)
+                epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
+                win_loss, win_correct, win_seen = 0.0, 0, 0
+                t_epoch, first_step = time.perf_counter(), step
+                for x, y in train_loader:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        summary.update(status="diverged", diverged_step=step)
+                        raise _Stop
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+
+                    correct = (logits.argmax(1) == y).sum().item()
+                    win_loss += loss_value * len(y)
+                    win_correct += correct
+                    win_seen += len(y)
+                    if step % tc.log_every == 0 or step == total_steps:
+                        log.scalars(step, {"train/loss": win_loss / win_seen,
+                                           "train/acc": win_correct / win_seen,
+                                           "opt/lr": scheduler.get_last_lr()[0]},
+                                    epoch=epoch, kind="step")
+                        progress.advance(tc.log_every, win_loss / win_seen)
+                        epoch_loss, epoch_correct = epoch_loss + win_loss, epoch_correct + win_correct
+                        epoch_seen += win_seen
+                        win_loss, win_correct, win_seen = 0.0, 0, 0
+                    if step == total_steps:
+                        break
+                epoch_loss, epoch_correct = epoch_loss + win_loss, epoch_correct + win_correct
+                epoch_seen += win_seen
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                epoch_time = time.perf_counter() - t_epoch
+                train_time += epoch_time
+                metrics = {"train/loss": epoch_loss / epoch_seen,
+                           "train/acc": epoch_correct / epoch_seen,
+                           "time/epoch_s": epoch_time,
+                           "time/step_ms": 1000 * epoch_time / (step - first_step),
+                           "time/samples_per_s": epoch_seen / epoch_time}
+                if epoch % tc.eval_every == 0 or step == total_steps:
+                    for split, loader in eval_loaders.items():
+                        metrics[f"{split}/loss"], metrics[f"{split}/acc"] = evaluate(model, loader)
+                    metrics["gap/loss"] = metrics["train/loss"] - metrics["test/loss"]
+                    metrics["gap/acc"] = metrics["train/acc"] - metrics["test/acc"]
+                    for key in ("test/acc", "val/acc"):
+                        if key in metrics and metrics[key] > best.get(key, -1.0):
+                            best[key] = metrics[key]
+                            best[f"{key.split('/')[0]}/best_epoch"] = epoch
+                tb_metrics = {k: v for k, v in metrics.items() if not k.startswith("train/")}
+                log.scalars(step, tb_metrics, epoch=epoch, kind="epoch",
+                            **{k: metrics[k] for k in ("train/loss", "train/acc")})
+                final.update(metrics)
+                progress.end_epoch(_epoch_line(epoch, epochs, metrics))
+        summary["status"] = "completed"
+    except _Stop:
+        pass
+    except KeyboardInterrupt:
+        summary["status"] = "interrupted"
+        raise
+    except BaseException as exc:
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if tc.checkpoint and summary["status"] in ("completed", "interrupted"):
+            log.checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "config": OmegaConf.to_container(cfg, resolve=True),
+                            "step": step, "epoch": epoch})
+        summary.update(
+            steps=step, epochs_completed=epoch if summary["status"] == "completed" else epoch - 1,
+            final=final, best=best, wall_time_s=time.perf_counter() - t_start,
+            train_time_s=train_time,
+            samples_per_s=(step * tc.batch_size / train_time) if train_time else None,
+        )
+        log.finish(summary)
+    return summary
+
+
+class _Stop(Exception):
+    """Raised inside the loop to end a run early (divergence) without a traceback."""
+
+
+def _epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+    parts = [f"epoch {epoch}/{epochs}", f"train loss {m['train/loss']:.4f}",
+             f"acc {100 * m['train/acc']:.2f}%"]
+    if "test/acc" in m:
+        parts.append(f"test loss {m['test/loss']:.4f} acc {100 * m['test/acc']:.2f}%")
+    parts.append(f"{m['time/epoch_s']:.1f}s {m['time/samples_per_s']:.0f} samples/s")
+    return " | ".join(parts)
