@@ -6,9 +6,10 @@ torch and Hydra are imported inside the commands so that ``bnexp --help`` answer
 from __future__ import annotations
 
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,11 +21,19 @@ app = typer.Typer(help="bnexp: experiments that test what Batch Normalization ac
 data_app = typer.Typer(help="List, fetch and verify datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-Overrides = Annotated[Optional[list[str]], typer.Argument(  # noqa: UP007 (typer needs Optional)
+Overrides = Annotated[list[str] | None, typer.Argument(  # noqa: UP007 (typer needs Optional)
     help="Hydra overrides, e.g. norm=custom model=mlp optim.lr=0.05 trainer.epochs=1",
     show_default=False)]
-DataRoot = Annotated[Optional[Path], typer.Option(  # noqa: UP007
+DataRoot = Annotated[Path | None, typer.Option(  # noqa: UP007
     "--root", help="Data folder (default: $BNEXP_DATA or ./data).")]
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line ("warning: ..."), without the source line Python would print."""
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
+warnings.showwarning = _show_warning
 
 
 @contextmanager
@@ -95,7 +104,7 @@ def data_list(root: DataRoot = None) -> None:
 @data_app.command("get")
 def data_get(
     name: Annotated[str, typer.Argument(help="mnist | fashion_mnist | cifar10 | cifar100")],
-    from_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP007
+    from_dir: Annotated[Path | None, typer.Option(  # noqa: UP007
         "--from", help="Folder holding the official archives (no download).")] = None,
     root: DataRoot = None,
 ) -> None:

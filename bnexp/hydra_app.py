@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -47,6 +48,9 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
             parts.append(text)
         cause = cause.__cause__
     detail = " ".join(" ".join(p.split()) for p in parts)
+    detail = re.sub(r"\s*Config search path:.*", "", detail)  # Hydra's internals, not the user's
+    detail = re.sub(r"\s*full_key: \S+ reference_type=\S+ object_type=\S+", "", detail)
+    detail = re.sub(r"\s*To append to your config use \S+", "", detail)  # the schema forbids it
     return (f"Invalid configuration: {detail} (overrides: {' '.join(overrides) or 'none'}). "
             "Run `bnexp config` to see every key with its current value, and use "
             "`group=option` to pick a config file (e.g. norm=torch) or `group.key=value` to "

@@ -7,9 +7,9 @@ input and per-channel statistics (what PyTorch itself saves), not autograd throu
 Forward, with ``mu``/``var`` the biased per-channel batch statistics and ``r = 1/sqrt(var+eps)``:
     y = gamma * (x - mu) * r + beta  =  x * a + (beta - mu * a),   a = gamma * r
 Backward, with N the number of values per channel, ``db = sum(dy)``, ``dg = sum(dy * xhat)``:
-    dx = a/N * (N*dy - db - xhat*dg)  =  dy * a + x * b + c,
-    b = -a * r * dg / N,  c = -a * db / N - mu * b
-so both directions are one fused multiply-add pass over the data after the reductions.
+    dx = a/N * (N*dy - db - xhat*dg)  =  dy * a + (x - mu) * b + c,
+    b = -a * r * dg / N,  c = -a * db / N
+where the reductions use the centred input (x - mu) to avoid cancellation in float32.
 """
 
 from __future__ import annotations
@@ -55,14 +55,13 @@ class _BatchNormFn(torch.autograd.Function):
         xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         dys = dy.to(xs.dtype)
         sum_dy = dys.sum(dims)
-        sum_dy_x = (dys * xs).sum(dims)
-        dgamma = (sum_dy_x - mean * sum_dy) * invstd  # = sum(dy * xhat)
+        xc = xs - _channel_view(mean, x)  # centred input: no cancellation in sum(dy * xhat)
+        dgamma = (dys * xc).sum(dims) * invstd  # = sum(dy * xhat)
         a = invstd if weight is None else invstd * weight.to(invstd.dtype)
         dx = None
         if ctx.needs_input_grad[0]:
             b = -a * invstd * dgamma / n
-            c = -a * sum_dy / n - mean * b
-            dx = torch.addcmul(_channel_view(c, x), xs, _channel_view(b, x))
+            dx = torch.addcmul(_channel_view(-a * sum_dy / n, x), xc, _channel_view(b, x))
             dx = torch.addcmul(dx, dys, _channel_view(a, x)).to(x.dtype)
         dw = dgamma.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = sum_dy.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None

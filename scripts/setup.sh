@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates .venv and installs bnexp with its dependencies (idempotent: a second run only checks).
+# torch comes from pip (not uv/poetry): on the project's machines pip finds a local copy of the
+# pinned build. Override the pin with TORCH_SPEC, e.g. TORCH_SPEC="torch torchvision".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+# shellcheck disable=SC2086
+pip install $TORCH_SPEC
+pip install -e ".[dev]"
+echo "bnexp installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

