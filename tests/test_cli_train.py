@@ -56,6 +56,8 @@ def test_train_mnist_writes_a_complete_run(cli, mnist_root, tmp_path, model, nor
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
     assert EXPECTED_TAGS <= set(events.Tags()["scalars"])
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")  # HParams dashboard
+    assert "custom_scalars__config__" in events.Tags()["tensors"]  # written once per run
     test_acc = [e.value for e in events.Scalars("test/acc")]
     assert test_acc[-1] == pytest.approx(summary["final"]["test/acc"])
 

