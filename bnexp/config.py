@@ -48,6 +48,7 @@ class NormConfig:
     kind: str = "none"
     eps: float = 1e-5
     momentum: float | None = 0.1  # None: cumulative average, as in torch.nn.BatchNorm
+    compiled: bool = False  # custom: fuse forward/backward with torch.compile (C++ compiler)
 
 
 @dataclass

@@ -10,6 +10,11 @@ Backward, with N the number of values per channel, ``db = sum(dy)``, ``dg = sum(
     dx = a/N * (N*dy - db - xhat*dg)  =  dy * a + (x - mu) * b + c,
     b = -a * r * dg / N,  c = -a * db / N
 where the reductions use the centred input (x - mu) to avoid cancellation in float32.
+
+The formulas live in two plain functions, ``bn_forward`` and ``bn_backward``. Run eagerly they
+are the readable reference; with ``compiled=True`` the same functions go through
+``torch.compile``, which fuses each into one or two passes over memory (``scripts/bench_norm.py``
+measures both against ``torch.nn.BatchNorm*``).
 """
 
 from __future__ import annotations
@@ -29,20 +34,73 @@ def _channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Statistics and arithmetic in float32 for half-precision inputs (as under autocast)."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def bn_forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training-mode BN: returns (y, mean, invstd, biased var), statistics per channel.
+
+    Two passes for the statistics (mean, then the centred sum of squares: no cancellation, and
+    much faster on CPU than the Welford kernel behind ``torch.var_mean``), one for y.
+    """
+    dims, n = _reduce_dims(x), x.numel() // x.shape[1]
+    xs = x.to(_compute_dtype(x))
+    mean = xs.mean(dims)
+    xc = xs - _channel_view(mean, x)
+    var = torch.linalg.vector_norm(xc, dim=dims).square() / n
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if weight is None else invstd * weight
+    y = xc.mul_(_channel_view(scale, x))  # reuse the centred copy's memory for y
+    if bias is not None:
+        y = y.add_(_channel_view(bias, x))
+    return y.to(x.dtype), mean, invstd, var
+
+
+def bn_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
+                mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The analytic BN gradient: returns (dx, dgamma, dbeta) from the saved x, mean, invstd."""
+    dims, n = _reduce_dims(x), x.numel() // x.shape[1]
+    xs = x.to(_compute_dtype(x))
+    dys = dy.to(xs.dtype)
+    sum_dy = dys.sum(dims)
+    xc = xs - _channel_view(mean, x)  # centred input: no cancellation in sum(dy * xhat)
+    dgamma = (dys * xc).sum(dims) * invstd  # = sum(dy * xhat)
+    a = invstd if weight is None else invstd * weight
+    b = -a * invstd * dgamma / n
+    # dx = dy * a + xc * b - a * sum_dy / n, computed in the memory of xc
+    dx = xc.mul_(_channel_view(b, x)).add_(_channel_view(-a * sum_dy / n, x))
+    dx = dx.addcmul_(dys, _channel_view(a, x))
+    return dx.to(x.dtype), dgamma, sum_dy
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _kernels(compiled: bool) -> tuple[Any, Any]:
+    """The eager functions, or their torch.compile'd (fused) versions, built once per process."""
+    if not compiled:
+        return bn_forward, bn_backward
+    if not _COMPILED:
+        _COMPILED["fwd"] = torch.compile(bn_forward, dynamic=False)
+        _COMPILED["bwd"] = torch.compile(bn_backward, dynamic=False)
+    return _COMPILED["fwd"], _COMPILED["bwd"]
+
+
 class _BatchNormFn(torch.autograd.Function):
     """Training-mode BN on batch statistics with the hand-derived backward."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
-                bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dims = _reduce_dims(x)
-        xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # stats in float32+
-        var, mean = torch.var_mean(xs, dim=dims, correction=0)
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-        shift = -mean * scale if bias is None else bias.to(scale.dtype) - mean * scale
-        y = torch.addcmul(_channel_view(shift, x), xs, _channel_view(scale, x)).to(x.dtype)
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                eps: float, compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fwd, _ = _kernels(compiled)
+        wc = None if weight is None else weight.to(_compute_dtype(x))
+        bc = None if bias is None else bias.to(_compute_dtype(x))
+        y, mean, invstd, var = fwd(x, wc, bc, eps)
         ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.compiled = compiled
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -50,22 +108,12 @@ class _BatchNormFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dy: torch.Tensor, _dmean: Any, _dvar: Any) -> tuple[Any, ...]:
         x, weight, mean, invstd = ctx.saved_tensors
-        dims = _reduce_dims(x)
-        n = x.numel() // x.shape[1]
-        xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        dys = dy.to(xs.dtype)
-        sum_dy = dys.sum(dims)
-        xc = xs - _channel_view(mean, x)  # centred input: no cancellation in sum(dy * xhat)
-        dgamma = (dys * xc).sum(dims) * invstd  # = sum(dy * xhat)
-        a = invstd if weight is None else invstd * weight.to(invstd.dtype)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            b = -a * invstd * dgamma / n
-            dx = torch.addcmul(_channel_view(-a * sum_dy / n, x), xc, _channel_view(b, x))
-            dx = torch.addcmul(dx, dys, _channel_view(a, x)).to(x.dtype)
+        _, bwd = _kernels(ctx.compiled)
+        wc = None if weight is None else weight.to(_compute_dtype(x))
+        dx, dgamma, dbeta = bwd(dy, x, wc, mean, invstd)
         dw = dgamma.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        db = sum_dy.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
-        return dx, dw, db, None
+        db = dbeta.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+        return dx if ctx.needs_input_grad[0] else None, dw, db, None, None
 
 
 class BatchNorm(nn.Module):
@@ -77,8 +125,10 @@ class BatchNorm(nn.Module):
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True) -> None:
+                 affine: bool = True, track_running_stats: bool = True,
+                 compiled: bool = False) -> None:
         super().__init__()
+        self.compiled = compiled  # fuse forward/backward with torch.compile (needs a C++ compiler)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
@@ -117,7 +167,7 @@ class BatchNorm(nn.Module):
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"
             )
-        y, mean, var = _BatchNormFn.apply(x, self.weight, self.bias, self.eps)
+        y, mean, var = _BatchNormFn.apply(x, self.weight, self.bias, self.eps, self.compiled)
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, n)
         return y
@@ -158,7 +208,7 @@ class SeedBatchNorm(nn.Module):
 
 
 def make_norm(kind: str, num_features: int, dims: int, eps: float = 1e-5,
-              momentum: float | None = 0.1) -> nn.Module:
+              momentum: float | None = 0.1, compiled: bool = False) -> nn.Module:
     """The norm layer for ``kind`` after a layer with ``num_features`` channels.
 
     ``dims`` is 1 after a linear layer and 2 after a 2-d convolution; ``none`` is an Identity so
@@ -170,7 +220,7 @@ def make_norm(kind: str, num_features: int, dims: int, eps: float = 1e-5,
         cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
         return cls(num_features, eps=eps, momentum=momentum)
     if kind == "custom":
-        return BatchNorm(num_features, eps=eps, momentum=momentum)
+        return BatchNorm(num_features, eps=eps, momentum=momentum, compiled=compiled)
     if kind == "seed":
         return SeedBatchNorm(num_features)
     raise ValueError(f"unknown norm kind {kind!r}")

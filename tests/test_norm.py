@@ -174,3 +174,56 @@ def test_seed_batchnorm_matches_the_writeup_formula() -> None:
                                            ("none", 1, nn.Identity)])
 def test_make_norm(kind: str, dims: int, cls: type) -> None:
     assert isinstance(make_norm(kind, C, dims), cls)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_under_autocast(dtype: torch.dtype) -> None:
+    """bf16/fp16 inputs: output and dx in the input dtype, statistics and parameters in float32."""
+    ref, ours = pair(4, torch.float32)
+    x = (torch.randn(16, C, 5, 5) * 2 + 1).to(dtype)
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        y_ref, y_ours = ref(x_ref), ours(x_ours)
+    assert y_ours.dtype == dtype and ours.running_mean.dtype == torch.float32
+    assert_close(y_ours.float(), y_ref.float(), 1e-2)  # one half-precision rounding apart
+    dy = torch.randn_like(y_ref)
+    y_ref.backward(dy)
+    y_ours.backward(dy)
+    assert x_ours.grad.dtype == dtype
+    assert_close(x_ours.grad.float(), x_ref.grad.float(), 1e-2)
+    assert_close(ours.weight.grad, ref.weight.grad, 1e-4)
+    assert_close(ours.running_var, ref.running_var, 1e-6)
+
+
+@pytest.mark.parametrize("rank,batch", [(2, 64), (4, 8)])
+def test_compiled_path_matches_torch(rank: int, batch: int) -> None:
+    """The torch.compile'd kernels compute the same functions as the eager ones."""
+    ref, ours = pair(rank, torch.float32)
+    ours.compiled = True
+    for step in range(2):
+        x = make_input(rank, batch, torch.float32, channels_last=False, seed=step)
+        x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y_ref, y_ours = ref(x_ref), ours(x_ours)
+        assert_close(y_ours, y_ref, 1e-5)
+        dy = torch.randn_like(y_ref)
+        y_ref.backward(dy)
+        y_ours.backward(dy)
+        assert_close(x_ours.grad, x_ref.grad, 1e-5)
+        assert_close(ours.weight.grad, ref.weight.grad, 1e-5)
+    assert_close(ours.running_var, ref.running_var, 1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("rank,dtype", [(2, torch.float32), (4, torch.float32), (4, torch.float64)])
+def test_parity_on_cuda(rank: int, dtype: torch.dtype) -> None:
+    ref, ours = (m.cuda() for m in pair(rank, dtype))
+    x = make_input(rank, 32, dtype, channels_last=rank == 4).cuda()
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_ours = ref(x_ref), ours(x_ours)
+    assert_close(y_ours, y_ref, tolerance(dtype))
+    dy = torch.randn_like(y_ref)
+    y_ref.backward(dy)
+    y_ours.backward(dy)
+    assert_close(x_ours.grad, x_ref.grad, tolerance(dtype) * 10)
+    assert_close(ours.weight.grad, ref.weight.grad, tolerance(dtype) * 10)
+    assert_close(ours.running_var, ref.running_var, tolerance(dtype))

@@ -1,0 +1,144 @@
+"""Forward+backward time of bnexp.norm.BatchNorm against torch.nn.BatchNorm*, side by side.
+
+Training mode, median of many repeats after warm-up, on the shapes of issue 3. For each shape it
+prints both times, the ratio custom/torch (target <= 1.0), the bytes each saves for backward, the
+peak extra memory of one forward+backward (measured in a fresh subprocess as the growth of peak
+RSS; large buffers are mmap'ed, so RSS follows live memory), and the memory-traffic floor: the
+bytes a fused implementation must move (forward: read x twice for stats + normalise, write y;
+backward: read x and dy for the reductions, read them again and write dx), timed at the
+machine's measured copy bandwidth.
+
+    python scripts/bench_norm.py                # eager path
+    python scripts/bench_norm.py --impl compiled  # the torch.compile path of BatchNorm
+    python scripts/bench_norm.py --threads 2 --repeats 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+from bnexp.norm import BatchNorm
+
+SHAPES = [(60, 100), (256, 1024), (4096, 100), (128, 32, 16, 16), (128, 64, 32, 32),
+          (32, 128, 8, 8)]
+
+
+def make_pair(shape: tuple[int, ...], impl: str) -> tuple[nn.Module, nn.Module]:
+    ref = (nn.BatchNorm1d if len(shape) == 2 else nn.BatchNorm2d)(shape[1])
+    ours = BatchNorm(shape[1], **({"compiled": True} if impl == "compiled" else {}))
+    return ref, ours
+
+
+def time_fwd_bwd(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, repeats: int) -> float:
+    """Median seconds of one training-mode forward+backward."""
+    times = []
+    for i in range(repeats + 10):
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        module(x).backward(dy)
+        if i >= 10:  # warm-up
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward (excluding x and the params,
+    which exist anyway)."""
+    seen: dict[int, int] = {}
+    skip = {x.data_ptr(), *(p.data_ptr() for p in module.parameters())}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in skip:
+            seen[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(seen.values())
+
+
+def peak_extra_mb(which: str, shape: tuple[int, ...], impl: str) -> float:
+    """Peak RSS growth of one forward+backward, in a fresh process."""
+    code = f"""
+import resource, torch, json, sys
+sys.path.insert(0, {str(sys.path[0])!r})
+from scripts.bench_norm import make_pair
+torch.manual_seed(0)
+ref, ours = make_pair({shape!r}, {impl!r})
+m = ref if {which!r} == "torch" else ours
+x = torch.randn({shape!r}, requires_grad=True); dy = torch.randn({shape!r})
+m(x[:2].detach().requires_grad_()).backward(dy[:2])  # load kernels, compile
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m(x).backward(dy)
+print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a large tensor copy (read + write) on this machine."""
+    a = torch.randn(16 * 2**20)
+    b = torch.zeros_like(a)
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        times.append(time.perf_counter() - t0)
+    return 2 * a.numel() * 4 / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", choices=["eager", "compiled"], default="eager")
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-memory", action="store_true", help="skip the RSS measurement")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bw = copy_bandwidth()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, impl={args.impl}, "
+          f"copy bandwidth {bw / 1e9:.1f} GB/s, median of {args.repeats} repeats")
+    header = (f"{'shape':>18} {'torch ms':>9} {'ours ms':>9} {'ratio':>6} {'floor ms':>9} "
+              f"{'saved KB t/o':>15} {'peak MB t/o':>13}")
+    print(header)
+    print("-" * len(header))
+    ratios = []
+    for shape in SHAPES:
+        torch.manual_seed(0)
+        ref, ours = make_pair(shape, args.impl)
+        x = torch.randn(shape, requires_grad=True)
+        dy = torch.randn(shape)
+        # Interleave the two so drifting machine load hits both alike.
+        t_ref, t_ours = [], []
+        for _ in range(3):
+            t_ref.append(time_fwd_bwd(ref, x, dy, args.repeats // 3))
+            t_ours.append(time_fwd_bwd(ours, x, dy, args.repeats // 3))
+        tr, to = statistics.median(t_ref), statistics.median(t_ours)
+        ratios.append(to / tr)
+        nbytes = x.numel() * 4
+        floor = 8 * nbytes / bw * 1000  # forward 3 passes + backward 5 passes over N floats
+        sr, so = saved_bytes(ref, x), saved_bytes(ours, x)
+        if args.no_memory:
+            mem = "-"
+        else:
+            mem = (f"{peak_extra_mb('torch', shape, args.impl):.1f}/"
+                   f"{peak_extra_mb('ours', shape, args.impl):.1f}")
+        print(f"{str(shape):>18} {tr * 1e3:9.3f} {to * 1e3:9.3f} {to / tr:6.2f} {floor:9.3f} "
+              f"{f'{sr / 1024:.1f}/{so / 1024:.1f}':>15} {mem:>13}")
+    print(f"worst ratio {max(ratios):.2f}, geometric mean "
+          f"{statistics.geometric_mean(ratios):.2f} (target: <= 1.0 on every shape)")
+
+
+if __name__ == "__main__":
+    main()
