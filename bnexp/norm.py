@@ -11,14 +11,16 @@ Backward, with N the number of values per channel, ``db = sum(dy)``, ``dg = sum(
     b = -a * r * dg / N,  c = -a * db / N
 where the reductions use the centred input (x - mu) to avoid cancellation in float32.
 
-The formulas live in two plain functions, ``bn_forward`` and ``bn_backward``. Run eagerly they
-are the readable reference; with ``compiled=True`` the same functions go through
-``torch.compile``, which fuses each into one or two passes over memory (``scripts/bench_norm.py``
-measures both against ``torch.nn.BatchNorm*``).
+The formulas live in two plain functions, ``bn_forward`` and ``bn_backward``; with
+``compiled=True`` they go through ``torch.compile``, which fuses each into a couple of passes over
+memory. The eager path runs ``bn_forward_eager``/``bn_backward_eager``: the same arithmetic
+arranged so that the output (y, dx) is the only full-size buffer, as in PyTorch's kernel
+(``scripts/bench_norm.py`` measures both paths against ``torch.nn.BatchNorm*``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -41,27 +43,27 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def bn_forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training-mode BN: returns (y, mean, invstd, biased var), statistics per channel.
+    """Training-mode BN as plain formulas: returns (y, mean, invstd, biased var).
 
-    Two passes for the statistics (mean, then the centred sum of squares: no cancellation, and
-    much faster on CPU than the Welford kernel behind ``torch.var_mean``), one for y.
+    This is what ``torch.compile`` fuses (``compiled=True``); ``bn_forward_eager`` computes the
+    same values without temporaries for the eager path.
     """
     dims, n = _reduce_dims(x), x.numel() // x.shape[1]
     xs = x.to(_compute_dtype(x))
     mean = xs.mean(dims)
     xc = xs - _channel_view(mean, x)
-    var = torch.linalg.vector_norm(xc, dim=dims).square() / n
+    var = xc.square().sum(dims) / n
     invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else invstd * weight
-    y = xc.mul_(_channel_view(scale, x))  # reuse the centred copy's memory for y
+    y = xc * _channel_view(scale, x)
     if bias is not None:
-        y = y.add_(_channel_view(bias, x))
+        y = y + _channel_view(bias, x)
     return y.to(x.dtype), mean, invstd, var
 
 
 def bn_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
                 mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The analytic BN gradient: returns (dx, dgamma, dbeta) from the saved x, mean, invstd."""
+    """The analytic BN gradient as plain formulas: (dx, dgamma, dbeta) from x, mean, invstd."""
     dims, n = _reduce_dims(x), x.numel() // x.shape[1]
     xs = x.to(_compute_dtype(x))
     dys = dy.to(xs.dtype)
@@ -70,9 +72,57 @@ def bn_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
     dgamma = (dys * xc).sum(dims) * invstd  # = sum(dy * xhat)
     a = invstd if weight is None else invstd * weight
     b = -a * invstd * dgamma / n
-    # dx = dy * a + xc * b - a * sum_dy / n, computed in the memory of xc
-    dx = xc.mul_(_channel_view(b, x)).add_(_channel_view(-a * sum_dy / n, x))
-    dx = dx.addcmul_(dys, _channel_view(a, x))
+    dx = dys * _channel_view(a, x) + xc * _channel_view(b, x) + _channel_view(-a * sum_dy / n, x)
+    return dx.to(x.dtype), dgamma, sum_dy
+
+
+CHUNK_BYTES = 1 << 20  # eager reductions over chunks of about this size stay in cache
+
+
+def _chunks(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Slices along dim 0 of about CHUNK_BYTES each (temporaries of that size, not full size)."""
+    t0 = tensors[0]
+    per_sample = max(1, t0[0].numel() * 4)
+    step = max(1, CHUNK_BYTES // per_sample)
+    for i in range(0, t0.shape[0], step):
+        yield tuple(t[i:i + step] for t in tensors)
+
+
+def bn_forward_eager(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``bn_forward`` with y's memory as the only full-size buffer (x - mean is built in it).
+
+    Statistics in two passes (mean, then the centred sum of squares): no cancellation, and much
+    faster on CPU than the Welford kernel behind ``torch.var_mean``.
+    """
+    dims, n = _reduce_dims(x), x.numel() // x.shape[1]
+    dtype = _compute_dtype(x)
+    mean = x.sum(dims, dtype=dtype) / n
+    y = torch.sub(x.to(dtype), _channel_view(mean, x))
+    var = torch.linalg.vector_norm(y, dim=dims).square() / n
+    invstd = torch.rsqrt(var + eps)
+    y.mul_(_channel_view(invstd if weight is None else invstd * weight, x))
+    if bias is not None:
+        y.add_(_channel_view(bias, x))
+    return y.to(x.dtype), mean, invstd, var
+
+
+def bn_backward_eager(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
+                      mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``bn_backward`` with dx's memory as the only full-size buffer: x - mean is built in it,
+    sum(dy * (x - mean)) is reduced chunk by chunk, then dx is finished in place."""
+    dims, n = _reduce_dims(x), x.numel() // x.shape[1]
+    dtype = _compute_dtype(x)
+    dx = torch.sub(x.to(dtype), _channel_view(mean, x))  # x - mean, for now
+    sum_dy = dy.sum(dims, dtype=dtype)
+    dot = torch.zeros_like(mean)
+    for dy_c, xc_c in _chunks(dy, dx):
+        dot += (dy_c * xc_c).sum(dims, dtype=dtype)
+    dgamma = dot * invstd  # = sum(dy * xhat)
+    a = invstd if weight is None else invstd * weight
+    b = -a * invstd * dgamma / n
+    dx.mul_(_channel_view(b, x)).add_(_channel_view(-a * sum_dy / n, x))
+    dx.addcmul_(dy.to(dtype), _channel_view(a, x))
     return dx.to(x.dtype), dgamma, sum_dy
 
 
@@ -82,7 +132,7 @@ _COMPILED: dict[str, Any] = {}
 def _kernels(compiled: bool) -> tuple[Any, Any]:
     """The eager functions, or their torch.compile'd (fused) versions, built once per process."""
     if not compiled:
-        return bn_forward, bn_backward
+        return bn_forward_eager, bn_backward_eager
     if not _COMPILED:
         _COMPILED["fwd"] = torch.compile(bn_forward, dynamic=False)
         _COMPILED["bwd"] = torch.compile(bn_backward, dynamic=False)

@@ -2,11 +2,11 @@
 
 Training mode, median of many repeats after warm-up, on the shapes of issue 3. For each shape it
 prints both times, the ratio custom/torch (target <= 1.0), the bytes each saves for backward, the
-peak extra memory of one forward+backward (measured in a fresh subprocess as the growth of peak
-RSS; large buffers are mmap'ed, so RSS follows live memory), and the memory-traffic floor: the
-bytes a fused implementation must move (forward: read x twice for stats + normalise, write y;
-backward: read x and dy for the reductions, read them again and write dx), timed at the
-machine's measured copy bandwidth.
+peak extra memory of one forward+backward (measured in a fresh subprocess as the growth of
+peak RSS after resetting it; large buffers are mmap'ed, so RSS follows live memory), and the
+memory-traffic floor: the bytes a fused implementation must move (forward: read x for the
+statistics, read x and write y; backward: read x and dy for the reductions, read them again
+and write dx: 8 passes of N floats), timed at the machine's measured copy bandwidth.
 
     python scripts/bench_norm.py                # eager path
     python scripts/bench_norm.py --impl compiled  # the torch.compile path of BatchNorm
@@ -69,7 +69,7 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
 def peak_extra_mb(which: str, shape: tuple[int, ...], impl: str) -> float:
     """Peak RSS growth of one forward+backward, in a fresh process."""
     code = f"""
-import resource, torch, json, sys
+import torch, json, sys
 sys.path.insert(0, {str(sys.path[0])!r})
 from scripts.bench_norm import make_pair
 torch.manual_seed(0)
@@ -77,9 +77,14 @@ ref, ours = make_pair({shape!r}, {impl!r})
 m = ref if {which!r} == "torch" else ours
 x = torch.randn({shape!r}, requires_grad=True); dy = torch.randn({shape!r})
 m(x[:2].detach().requires_grad_()).backward(dy[:2])  # load kernels, compile
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1])
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+base = rss("VmRSS:")
 m(x).backward(dy)
-print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))
+print(json.dumps((rss("VmHWM:") - base) / 1024))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

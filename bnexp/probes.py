@@ -1,0 +1,248 @@
+"""Probes: per-layer activation statistics and gradient norms, on a schedule, at a measured cost.
+
+Activation statistics come from a forward pass over a fixed probe batch (drawn once from the
+training split with the run's seed, so every norm variant of a seed sees the same images) in
+which BN layers use batch statistics as in training, dropout is off, BN running statistics are
+restored afterwards and no random numbers are drawn, so probing never changes training.
+Gradient quantities are read off the training step itself: after ``backward`` (gradient norms,
+including the gradient w.r.t. each layer's input) and after ``optimizer.step`` (update-to-weight
+ratios). All of it is computed in torch on the device; only the final scalars leave it.
+
+For every hidden block (``fc1``, ``conv1``, ...) three tensors are probed, under stage names:
+``pre`` (the affine map's output, the norm's input), ``norm`` (the norm's output = the
+nonlinearity's input, the quantity of the BN paper's Figure 1) and ``post`` (after the
+nonlinearity). Tags: ``act/<layer>/<stage>/{mean,std,p15,p50,p85}``, the same percentiles of one
+tracked unit (``unit_p15``...), ``act/<layer>/post/{saturated,dead}``,
+``grad/<layer>/{weight,bias,input}``, ``grad/global``, ``grad/first_last_ratio``,
+``update/<layer>``, and histograms under ``hist/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnexp.models import Block
+
+STAGES = ("pre", "norm", "post")
+QUANTILES = (0.15, 0.50, 0.85)
+SATURATION_MARGIN = 0.02  # sigmoid/tanh output within this of its bounds counts as saturated
+
+
+def hidden_blocks(model: nn.Module) -> dict[str, Block]:
+    return {name: m for name, m in model.blocks.named_children() if isinstance(m, Block)}
+
+
+def probed_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer with weights, by its stable name: the hidden blocks' affine maps and the head."""
+    layers: dict[str, nn.Module] = {n: b.affine for n, b in hidden_blocks(model).items()}
+    layers["head"] = model.head
+    return layers
+
+
+def layer_bias(model: nn.Module, name: str) -> torch.Tensor | None:
+    """The layer's effective bias: the affine map's, or the norm's beta when the map has none."""
+    if name == "head":
+        return model.head.bias
+    block = hidden_blocks(model)[name]
+    if block.affine.bias is not None:
+        return block.affine.bias
+    return getattr(block.norm, "bias", None)
+
+
+def tensor_stats(t: torch.Tensor, unit: int, max_elements: int,
+                 activation: str | None = None, stage: str | None = None) -> dict[str, torch.Tensor]:
+    """mean, std, 15/50/85th percentiles of ``t`` (N, C, ...), the percentiles of channel
+    ``unit``, and for post-activation tensors the saturated / dead fractions."""
+    flat = t.detach().float().flatten()
+    std, mean = torch.std_mean(flat, correction=0)
+    q = torch.tensor(QUANTILES, device=t.device)
+    sample = flat
+    if flat.numel() > max_elements:
+        sample = flat[_fixed_subset(flat.numel(), max_elements, t.device)]
+    pct = torch.quantile(sample, q)
+    unit_vals = t.detach().float().select(1, unit % t.shape[1]).flatten()
+    if unit_vals.numel() > max_elements:
+        unit_vals = unit_vals[_fixed_subset(unit_vals.numel(), max_elements, t.device)]
+    upct = torch.quantile(unit_vals, q)
+    out = {"mean": mean, "std": std, "p15": pct[0], "p50": pct[1], "p85": pct[2],
+           "unit_p15": upct[0], "unit_p50": upct[1], "unit_p85": upct[2]}
+    if stage == "post" and activation == "relu":
+        out["dead"] = (flat == 0).float().mean()
+    elif stage == "post" and activation in ("sigmoid", "tanh"):
+        low = 0.0 if activation == "sigmoid" else -1.0
+        saturated = (flat < low + SATURATION_MARGIN) | (flat > 1.0 - SATURATION_MARGIN)
+        out["saturated"] = saturated.float().mean()
+    return out
+
+
+_SUBSETS: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _fixed_subset(n: int, k: int, device: torch.device) -> torch.Tensor:
+    """The same k of n indices every time (percentiles of huge conv maps on a fixed sample)."""
+    key = (n, k, str(device))
+    if key not in _SUBSETS:
+        gen = torch.Generator().manual_seed(n)
+        _SUBSETS[key] = torch.randperm(n, generator=gen)[:k].sort().values.to(device)
+    return _SUBSETS[key]
+
+
+class Probes:
+    """Schedules and computes the probes of one run; ``begin(step, x)`` is the training loop's
+    entry point and returns a ``StepProbe`` on the steps where a probe is due."""
+
+    def __init__(self, model: nn.Module, cfg: Any, activation: str, probe_x: torch.Tensor,
+                 log: Any) -> None:
+        self.model, self.cfg, self.activation, self.probe_x, self.log = model, cfg, activation, probe_x, log
+        self.blocks = hidden_blocks(model)
+        self.layers = probed_layers(model)
+
+    def due(self, step: int) -> bool:
+        return self.cfg.enabled and step % self.cfg.every == 0
+
+    def hist_due(self, step: int) -> bool:
+        return self.cfg.enabled and self.cfg.hist_every > 0 and step % self.cfg.hist_every == 0
+
+    def layout(self) -> dict[str, dict[str, list]]:
+        """Custom-scalars charts: one chart per statistic with every layer overlaid, and the BN
+        paper's Figure 1 view (nonlinearity-input percentiles) per layer."""
+        act = {f"{stat} ({stage})": ["Multiline", [rf"act/[^/]+/{stage}/{stat}$"]]
+               for stage in STAGES for stat in ("mean", "std")}
+        act.update({f"{name} nonlinearity input p15/p50/p85": [
+            "Multiline", [f"act/{name}/norm/p15", f"act/{name}/norm/p50", f"act/{name}/norm/p85"]]
+            for name in self.blocks})
+        act["saturated / dead (post)"] = ["Multiline", [r"act/[^/]+/post/(saturated|dead)$"]]
+        grad = {"weight grad norm": ["Multiline", [r"grad/[^/]+/weight$"]],
+                "bias grad norm": ["Multiline", [r"grad/[^/]+/bias$"]],
+                "input grad norm": ["Multiline", [r"grad/[^/]+/input$"]],
+                "global / first-to-last": ["Multiline", ["grad/global", "grad/first_last_ratio"]],
+                "update-to-weight ratio": ["Multiline", [r"update/[^/]+$"]]}
+        return {"activations": act, "gradients": grad}
+
+    @contextmanager
+    def _probe_mode(self) -> Iterator[None]:
+        """BN on batch statistics, dropout off, running statistics restored, no autograd."""
+        model = self.model
+        was_training = model.training
+        buffers = {k: v.clone() for k, v in model.named_buffers()}
+        model.train()
+        dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+        for m in dropouts:
+            m.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            with torch.no_grad():
+                for k, v in model.named_buffers():
+                    v.copy_(buffers[k])
+            model.train(was_training)
+
+    def activation_stats(self, step: int) -> dict[str, float]:
+        """Statistics of every block's three stages on the probe batch."""
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, block in self.blocks.items():
+            for stage, module in zip(STAGES, (block.affine, block.norm, block.act), strict=True):
+                def hook(_m: nn.Module, _i: Any, out: torch.Tensor, key=f"{name}/{stage}") -> None:
+                    captured[key] = out.detach().clone()  # act may be in-place (ReLU)
+                handles.append(module.register_forward_hook(hook))
+        try:
+            with self._probe_mode():
+                self.model(self.probe_x)
+        finally:
+            for h in handles:
+                h.remove()
+        values: dict[str, torch.Tensor] = {}
+        for key, t in captured.items():
+            stage = key.split("/")[1]
+            for stat, v in tensor_stats(t, self.cfg.unit, self.cfg.max_elements,
+                                        self.activation, stage).items():
+                values[f"act/{key}/{stat}"] = v
+            if self.hist_due(step):
+                self._histogram(f"hist/act/{key}", t, step)
+        return _to_floats(values)
+
+    def _histogram(self, tag: str, t: torch.Tensor, step: int, bins: int = 64) -> None:
+        flat = t.detach().float().flatten()
+        lo, hi = flat.min(), flat.max()
+        if not torch.isfinite(lo) or not torch.isfinite(hi):
+            return
+        hi = torch.maximum(hi, lo + 1e-12)
+        counts = torch.histc(flat, bins=bins, min=lo.item(), max=hi.item())
+        edges = torch.linspace(lo.item(), hi.item(), bins + 1)[1:]
+        self.log.tb.add_histogram_raw(
+            tag, min=lo.item(), max=hi.item(), num=flat.numel(), sum=flat.sum().item(),
+            sum_squares=flat.square().sum().item(), bucket_limits=edges.tolist(),
+            bucket_counts=counts.cpu().tolist(), global_step=step)
+
+    def begin(self, step: int, x: torch.Tensor) -> StepProbe | None:
+        """Call before the training forward; returns the step's probe when one is due."""
+        if not self.due(step):
+            return None
+        values = self.activation_stats(step)
+        return StepProbe(self, step, x, values)
+
+
+class StepProbe:
+    """The gradient side of one probed training step."""
+
+    def __init__(self, probes: Probes, step: int, x: torch.Tensor, values: dict[str, float]) -> None:
+        self.p, self.step, self.values = probes, step, values
+        self.input_grads: dict[str, torch.Tensor] = {}
+        self.handles = []
+        x.requires_grad_(True)  # so the first layer's input gradient exists; values unchanged
+        for name, layer in probes.layers.items():
+            self.handles.append(layer.register_forward_pre_hook(self._watch_input(name)))
+
+    def _watch_input(self, name: str) -> Any:
+        def pre_hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            inp = args[0]
+            if inp.requires_grad:
+                def grad_hook(g: torch.Tensor) -> None:
+                    self.input_grads[name] = g.detach().float().norm()
+                inp.register_hook(grad_hook)
+        return pre_hook
+
+    def after_backward(self) -> None:
+        """Gradient norms per layer, of each layer's input, and globally; snapshot weights."""
+        for h in self.handles:
+            h.remove()
+        model, out = self.p.model, {}
+        for name, layer in self.p.layers.items():
+            out[f"grad/{name}/weight"] = layer.weight.grad.detach().norm()
+            bias = layer_bias(model, name)
+            if bias is not None and bias.grad is not None:
+                out[f"grad/{name}/bias"] = bias.grad.detach().norm()
+            if name in self.input_grads:
+                out[f"grad/{name}/input"] = self.input_grads[name]
+            if self.p.hist_due(self.step):
+                self.p._histogram(f"hist/grad/{name}/weight", layer.weight.grad, self.step)
+        grads = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+        out["grad/global"] = torch.stack(grads).norm()
+        names = list(self.p.layers)
+        out["grad/first_last_ratio"] = out[f"grad/{names[0]}/weight"] / out[f"grad/{names[-1]}/weight"]
+        self.grad_values = out
+        self.weights = {n: layer.weight.detach().clone() for n, layer in self.p.layers.items()}
+
+    def after_step(self) -> None:
+        """Update-to-weight ratios ||W_new - W_old|| / ||W_old||, then log everything."""
+        out = dict(self.grad_values)
+        for name, layer in self.p.layers.items():
+            before = self.weights[name]
+            out[f"update/{name}"] = (layer.weight.detach() - before).norm() / before.norm()
+        self.values.update(_to_floats(out))
+        self.p.log.scalars(self.step, self.values, kind="probe")
+
+
+def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One device-to-host copy for all the scalars of a probe."""
+    if not values:
+        return {}
+    stacked = torch.stack([v.float().reshape(()) for v in values.values()]).cpu().tolist()
+    return dict(zip(values, stacked, strict=True))
