@@ -80,12 +80,23 @@ class TrainerConfig:
 
 
 @dataclass
+class ProbeConfig:
+    enabled: bool = True
+    every: int = 100  # steps between probes (activation statistics, gradient norms)
+    hist_every: int = 500  # steps between histograms; 0 disables them
+    batch_size: int = 256  # size of the fixed probe batch, drawn once from the training split
+    unit: int = 0  # the tracked unit (MLP) / channel (CNN) of every layer
+    max_elements: int = 4096  # percentiles of larger tensors use a fixed sample of this size
+
+
+@dataclass
 class BnexpConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     norm: NormConfig = field(default_factory=NormConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     seed: int = 0
     name: str = "run"
     output_dir: str = "outputs"
@@ -134,6 +145,9 @@ def validate(cfg: Any) -> None:
         ("data.train_size", cfg.data.train_size, 5000),
         ("norm.eps", cfg.norm.eps, 1e-5),
         ("optim.step_size", cfg.optim.step_size, 1),
+        ("probe.every", cfg.probe.every, 100),
+        ("probe.batch_size", cfg.probe.batch_size, 256),
+        ("probe.max_elements", cfg.probe.max_elements, 4096),
     ]:
         _positive(value, key, example)
     for key, value, example in [
@@ -141,6 +155,8 @@ def validate(cfg: Any) -> None:
         ("optim.momentum", cfg.optim.momentum, 0.9),
         ("data.val_size", cfg.data.val_size, 5000),
         ("model.dropout", cfg.model.dropout, 0.2),
+        ("probe.hist_every", cfg.probe.hist_every, 500),
+        ("probe.unit", cfg.probe.unit, 0),
     ]:
         _positive(value, key, example, allow_zero=True)
     if not 0 <= cfg.model.dropout < 1:

@@ -439,7 +439,11 @@ class TensorLoader:
             x = images[sl]
             if self.augment:
                 x = self._augment(x)
-            yield torch.addcmul(self.shift, x.float(), self.scale), labels[sl]
+            yield self.normalize(x), labels[sl]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> float, standardised per channel with the dataset's mean and std."""
+        return torch.addcmul(self.shift, x.float(), self.scale)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape

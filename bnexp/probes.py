@@ -54,29 +54,45 @@ def layer_bias(model: nn.Module, name: str) -> torch.Tensor | None:
     return getattr(block.norm, "bias", None)
 
 
-def tensor_stats(t: torch.Tensor, unit: int, max_elements: int,
-                 activation: str | None = None, stage: str | None = None) -> dict[str, torch.Tensor]:
-    """mean, std, 15/50/85th percentiles of ``t`` (N, C, ...), the percentiles of channel
-    ``unit``, and for post-activation tensors the saturated / dead fractions."""
+def tensor_stats(t: torch.Tensor, activation: str | None = None,
+                 stage: str | None = None) -> dict[str, torch.Tensor]:
+    """mean and std of all of ``t``, and for post-activation tensors the saturated / dead
+    fractions. Percentiles come from ``batched_percentiles``."""
     flat = t.detach().float().flatten()
-    std, mean = torch.std_mean(flat, correction=0)
-    q = torch.tensor(QUANTILES, device=t.device)
-    sample = flat
-    if flat.numel() > max_elements:
-        sample = flat[_fixed_subset(flat.numel(), max_elements, t.device)]
-    pct = torch.quantile(sample, q)
-    unit_vals = t.detach().float().select(1, unit % t.shape[1]).flatten()
-    if unit_vals.numel() > max_elements:
-        unit_vals = unit_vals[_fixed_subset(unit_vals.numel(), max_elements, t.device)]
-    upct = torch.quantile(unit_vals, q)
-    out = {"mean": mean, "std": std, "p15": pct[0], "p50": pct[1], "p85": pct[2],
-           "unit_p15": upct[0], "unit_p50": upct[1], "unit_p85": upct[2]}
+    mean = flat.mean()
+    std = torch.linalg.vector_norm(flat - mean) / flat.numel() ** 0.5  # population std
+    out = {"mean": mean, "std": std}
     if stage == "post" and activation == "relu":
         out["dead"] = (flat == 0).float().mean()
     elif stage == "post" and activation in ("sigmoid", "tanh"):
         low = 0.0 if activation == "sigmoid" else -1.0
         saturated = (flat < low + SATURATION_MARGIN) | (flat > 1.0 - SATURATION_MARGIN)
         out["saturated"] = saturated.float().mean()
+    return out
+
+
+def percentile_sample(t: torch.Tensor, max_elements: int) -> torch.Tensor:
+    """All of ``t`` flattened, or a fixed sample of ``max_elements`` of its values."""
+    flat = t.detach().float().flatten()
+    if flat.numel() > max_elements:
+        flat = flat[_fixed_subset(flat.numel(), max_elements, t.device)]
+    return flat
+
+
+def batched_percentiles(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """15/50/85th percentiles (torch.quantile, linear interpolation) of many 1-d tensors, with
+    one quantile call per group of equal length instead of one per tensor."""
+    q = torch.tensor(QUANTILES)
+    by_len: dict[int, list[str]] = {}
+    for key, row in rows.items():
+        by_len.setdefault(row.numel(), []).append(key)
+    out: dict[str, torch.Tensor] = {}
+    for keys in by_len.values():
+        stacked = torch.stack([rows[k] for k in keys])
+        pct = torch.quantile(stacked, q.to(stacked.device), dim=1)  # (3, len(keys))
+        for i, key in enumerate(keys):
+            for j, name in enumerate(("p15", "p50", "p85")):
+                out[f"{key}{name}"] = pct[j, i]
     return out
 
 
@@ -92,37 +108,41 @@ def _fixed_subset(n: int, k: int, device: torch.device) -> torch.Tensor:
     return _SUBSETS[key]
 
 
+def probe_layout(model: nn.Module) -> dict[str, dict[str, list]]:
+    """Custom-scalars charts: one chart per statistic with every layer overlaid, and the BN
+    paper's Figure 1 view (nonlinearity-input percentiles) per layer."""
+    act = {f"{stat} ({stage})": ["Multiline", [rf"act/[^/]+/{stage}/{stat}$"]]
+           for stage in STAGES for stat in ("mean", "std")}
+    act.update({f"{name} nonlinearity input p15/p50/p85": [
+        "Multiline", [f"act/{name}/norm/p15", f"act/{name}/norm/p50", f"act/{name}/norm/p85"]]
+        for name in hidden_blocks(model)})
+    act["saturated / dead (post)"] = ["Multiline", [r"act/[^/]+/post/(saturated|dead)$"]]
+    grad = {"weight grad norm": ["Multiline", [r"grad/[^/]+/weight$"]],
+            "bias grad norm": ["Multiline", [r"grad/[^/]+/bias$"]],
+            "input grad norm": ["Multiline", [r"grad/[^/]+/input$"]],
+            "global / first-to-last": ["Multiline", ["grad/global", "grad/first_last_ratio"]],
+            "update-to-weight ratio": ["Multiline", [r"update/[^/]+$"]]}
+    return {"activations": act, "gradients": grad}
+
+
 class Probes:
     """Schedules and computes the probes of one run; ``begin(step, x)`` is the training loop's
     entry point and returns a ``StepProbe`` on the steps where a probe is due."""
 
     def __init__(self, model: nn.Module, cfg: Any, activation: str, probe_x: torch.Tensor,
                  log: Any) -> None:
-        self.model, self.cfg, self.activation, self.probe_x, self.log = model, cfg, activation, probe_x, log
+        self.model, self.activation, self.probe_x, self.log = model, activation, probe_x, log
+        # Plain Python values: reading a DictConfig in the hot path costs microseconds a key.
+        self.enabled, self.every, self.hist_every = cfg.enabled, cfg.every, cfg.hist_every
+        self.unit, self.max_elements = cfg.unit, cfg.max_elements
         self.blocks = hidden_blocks(model)
         self.layers = probed_layers(model)
 
     def due(self, step: int) -> bool:
-        return self.cfg.enabled and step % self.cfg.every == 0
+        return self.enabled and step % self.every == 0
 
     def hist_due(self, step: int) -> bool:
-        return self.cfg.enabled and self.cfg.hist_every > 0 and step % self.cfg.hist_every == 0
-
-    def layout(self) -> dict[str, dict[str, list]]:
-        """Custom-scalars charts: one chart per statistic with every layer overlaid, and the BN
-        paper's Figure 1 view (nonlinearity-input percentiles) per layer."""
-        act = {f"{stat} ({stage})": ["Multiline", [rf"act/[^/]+/{stage}/{stat}$"]]
-               for stage in STAGES for stat in ("mean", "std")}
-        act.update({f"{name} nonlinearity input p15/p50/p85": [
-            "Multiline", [f"act/{name}/norm/p15", f"act/{name}/norm/p50", f"act/{name}/norm/p85"]]
-            for name in self.blocks})
-        act["saturated / dead (post)"] = ["Multiline", [r"act/[^/]+/post/(saturated|dead)$"]]
-        grad = {"weight grad norm": ["Multiline", [r"grad/[^/]+/weight$"]],
-                "bias grad norm": ["Multiline", [r"grad/[^/]+/bias$"]],
-                "input grad norm": ["Multiline", [r"grad/[^/]+/input$"]],
-                "global / first-to-last": ["Multiline", ["grad/global", "grad/first_last_ratio"]],
-                "update-to-weight ratio": ["Multiline", [r"update/[^/]+$"]]}
-        return {"activations": act, "gradients": grad}
+        return self.enabled and self.hist_every > 0 and step % self.hist_every == 0
 
     @contextmanager
     def _probe_mode(self) -> Iterator[None]:
@@ -159,13 +179,17 @@ class Probes:
             for h in handles:
                 h.remove()
         values: dict[str, torch.Tensor] = {}
+        rows: dict[str, torch.Tensor] = {}
         for key, t in captured.items():
             stage = key.split("/")[1]
-            for stat, v in tensor_stats(t, self.cfg.unit, self.cfg.max_elements,
-                                        self.activation, stage).items():
+            for stat, v in tensor_stats(t, self.activation, stage).items():
                 values[f"act/{key}/{stat}"] = v
+            rows[f"act/{key}/"] = percentile_sample(t, self.max_elements)
+            unit = t.select(1, self.unit % t.shape[1])
+            rows[f"act/{key}/unit_"] = percentile_sample(unit, self.max_elements)
             if self.hist_due(step):
                 self._histogram(f"hist/act/{key}", t, step)
+        values.update(batched_percentiles(rows))
         return _to_floats(values)
 
     def _histogram(self, tag: str, t: torch.Tensor, step: int, bins: int = 64) -> None:
@@ -185,15 +209,15 @@ class Probes:
         """Call before the training forward; returns the step's probe when one is due."""
         if not self.due(step):
             return None
-        values = self.activation_stats(step)
-        return StepProbe(self, step, x, values)
+        self.log.scalars(step, self.activation_stats(step), kind="probe")
+        return StepProbe(self, step, x)
 
 
 class StepProbe:
     """The gradient side of one probed training step."""
 
-    def __init__(self, probes: Probes, step: int, x: torch.Tensor, values: dict[str, float]) -> None:
-        self.p, self.step, self.values = probes, step, values
+    def __init__(self, probes: Probes, step: int, x: torch.Tensor) -> None:
+        self.p, self.step = probes, step
         self.input_grads: dict[str, torch.Tensor] = {}
         self.handles = []
         x.requires_grad_(True)  # so the first layer's input gradient exists; values unchanged
@@ -236,8 +260,7 @@ class StepProbe:
         for name, layer in self.p.layers.items():
             before = self.weights[name]
             out[f"update/{name}"] = (layer.weight.detach() - before).norm() / before.norm()
-        self.values.update(_to_floats(out))
-        self.p.log.scalars(self.step, self.values, kind="probe")
+        self.p.log.scalars(self.step, _to_floats(out), kind="probe")
 
 
 def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:

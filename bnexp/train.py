@@ -25,6 +25,7 @@ import bnexp
 from bnexp.data import TensorLoader, load_splits
 from bnexp.errors import BnexpError
 from bnexp.models import build_model
+from bnexp.probes import Probes, probe_layout
 from bnexp.progress import Progress
 from bnexp.runlog import RunLog, git_sha, new_run_dir
 
@@ -125,6 +126,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     if splits.val is not None:
         eval_loaders["val"] = TensorLoader(*splits.val, tc.eval_batch_size, spec)
 
+    # The probe batch: fixed, from the training split, from its own generator (never the
+    # shuffle stream), so every norm variant of a seed probes the same images.
+    probe_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17)
+    probe_idx = torch.randperm(n_train, generator=probe_gen)[: cfg.probe.batch_size]
+    probe_x = train_loader.normalize(splits.train[0][probe_idx.to(device)])
+
     model = build_model(cfg.model, cfg.norm, spec.shape, spec.num_classes).to(device)
     optimizer = make_optimizer(model.parameters(), oc)
     steps_per_epoch = len(train_loader)
@@ -134,7 +141,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         optimizer, lambda s: lr_factor(s, total_steps, steps_per_epoch, oc))
 
     run_dir = new_run_dir(cfg.output_dir, cfg.name)
-    log = RunLog(run_dir, OmegaConf.to_yaml(cfg, resolve=True), overrides or [], flat_hparams(cfg))
+    log = RunLog(run_dir, OmegaConf.to_yaml(cfg, resolve=True), overrides or [], flat_hparams(cfg),
+                 layout=probe_layout(model))
+    probes = Probes(model, cfg.probe, cfg.model.activation, probe_x, log)
     summary: dict[str, Any] = {
         "status": "running", "name": cfg.name, "run_dir": str(run_dir), "device": str(device),
         "seed": cfg.seed, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
@@ -155,6 +164,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
                 win_loss, win_correct, win_seen = 0.0, 0, 0
                 t_epoch, first_step = time.perf_counter(), step
                 for x, y in train_loader:
+                    probe = probes.begin(step, x)  # None unless a probe is due at this step
                     logits = model(x)
                     loss = F.cross_entropy(logits.float(), y)
                     loss_value = loss.item()
@@ -163,7 +173,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
                         raise _Stop
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if probe:
+                        probe.after_backward()  # gradient norms, before the update
                     optimizer.step()
+                    if probe:
+                        probe.after_step()  # update-to-weight ratios; logs the probe
                     scheduler.step()
                     step += 1
 
