@@ -84,7 +84,7 @@ class ProbeConfig:
     enabled: bool = True
     every: int = 100  # steps between probes (activation statistics, gradient norms)
     hist_every: int = 500  # steps between histograms; 0 disables them
-    batch_size: int = 256  # size of the fixed probe batch, drawn once from the training split
+    batch_size: int = 128  # size of the fixed probe batch, drawn once from the training split
     unit: int = 0  # the tracked unit (MLP) / channel (CNN) of every layer
     max_elements: int = 4096  # percentiles of larger tensors use a fixed sample of this size
 
@@ -146,7 +146,7 @@ def validate(cfg: Any) -> None:
         ("norm.eps", cfg.norm.eps, 1e-5),
         ("optim.step_size", cfg.optim.step_size, 1),
         ("probe.every", cfg.probe.every, 100),
-        ("probe.batch_size", cfg.probe.batch_size, 256),
+        ("probe.batch_size", cfg.probe.batch_size, 128),
         ("probe.max_elements", cfg.probe.max_elements, 4096),
     ]:
         _positive(value, key, example)
