@@ -7,7 +7,7 @@ import pytest
 from bnexp.errors import BnexpError
 from bnexp.hydra_app import compose_config, config_dir
 
-GROUPS = ["data", "model", "norm", "optim", "trainer"]
+GROUPS = ["data", "model", "norm", "optim", "trainer", "probe"]
 
 
 def options(group: str) -> list[str]:
