@@ -53,8 +53,16 @@ def _root(root: Path | None) -> Path:
 
 
 @app.command()
-def train(overrides: Overrides = None) -> None:
+def train(
+    overrides: Overrides = None,
+    multirun: Annotated[bool, typer.Option(
+        "--multirun", "-m", help="Run the grid of all swept values (norm=none,torch seed=0,1) "
+        "through Hydra's launcher; sweep.resume=DIR re-runs only unfinished jobs.")] = False,
+) -> None:
     """Train one model; OVERRIDES use Hydra's syntax (norm=torch model=cnn optim.lr=0.05)."""
+    if multirun:
+        _multirun(overrides or [])
+        return
     with user_errors():
         from bnexp.hydra_app import compose_config
         from bnexp.train import train as run_training
@@ -72,6 +80,39 @@ def train(overrides: Overrides = None) -> None:
                f"{summary['wall_time_s']:.1f}s -> {summary['run_dir']}")
     if summary["status"] == "diverged":
         typer.echo(f"the loss became non-finite at step {summary['diverged_step']}")
+
+
+def _multirun(overrides: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bnexp.hydra_app import launch_multirun, plan_multirun
+    from bnexp.sweep import status_table, update_manifest
+
+    with user_errors():
+        sweep_dir, hydra_overrides, grid = plan_multirun(overrides)
+    update_manifest(sweep_dir, command=["bnexp", "train", "-m", *overrides],
+                    overrides=hydra_overrides, grid=grid, directory=str(sweep_dir))
+    typer.echo(f"sweep -> {sweep_dir}")
+    try:
+        launch_multirun(hydra_overrides, sweep_dir)
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: finished jobs are kept; resume with sweep.resume={sweep_dir}",
+                    fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+    rows, failed = status_table(sweep_dir)
+    update_manifest(sweep_dir, finished=True, failed=failed)
+    table = Table("job", "varied overrides", "status", "test acc", title=f"sweep {sweep_dir}")
+    for r in rows:
+        acc = f"{100 * r['test_acc']:.2f}%" if r["test_acc"] is not None else "-"
+        status = r["status"] + (" (kept)" if r["resumed"] else "")
+        table.add_row(str(r["num"]), r["varied"], status, acc)
+    Console(width=120).print(table)
+    if failed:
+        typer.secho(f"{failed} of {len(rows)} jobs failed; see their summary.json. Re-run them "
+                    f"with: bnexp train -m {' '.join(overrides)} sweep.resume={sweep_dir}",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -72,6 +72,7 @@ class TrainerConfig:
     batch_size: int = 128
     eval_batch_size: int = 1000
     eval_every: int = 1  # epochs between val/test evaluations (the last epoch always evaluates)
+    eval_batch_stats: bool = False  # also test with BN on batch statistics (test_batchstats/*)
     log_every: int = 50  # steps between train/loss points
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads; None keeps torch's default

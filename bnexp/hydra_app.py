@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -13,8 +15,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bnexp.config import BnexpConfig, validate
 from bnexp.errors import BnexpError
+from bnexp.sweep import safe_dirname  # noqa: F401  (registers the job-directory resolver)
 
 ConfigStore.instance().store(name="bnexp_schema", node=BnexpConfig)
+
+# configs/hydra/launcher/{joblib,submitit_*}.yaml deliberately share their names with the
+# plugins' schemas, so Hydra validates our launcher settings against them; Hydra 1.3 still does
+# this ("automatic schema matching") but warns that it is deprecated on every compose.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 
 def config_dir() -> Path:
@@ -55,3 +63,104 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
             "Run `bnexp config` to see every key with its current value, and use "
             "`group=option` to pick a config file (e.g. norm=torch) or `group.key=value` to "
             "change a value (e.g. optim.lr=0.05).")
+
+
+def plan_multirun(overrides: list[str]) -> tuple[Path, list[str], dict[str, list[str]]]:
+    """Check a sweep before anything runs; return its directory, the overrides for Hydra and
+    the grid (each swept key with its values; empty for sweeps only Hydra can expand).
+
+    Every value of every swept key (from the command line and from a preset's
+    ``hydra.sweeper.params``) is composed and validated on its own, so a typo in one value is
+    a clear error before any job starts. ``sweep.resume=DIR`` reuses DIR: jobs with a completed
+    summary.json are skipped.
+    """
+    import importlib
+    import time
+    import uuid
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("sweep.resume=")]
+    rest = [o for o in overrides if not o.startswith("sweep.resume=")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(rest)
+    except HydraException as exc:
+        raise BnexpError(_explain(exc, rest)) from None
+    sweeps = {o.get_key_element(): o for o in parsed if o.is_sweep_override()}
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+
+    def values(o: Any) -> list[str]:
+        try:
+            return [f"{o.input_line.split('=', 1)[0]}={v}" for v in o.sweep_string_iterator()]
+        except Exception:  # glob() and other sweeps that need the option list: Hydra expands
+            return []
+
+    firsts = [v[0] for v in map(values, sweeps.values()) if v]
+    base = _compose_with_hydra(fixed + firsts, overrides)
+    preset = OmegaConf.select(base, "hydra.sweeper.params") or {}
+    preset_lines = [f"{k}={v}" for k, v in preset.items() if k not in sweeps]
+    for o in OverridesParser.create().parse_overrides(preset_lines):
+        sweeps.setdefault(o.get_key_element(), o)
+    for key, o in sweeps.items():
+        others = [v[0] for k, v in ((k, values(s)) for k, s in sweeps.items()) if k != key and v]
+        for line in values(o):
+            cfg = _compose_with_hydra(fixed + others + [line], overrides)
+            validate(cfg)
+
+    target = OmegaConf.select(base, "hydra.launcher._target_") or ""
+    try:
+        importlib.import_module(target.rsplit(".", 1)[0])
+    except ImportError:
+        extra = "slurm" if "submitit" in target else "parallel"
+        raise BnexpError(
+            f"The launcher {target} is not installed. Install it with "
+            f"`pip install 'bnexp[{extra}]'` (or drop the hydra/launcher override to run the "
+            "jobs one after another)."
+        ) from None
+
+    if resume:
+        sweep_dir = Path(resume[-1])
+        if not (sweep_dir / "sweep.json").exists():
+            raise BnexpError(f"sweep.resume={sweep_dir}: no sweep.json there. Pass the directory "
+                             "of an earlier sweep (outputs/sweeps/<...>), with the same grid.")
+    else:
+        named = any(o.startswith(("experiment=", "name=")) for o in fixed)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(base.name)) if named else "sweep"
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        sweep_dir = Path(base.output_dir) / "sweeps" / f"{stamp}_{name}_{uuid.uuid4().hex[:6]}"
+    grid = {key: [line.split("=", 1)[1] for line in values(o)] for key, o in sweeps.items()}
+    # Job directories are named by the swept overrides only: the fixed ones are the same for
+    # every job and would make names too long for the filesystem.
+    excluded = list(OmegaConf.select(base, "hydra.job.config.override_dirname.exclude_keys") or [])
+    excluded += [o.key_or_group for o in parsed if not o.is_sweep_override()]
+    rest = rest + [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"]
+    return sweep_dir, rest, grid
+
+
+def _compose_with_hydra(overrides: list[str], shown: list[str]) -> DictConfig:
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides),
+                          return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise BnexpError(_explain(exc, shown)) from None
+    return cfg
+
+
+def launch_multirun(overrides: list[str], sweep_dir: Path) -> None:
+    """Hand the command line to Hydra's own runner (``hydra.main`` with ``-m``), so that
+    sweepers and launcher plugins work as in any Hydra app."""
+    import sys
+
+    import hydra
+
+    from bnexp.sweep import run_job
+
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()),
+                     config_name="config")(run_job)
+    argv = sys.argv
+    sys.argv = ["bnexp", "--multirun", *overrides, f"hydra.sweep.dir='{sweep_dir}'"]
+    try:
+        app()
+    finally:
+        sys.argv = argv

@@ -9,7 +9,8 @@ the affine map loses its bias when a norm follows (BN's shift makes it redundant
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -81,6 +82,27 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(self.blocks(x).mean(dim=(2, 3))))
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Forward passes with BN on batch statistics (as in training), dropout off, BN running
+    statistics restored afterwards, no autograd: how probes and train-mode evaluation look at
+    a network without changing it."""
+    was_training = model.training
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+        model.train(was_training)
 
 
 def build_model(model_cfg: Any, norm_cfg: Any, shape: tuple[int, int, int],

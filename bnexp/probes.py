@@ -19,14 +19,12 @@ tracked unit (``unit_p15``...), ``act/<layer>/post/{saturated,dead}``,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-from bnexp.models import Block
+from bnexp.models import Block, batch_statistics
 
 STAGES = ("pre", "norm", "post")
 QUANTILES = (0.15, 0.50, 0.85)
@@ -154,25 +152,6 @@ class Probes:
     def hist_due(self, step: int) -> bool:
         return self.enabled and self.hist_every > 0 and step % self.hist_every == 0
 
-    @contextmanager
-    def _probe_mode(self) -> Iterator[None]:
-        """BN on batch statistics, dropout off, running statistics restored, no autograd."""
-        model = self.model
-        was_training = model.training
-        buffers = {k: v.clone() for k, v in model.named_buffers()}
-        model.train()
-        dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
-        for m in dropouts:
-            m.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            with torch.no_grad():
-                for k, v in model.named_buffers():
-                    v.copy_(buffers[k])
-            model.train(was_training)
-
     def activation_stats(self, step: int) -> dict[str, float]:
         """Statistics of every block's three stages on the probe batch.
 
@@ -198,7 +177,7 @@ class Probes:
                 handles.append(module.register_forward_hook(
                     lambda _m, _i, out, key=f"{name}/{stage}": measure(key, out.detach())))
         try:
-            with self._probe_mode():
+            with batch_statistics(self.model):
                 self.model(self.probe_x)
         finally:
             for h in handles:

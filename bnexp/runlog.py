@@ -39,6 +39,9 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temp file + rename, so readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, default=_jsonable)
         f.write("\n")

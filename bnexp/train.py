@@ -12,6 +12,9 @@ import math
 import platform
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,7 @@ from torch import nn
 import bnexp
 from bnexp.data import TensorLoader, load_splits
 from bnexp.errors import BnexpError
-from bnexp.models import build_model
+from bnexp.models import batch_statistics, build_model
 from bnexp.probes import Probes, probe_layout
 from bnexp.progress import Progress
 from bnexp.runlog import RunLog, git_sha, new_run_dir
@@ -69,19 +72,30 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: Any) -> float:
     return 1.0
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: TensorLoader) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a split, in eval mode."""
-    model.eval()
+def evaluate(model: nn.Module, loader: TensorLoader,
+             batch_stats: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a split: in eval mode (BN running statistics), or
+    with ``batch_stats`` as in training (BN normalising each batch with its own statistics)."""
     loss_sum = torch.zeros((), device=loader.images.device)
     correct = torch.zeros((), device=loader.images.device, dtype=torch.long)
-    for x, y in loader:
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    model.train()
-    n = len(loader.images)
+    mode = batch_statistics(model) if batch_stats else _eval_mode(model)
+    with mode:
+        for x, y in loader:
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+    n = len(loader) * loader.batch_size if loader.drop_last else len(loader.images)
     return loss_sum.item() / n, correct.item() / n
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train()
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -100,11 +114,13 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, overrides: list[str] | None = None,
+          run_dir: Path | None = None) -> dict[str, Any]:
     """Train one model as ``cfg`` says and return its summary (also written to summary.json).
 
     User errors found before training (missing data, bad device) raise BnexpError before any
     run directory exists; anything after that is recorded in the run's summary.json.
+    ``run_dir`` is given by sweeps (Hydra's job directory); single runs get a fresh one.
     """
     t_start = time.perf_counter()
     tc, oc = cfg.trainer, cfg.optim
@@ -125,6 +141,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     eval_loaders = {"test": TensorLoader(*splits.test, tc.eval_batch_size, spec)}
     if splits.val is not None:
         eval_loaders["val"] = TensorLoader(*splits.val, tc.eval_batch_size, spec)
+    if tc.eval_batch_stats:  # the test set in batches of the training size, BN on batch stats
+        eval_loaders["test_batchstats"] = TensorLoader(*splits.test, tc.batch_size, spec,
+                                                       drop_last=True)
 
     # The probe batch: fixed, from the training split, from its own generator (never the
     # shuffle stream), so every norm variant of a seed probes the same images.
@@ -140,13 +159,16 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, steps_per_epoch, oc))
 
-    run_dir = new_run_dir(cfg.output_dir, cfg.name)
+    if run_dir is None:
+        run_dir = new_run_dir(cfg.output_dir, cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir, OmegaConf.to_yaml(cfg, resolve=True), overrides or [], flat_hparams(cfg),
                  layout=probe_layout(model))
     probes = Probes(model, cfg.probe, cfg.model.activation, probe_x, log)
     summary: dict[str, Any] = {
         "status": "running", "name": cfg.name, "run_dir": str(run_dir), "device": str(device),
-        "seed": cfg.seed, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+        "seed": cfg.seed, "threads": torch.get_num_threads(), "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps, "params": sum(p.numel() for p in model.parameters()),
         "versions": {"bnexp": bnexp.__version__, "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "python": platform.python_version()},
@@ -209,7 +231,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
                            "time/samples_per_s": epoch_seen / epoch_time}
                 if epoch % tc.eval_every == 0 or step == total_steps:
                     for split, loader in eval_loaders.items():
-                        metrics[f"{split}/loss"], metrics[f"{split}/acc"] = evaluate(model, loader)
+                        metrics[f"{split}/loss"], metrics[f"{split}/acc"] = evaluate(
+                            model, loader, batch_stats=split == "test_batchstats")
                     metrics["gap/loss"] = metrics["train/loss"] - metrics["test/loss"]
                     metrics["gap/acc"] = metrics["train/acc"] - metrics["test/acc"]
                     for key in ("test/acc", "val/acc"):

@@ -6,7 +6,9 @@ on 2 CPU cores; every-step probing is reported, not bounded. samples/s counts tr
 (probes run inside the training loop; evaluation is excluded).
 
     python scripts/bench_probes.py --data-root ../shared/data
-    python scripts/bench_probes.py --data-root ../shared/data --steps 600 --repeats 3
+    python scripts/bench_probes.py --data-root ../shared/data --repeats 5
+
+Every-step runs train a tenth of the steps (they are ~5x slower).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import tempfile
 from bnexp.hydra_app import compose_config
 from bnexp.train import train
 
+# (overrides, training steps per run): about 4 s (MLP) and 10 s (CNN) of training each.
 MODELS = {
-    "mlp (3x100 sigmoid, BN, batch 60)": ["model=mlp", "model.activation=sigmoid",
-                                          "trainer.batch_size=60", "norm=torch"],
-    "cnn (default, BN)": ["model=cnn", "norm=torch"],
+    "mlp (3x100 sigmoid, BN, batch 60)": (["model=mlp", "model.activation=sigmoid",
+                                           "trainer.batch_size=60", "norm=torch"], 2500),
+    "cnn (default, BN)": (["model=cnn", "norm=torch"], 400),
 }
 PROBES = {"off": ["probe=off"], "default": ["probe=default"], "every step": ["probe=every_step"]}
 
@@ -35,23 +38,21 @@ def samples_per_s(overrides: list[str], out: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="../shared/data")
-    parser.add_argument("--steps", type=int, default=400, help="training steps per run")
-    parser.add_argument("--every-step-steps", type=int, default=100,
-                        help="steps for the (slow) every-step runs")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; median reported")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
         print(f"{'model':>36} {'probes':>11} {'samples/s':>10} {'ratio':>7}")
-        for model, model_overrides in MODELS.items():
-            base = None
-            for probe, probe_overrides in PROBES.items():
-                steps = args.every_step_steps if probe == "every step" else args.steps
-                overrides = [f"data.root={args.data_root}", f"trainer.steps={steps}",
-                             *model_overrides, *probe_overrides]
-                # Interleaving is unnecessary: each cell is a median over repeats.
-                rates = [samples_per_s(overrides, out) for _ in range(args.repeats)]
-                rate = statistics.median(rates)
-                base = base or rate
+        for model, (model_overrides, steps) in MODELS.items():
+            rates: dict[str, list[float]] = {p: [] for p in PROBES}
+            for _ in range(args.repeats):  # interleaved, so drifting machine load hits all alike
+                for probe, probe_overrides in PROBES.items():
+                    n = max(20, steps // 10) if probe == "every step" else steps
+                    overrides = [f"data.root={args.data_root}", f"trainer.steps={n}",
+                                 *model_overrides, *probe_overrides]
+                    rates[probe].append(samples_per_s(overrides, out))
+            base = statistics.median(rates["off"])
+            for probe, values in rates.items():
+                rate = statistics.median(values)
                 print(f"{model:>36} {probe:>11} {rate:10.0f} {rate / base:7.3f}", flush=True)
 
 

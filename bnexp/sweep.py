@@ -1,0 +1,189 @@
+"""Sweeps: the job that Hydra's launchers run, and the sweep.json manifest.
+
+Hydra expands the grid and launches the jobs (so its sweepers and launcher plugins work); each
+job runs ``run_job`` in the launcher's process, trains into Hydra's job directory
+(``<sweep dir>/<num>_<overrides>/``) and records itself in ``<sweep dir>/sweep.json`` under a
+file lock, so parallel launchers can update it as jobs finish. A job that fails records
+``failed`` in its own summary.json and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from bnexp.errors import BnexpError
+
+MANIFEST = "sweep.json"
+MAX_DIRNAME = 120  # job directory names stay far below filesystem limits (255 bytes)
+
+
+def safe_dirname(overrides: str) -> str:
+    """A job directory name from Hydra's ``override_dirname``: no path separators (a swept
+    path would nest directories), and long names cut, with a hash to keep them unique."""
+    import hashlib
+
+    name = overrides.replace("/", "_").replace("\\", "_") or "job"
+    if len(name) > MAX_DIRNAME:
+        digest = hashlib.md5(name.encode()).hexdigest()[:8]
+        name = f"{name[:MAX_DIRNAME - 9]}-{digest}"
+    return name
+
+
+# Registered on import: Hydra resolves the job directory in the launcher's process (joblib and
+# submitit workers too), where importing the task function imports this module.
+OmegaConf.register_new_resolver("bnexp_dirname", safe_dirname, replace=True)
+RESULT_FILES = ("summary.json", "metrics.jsonl", "tb", "checkpoint.pt", "config.yaml",
+                "overrides.yaml")
+
+
+@contextmanager
+def _locked(sweep_dir: Path):
+    with open(sweep_dir / ".sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_manifest(sweep_dir: Path) -> dict[str, Any]:
+    path = sweep_dir / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_manifest(sweep_dir: Path, **fields: Any) -> None:
+    """Merge ``fields`` into sweep.json (``jobs`` merged by job number), atomically."""
+    from bnexp.runlog import write_json_atomic
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(sweep_dir):
+        manifest = read_manifest(sweep_dir)
+        jobs = manifest.setdefault("jobs", {})
+        jobs.update(fields.pop("jobs", {}))
+        manifest.update(fields)
+        write_json_atomic(sweep_dir / MANIFEST, manifest)
+
+
+def completed_summary(job_dir: Path) -> dict[str, Any] | None:
+    """The job's summary if it completed (what ``sweep.resume`` skips), else None."""
+    path = job_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("status") == "completed" else None
+
+
+def _threads_for_launcher(launcher: Any) -> int | None:
+    """torch threads per job so parallel jobs share the cores instead of oversubscribing."""
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") if hasattr(launcher, "get") else None
+    if n_jobs is not None:  # joblib
+        n_jobs = cores if n_jobs < 0 else n_jobs
+        return max(1, cores // max(1, n_jobs))
+    cpus = launcher.get("cpus_per_task") if hasattr(launcher, "get") else None
+    return cpus or None  # submitit: what the job was given
+
+
+def run_job(cfg: Any) -> str:
+    """Hydra's task function for ``bnexp train -m``: train one grid point, never raise."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from bnexp.config import validate
+    from bnexp.train import train
+
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    sweep_dir = Path(hc.sweep.dir)
+    overrides = list(hc.overrides.task)
+    num = int(hc.job.num)
+    entry = {"num": num, "overrides": overrides, "dir": job_dir.name}
+
+    # A fresh sweep directory is always new, so a completed job here means sweep.resume.
+    if completed_summary(job_dir) is not None:
+        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": "completed",
+                                                    "resumed": "skipped"}})
+        print(f"[job {num}] already completed, skipped: {job_dir}", flush=True)
+        return "completed"
+    _set_aside_previous_attempt(job_dir)
+
+    threads = _threads_for_launcher(hc.launcher)
+    if cfg.trainer.threads is None and threads is not None:
+        with open_dict(cfg):
+            cfg.trainer.threads = threads
+    update_manifest(sweep_dir, jobs={str(num): {**entry, "status": "running"}})
+    try:
+        validate(cfg)
+        summary = train(cfg, overrides, run_dir=job_dir)
+        status = summary["status"]
+    except Exception as exc:  # the sweep goes on; the job's own summary says what happened
+        status = "failed"
+        if completed_summary(job_dir) is None and not (job_dir / "summary.json").exists():
+            _write_failed_summary(job_dir, exc)
+        message = str(exc) if isinstance(exc, BnexpError) else traceback.format_exc()
+        print(f"[job {num}] failed: {message}", flush=True)
+    update_manifest(sweep_dir, jobs={str(num): {**entry, "status": status}})
+    return status
+
+
+def _write_failed_summary(job_dir: Path, exc: BaseException) -> None:
+    from bnexp.runlog import write_json_atomic
+
+    job_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(job_dir / "summary.json", {
+        "status": "failed", "run_dir": str(job_dir),
+        "error": f"{type(exc).__name__}: {exc}",
+        "user_error": isinstance(exc, BnexpError),
+    })
+
+
+def _set_aside_previous_attempt(job_dir: Path) -> None:
+    """On resume, move an unfinished attempt's files to ``.previous/<time>/`` (kept, not mixed
+    with the new attempt's metrics)."""
+    existing = [job_dir / f for f in RESULT_FILES if (job_dir / f).exists()]
+    if not existing:
+        return
+    dest = job_dir / ".previous" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in existing:
+        shutil.move(str(path), dest / path.name)
+
+
+def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
+    """Jobs in number order with their status from each job's own summary.json, and the
+    number of failed jobs (diverged is a result, not a failure)."""
+    manifest = read_manifest(sweep_dir)
+    rows = []
+    for num, job in sorted(manifest.get("jobs", {}).items(), key=lambda kv: int(kv[0])):
+        summary_path = sweep_dir / job["dir"] / "summary.json"
+        summary = {}
+        if summary_path.exists():
+            try:
+                summary = json.loads(summary_path.read_text())
+            except ValueError:
+                summary = {"status": "failed", "error": "unreadable summary.json"}
+        status = summary.get("status", job.get("status", "unknown"))
+        acc = summary.get("final", {}).get("test/acc")
+        rows.append({"num": int(num), "overrides": job["overrides"], "status": status,
+                     "test_acc": acc, "resumed": job.get("resumed"), "dir": job["dir"],
+                     "error": summary.get("error")})
+    values: dict[str, set[str]] = {}
+    for r in rows:
+        for o in r["overrides"]:
+            key, _, value = o.partition("=")
+            values.setdefault(key, set()).add(value)
+    for r in rows:  # the overrides that tell the jobs apart
+        r["varied"] = " ".join(o for o in r["overrides"] if len(values[o.partition("=")[0]]) > 1)
+    failed = sum(r["status"] not in ("completed", "diverged") for r in rows)
+    return rows, failed

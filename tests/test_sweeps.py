@@ -1,0 +1,159 @@
+"""Sweeps end to end through the CLI on tiny data: Hydra's multirun, directory names, the
+manifest, a failing job, resume, the joblib and submitit_local launchers, every preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bnexp.hydra_app import compose_config, config_dir, plan_multirun
+from tests.conftest import TINY
+
+FAST = [*TINY, "trainer.epochs=1", "model=mlp", "probe=off", "trainer.checkpoint=false"]
+
+
+def sweep(cli, root: Path, out: Path, *overrides: str):
+    return cli("train", "-m", f"data.root={root}", f"output_dir={out}", *FAST, *overrides)
+
+
+def only_sweep(out: Path) -> Path:
+    (sweep_dir,) = (out / "sweeps").iterdir()
+    return sweep_dir
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: int(p.name.split("_")[0]))
+
+
+def test_grid_runs_every_job_with_manifest(cli, mnist_root, tmp_path) -> None:
+    result = sweep(cli, mnist_root, tmp_path / "out", "norm=none,torch", "seed=0,1")
+    assert result.exit_code == 0, result.output
+    sweep_dir = only_sweep(tmp_path / "out")
+    assert "_sweep_" in sweep_dir.name
+    dirs = job_dirs(sweep_dir)
+    assert [d.name.split("_")[0] for d in dirs] == ["0", "1", "2", "3"]
+    assert "norm=none" in dirs[0].name and "seed=1" in dirs[1].name
+    assert "data.root" not in dirs[0].name  # paths are kept out of directory names
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert manifest["grid"] == {"norm": ["none", "torch"], "seed": ["0", "1"]}
+    assert manifest["finished"] is True and manifest["failed"] == 0
+    assert {j["status"] for j in manifest["jobs"].values()} == {"completed"}
+    for d in dirs:
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["status"] == "completed" and (d / "tb").is_dir()
+    seeds = {json.loads((d / "summary.json").read_text())["seed"] for d in dirs}
+    assert seeds == {0, 1}
+    assert "completed" in result.output and "norm=torch seed=1" in result.output
+
+
+def test_range_choice_and_glob_sweeps(cli, mnist_root, tmp_path) -> None:
+    result = sweep(cli, mnist_root, tmp_path / "a", "seed=range(0,3)", "norm=choice(none,torch)")
+    assert result.exit_code == 0, result.output
+    assert len(job_dirs(only_sweep(tmp_path / "a"))) == 6
+    result = sweep(cli, mnist_root, tmp_path / "b", "norm=glob(c*)")  # custom only
+    assert result.exit_code == 0, result.output
+    (d,) = job_dirs(only_sweep(tmp_path / "b"))
+    assert "norm=custom" in d.name
+
+
+def test_failing_job_is_recorded_and_resume_reruns_only_it(cli, mnist_root, tmp_path) -> None:
+    out = tmp_path / "out"
+    # The second grid point has no data (and may not download): it fails, the first completes.
+    missing = tmp_path / "missing"
+    result = sweep(cli, mnist_root, out, "data.download=false", f"data.root={mnist_root},{missing}")
+    assert result.exit_code == 1, result.output
+    assert "failed" in result.output and "sweep.resume=" in result.output
+    sweep_dir = only_sweep(out)
+    ok, bad = job_dirs(sweep_dir)
+    assert json.loads((ok / "summary.json").read_text())["status"] == "completed"
+    failed = json.loads((bad / "summary.json").read_text())
+    assert failed["status"] == "failed" and "data.download=false" in failed["error"]
+    first_mtime = (ok / "summary.json").stat().st_mtime_ns
+
+    # Provide the missing data, resume: the completed job is skipped, the failed one re-runs.
+    from tests.conftest import write_mnist
+    write_mnist(missing)
+    result = sweep(cli, mnist_root, out, "data.download=false", f"data.root={mnist_root},{missing}",
+                   f"sweep.resume={sweep_dir}")
+    assert result.exit_code == 0, result.output
+    assert only_sweep(out) == sweep_dir
+    assert (ok / "summary.json").stat().st_mtime_ns == first_mtime
+    assert json.loads((bad / "summary.json").read_text())["status"] == "completed"
+    assert list((bad / ".previous").iterdir())  # the failed attempt is kept aside
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert manifest["jobs"]["0"]["resumed"] == "skipped" and manifest["failed"] == 0
+
+
+def test_diverged_job_is_a_result_not_a_failure(cli, mnist_root, tmp_path) -> None:
+    result = sweep(cli, mnist_root, tmp_path / "out", "optim.lr=0.01,1e12",
+                   "optim.schedule=constant", "norm=none")
+    assert result.exit_code == 0, result.output
+    statuses = [json.loads((d / "summary.json").read_text())["status"]
+                for d in job_dirs(only_sweep(tmp_path / "out"))]
+    assert statuses == ["completed", "diverged"]
+
+
+def test_bad_value_in_a_sweep_is_caught_before_any_job(cli, mnist_root, tmp_path) -> None:
+    result = sweep(cli, mnist_root, tmp_path / "out", "norm=none,batchy")
+    assert result.exit_code == 2 and "norm/batchy" in result.output
+    result = sweep(cli, mnist_root, tmp_path / "out", "optim.lr=0.1,-1")
+    assert result.exit_code == 2 and "optim.lr" in result.output
+    assert not (tmp_path / "out" / "sweeps").exists()
+
+
+def test_resume_needs_a_sweep_directory(cli, mnist_root, tmp_path) -> None:
+    result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1", f"sweep.resume={tmp_path}")
+    assert result.exit_code == 2 and "no sweep.json" in result.output
+
+
+def test_joblib_launcher_two_jobs(cli, mnist_root, tmp_path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1", "hydra/launcher=joblib",
+                   "hydra.launcher.n_jobs=2")
+    assert result.exit_code == 0, result.output
+    dirs = job_dirs(only_sweep(tmp_path / "out"))
+    summaries = [json.loads((d / "summary.json").read_text()) for d in dirs]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    import os
+    assert all(s["threads"] == max(1, (os.cpu_count() or 1) // 2) for s in summaries)
+
+
+def test_submitit_local_launcher(cli, mnist_root, tmp_path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1",
+                   "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5")
+    assert result.exit_code == 0, result.output
+    dirs = job_dirs(only_sweep(tmp_path / "out"))
+    assert [json.loads((d / "summary.json").read_text())["status"] for d in dirs] == \
+        ["completed", "completed"]
+    assert (only_sweep(tmp_path / "out") / ".submitit").is_dir()
+
+
+PRESETS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+
+
+def test_the_presets_exist() -> None:
+    assert set(PRESETS) >= {"ioffe_mnist", "overfit", "lr_range", "deep_sigmoid",
+                            "deep_relu_init", "small_batch", "cost"}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_declares_its_grid(preset: str, tmp_path) -> None:
+    cfg = compose_config([f"experiment={preset}"])
+    assert cfg.name == preset
+    text = (config_dir() / "experiment" / f"{preset}.yaml").read_text()
+    assert text.startswith("# @package _global_") and "about" in text  # states its duration
+    sweep_dir, _, grid = plan_multirun([f"experiment={preset}", f"output_dir={tmp_path}"])
+    assert grid and all(len(v) >= 2 for v in grid.values())
+    assert f"_{preset}_" in sweep_dir.name
+
+
+def test_preset_grid_runs_through_multirun(cli, mnist_root, tmp_path) -> None:
+    result = sweep(cli, mnist_root, tmp_path / "out", "experiment=deep_relu_init",
+                   "model.depth=2", "trainer.steps=3")  # the command line wins over the preset
+    assert result.exit_code == 0, result.output
+    dirs = job_dirs(only_sweep(tmp_path / "out"))
+    assert len(dirs) == 2 and all("norm=" in d.name for d in dirs)
