@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.datasets as tvd
 
 from bnexp.errors import BnexpError
 
@@ -59,7 +58,7 @@ class DatasetSpec:
     """What bnexp needs to know about one dataset."""
 
     name: str
-    tv_class: type
+    tv_name: str  # torchvision.datasets class that parses the files
     folder: str  # directory under data.root that torchvision reads
     num_classes: int
     shape: tuple[int, int, int]  # (C, H, W)
@@ -67,26 +66,38 @@ class DatasetSpec:
     std: tuple[float, ...]
     archive_hint: str  # where a user gets the official files when download fails
 
+    @property
+    def tv_class(self) -> Any:
+        """Imported on first use: importing torchvision costs over a second (it pulls in
+        torch._dynamo), and runs on cached data never need it."""
+        import torchvision.datasets
+
+        return getattr(torchvision.datasets, self.tv_name)
+
+    @property
+    def mnist_like(self) -> bool:
+        return self.name in RAW_MD5
+
 
 REGISTRY: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
-        "mnist", tvd.MNIST, "MNIST", 10, (1, 28, 28), (0.1307,), (0.3081,),
+        "mnist", "MNIST", "MNIST", 10, (1, 28, 28), (0.1307,), (0.3081,),
         "bnexp rebuilds MNIST from the Python package index when the mirrors fail",
     ),
     "fashion_mnist": DatasetSpec(
-        "fashion_mnist", tvd.FashionMNIST, "FashionMNIST", 10, (1, 28, 28), (0.2860,), (0.3530,),
+        "fashion_mnist", "FashionMNIST", "FashionMNIST", 10, (1, 28, 28), (0.2860,), (0.3530,),
         "install Debian's dataset-fashion-mnist (`apt-get install -y dataset-fashion-mnist`; "
         "`dpkg -L dataset-fashion-mnist` shows its folder) and run "
         "`bnexp data get fashion_mnist --from THAT_FOLDER`",
     ),
     "cifar10": DatasetSpec(
-        "cifar10", tvd.CIFAR10, "cifar-10-batches-py", 10, (3, 32, 32),
+        "cifar10", "CIFAR10", "cifar-10-batches-py", 10, (3, 32, 32),
         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
         "put the official cifar-10-python.tar.gz in a folder and run "
         "`bnexp data get cifar10 --from THAT_FOLDER`",
     ),
     "cifar100": DatasetSpec(
-        "cifar100", tvd.CIFAR100, "cifar-100-python", 100, (3, 32, 32),
+        "cifar100", "CIFAR100", "cifar-100-python", 100, (3, 32, 32),
         (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
         "put the official cifar-100-python.tar.gz in a folder and run "
         "`bnexp data get cifar100 --from THAT_FOLDER`",
@@ -111,10 +122,6 @@ def md5sum(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _is_mnist_like(spec: DatasetSpec) -> bool:
-    return spec.tv_class in (tvd.MNIST, tvd.FashionMNIST)
-
-
 def _raw_dir(spec: DatasetSpec, root: Path) -> Path:
     return root / spec.folder / "raw"
 
@@ -130,7 +137,7 @@ def check_files(name: str, root: Path | str) -> list[str]:
     """
     spec, root = spec_for(name), Path(root)
     problems: list[str] = []
-    if _is_mnist_like(spec):
+    if spec.mnist_like:
         for fname, md5 in RAW_MD5[spec.name].items():
             path = _raw_dir(spec, root) / fname
             if not path.exists():
@@ -149,11 +156,8 @@ def check_files(name: str, root: Path | str) -> list[str]:
 
 
 def is_present(spec: DatasetSpec, root: Path) -> bool:
-    if _is_mnist_like(spec):
-        return all(
-            (_raw_dir(spec, root) / Path(fname).stem).exists()
-            for fname, _ in spec.tv_class.resources
-        )
+    if spec.mnist_like:
+        return all((_raw_dir(spec, root) / fname).exists() for fname in RAW_MD5[spec.name])
     cls = spec.tv_class
     return all((root / spec.folder / f).exists() for f, _ in [*cls.train_list, *cls.test_list])
 
@@ -243,7 +247,7 @@ def get_from_dir(name: str, src: Path | str, root: Path | str) -> list[Path]:
     spec, src, root = spec_for(name), Path(src), Path(root)
     if not src.is_dir():
         raise BnexpError(f"--from {src}: no such folder. Pass the folder that holds the archives.")
-    if _is_mnist_like(spec):
+    if spec.mnist_like:
         return _install_idx(spec, src, root)
     cls = spec.tv_class
     archive = src / cls.filename
@@ -305,36 +309,72 @@ def _install_idx(spec: DatasetSpec, src: Path, root: Path) -> list[Path]:
 # --------------------------------------------------------------------------- loading
 
 
-class _UncheckedCIFAR10(tvd.CIFAR10):
-    """torchvision's CIFAR-10 parser without its MD5 checks (data.verify=false)."""
+def _unchecked(cls: type) -> type:
+    """torchvision's CIFAR parser without its MD5 checks (data.verify=false)."""
 
-    def _check_integrity(self) -> bool:
-        return all(Path(self.root, self.base_folder, f).exists()
-                   for f, _ in [*self.train_list, *self.test_list])
+    class Unchecked(cls):  # type: ignore[misc, valid-type]
+        def _check_integrity(self) -> bool:
+            return all(Path(self.root, self.base_folder, f).exists()
+                       for f, _ in [*self.train_list, *self.test_list])
 
-    def _load_meta(self) -> None:
-        path = Path(self.root, self.base_folder, self.meta["filename"])
-        self.classes = []
-        if path.exists():
-            with open(path, "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        def _load_meta(self) -> None:
+            path = Path(self.root, self.base_folder, self.meta["filename"])
+            self.classes = []
+            if path.exists():
+                with open(path, "rb") as f:
+                    self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
 
-
-class _UncheckedCIFAR100(_UncheckedCIFAR10, tvd.CIFAR100):
-    pass
+    return Unchecked
 
 
 def _read_split(spec: DatasetSpec, root: Path, train: bool,
                 verify: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as (uint8 images (N, C, H, W), int64 labels), parsed by torchvision."""
     cls = spec.tv_class
-    if not verify and not _is_mnist_like(spec):
-        cls = _UncheckedCIFAR100 if spec.name == "cifar100" else _UncheckedCIFAR10
+    if not verify and not spec.mnist_like:
+        cls = _unchecked(cls)
     ds: Any = cls(str(root), train=train, download=False)
-    if _is_mnist_like(spec):
+    if spec.mnist_like:
         return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
     return images, torch.as_tensor(ds.targets, dtype=torch.long)
+
+
+def _source_files(spec: DatasetSpec, root: Path) -> list[Path]:
+    if spec.mnist_like:
+        return [_raw_dir(spec, root) / f for f in RAW_MD5[spec.name]]
+    cls = spec.tv_class
+    return [root / spec.folder / f for f, _ in [*cls.train_list, *cls.test_list]]
+
+
+def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """Both splits as uint8 tensors: parsed by torchvision the first time, then from
+    ``<dataset folder>/.bnexp-cache.pt``, a copy of the parsed tensors that is used only while
+    the source files keep the sizes and modification times it was made from."""
+    cache = root / spec.folder / ".bnexp-cache.pt"
+    fingerprint = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in _source_files(spec, root)]
+    if cache.exists():
+        try:
+            cached = torch.load(cache, weights_only=True)
+            if cached["fingerprint"] == [list(f) for f in fingerprint]:
+                return cached["train"], cached["test"]
+        except Exception:  # unreadable or from another version: parse again
+            pass
+    try:
+        train, test = _read_split(spec, root, True, verify), _read_split(spec, root, False, verify)
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, KeyError) as exc:
+        raise BnexpError(
+            f"Could not read {spec.name} from {root}: {exc}. Check the files with "
+            f"`bnexp data verify {spec.name}`, or delete them and fetch them again."
+        ) from exc
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    try:
+        torch.save({"fingerprint": [list(f) for f in fingerprint], "train": train, "test": test},
+                   tmp)
+        os.replace(tmp, cache)
+    except OSError:  # a read-only data folder: no cache, parse each time
+        tmp.unlink(missing_ok=True)
+    return train, test
 
 
 @dataclass
@@ -371,14 +411,7 @@ def load_splits(data_cfg: Any, seed: int, device: torch.device) -> Splits:
     else:
         warnings.warn(f"data.verify=false: {spec.name} in {root} is loaded without MD5 checks.",
                       stacklevel=2)
-    try:
-        train_x, train_y = _read_split(spec, root, True, data_cfg.verify)
-        test_x, test_y = _read_split(spec, root, False, data_cfg.verify)
-    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, KeyError) as exc:
-        raise BnexpError(
-            f"Could not read {spec.name} from {root}: {exc}. Check the files with "
-            f"`bnexp data verify {spec.name}`, or delete them and fetch them again."
-        ) from exc
+    (train_x, train_y), (test_x, test_y) = _read_cached(spec, root, data_cfg.verify)
 
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(train_x), generator=gen)

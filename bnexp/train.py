@@ -14,13 +14,13 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version as _version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -171,7 +171,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps, "params": sum(p.numel() for p in model.parameters()),
         "versions": {"bnexp": bnexp.__version__, "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "python": platform.python_version()},
+                     "torchvision": _version("torchvision"), "python": platform.python_version()},
         "git_sha": git_sha(),
     }
     final: dict[str, float] = {}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -190,3 +193,36 @@ def test_idx_header_matches_the_spec(tmp_path: Path) -> None:
     raw = (tmp_path / "x").read_bytes()
     assert raw[:16] == bytes.fromhex("00000803 00000002 0000001c 0000001c".replace(" ", ""))
     assert io.BytesIO(raw[16:]).read() == array.tobytes()
+
+
+def test_parsed_splits_are_cached_until_the_files_change(mnist_root: Path, monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    first = data.load_splits(data_cfg(mnist_root, verify=False), 0, cpu)
+    assert (mnist_root / "MNIST" / ".bnexp-cache.pt").exists()
+
+    def parse_again(*args, **kwargs):
+        raise AssertionError("parsed again although the files did not change")
+
+    with monkeypatch.context() as m:
+        m.setattr(data, "_read_split", parse_again)
+        cached = data.load_splits(data_cfg(mnist_root, verify=False), 0, cpu)
+    assert torch.equal(cached.train[0], first.train[0]) and torch.equal(cached.test[1], first.test[1])
+
+    # A changed file (new contents, new mtime) is parsed again, not served from the cache.
+    from tests.conftest import write_idx
+    labels = mnist_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    write_idx(labels, np.zeros(100, dtype=np.uint8))
+    os.utime(labels, ns=(1, 1))
+    fresh = data.load_splits(data_cfg(mnist_root, verify=False), 0, cpu)
+    assert int(fresh.test[1].sum()) == 0
+
+
+def test_training_path_does_not_import_torchvision_when_cached(mnist_root: Path) -> None:
+    data.load_splits(data_cfg(mnist_root, verify=False), 0, torch.device("cpu"))
+    code = ("import sys, torch; from omegaconf import OmegaConf; from bnexp import data; "
+            "from bnexp.config import DataConfig; "
+            f"cfg = OmegaConf.structured(DataConfig(root={str(mnist_root)!r}, verify=False, val_size=40)); "
+            "data.load_splits(cfg, 0, torch.device('cpu')); print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,70 @@
+"""The same 4-job sweep of short MNIST MLP runs with Hydra's basic launcher (sequential, in one
+process) and with joblib (2 jobs at once), side by side, through the real CLI.
+
+Target (issue 5): joblib wall time at most 0.6x of sequential on 2 cores, every job's metrics
+identical to its sequential twin. Floating-point results depend on the number of torch threads
+(reductions are split differently), and joblib gives each of its 2 jobs cores/2 = 1 thread, so
+the twin that must match exactly is the sequential sweep at 1 thread; the speed baseline is the
+sequential sweep at torch's default (all cores), which is what a user would otherwise run.
+
+    python scripts/bench_sweep.py --data-root ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GRID = ["seed=0,1,2,3"]
+RUN = ["model=mlp", "trainer.epochs=2", "trainer.progress=none", "trainer.checkpoint=false"]
+
+
+def run_sweep(data_root: str, out: Path, extra: list[str]) -> tuple[float, dict[int, dict]]:
+    """Wall time of ``bnexp train -m`` and each job's final metrics, by job number."""
+    cmd = [sys.executable, "-m", "bnexp.cli", "train", "-m", f"data.root={data_root}",
+           f"output_dir={out}", *RUN, *GRID, *extra]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    (sweep_dir,) = (out / "sweeps").iterdir()
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    finals = {}
+    for num, job in manifest["jobs"].items():
+        summary = json.loads((sweep_dir / job["dir"] / "summary.json").read_text())
+        finals[int(num)] = {k: v for k, v in summary["final"].items() if not k.startswith("time/")}
+    return wall, finals
+
+
+def max_diff(a: dict[int, dict], b: dict[int, dict]) -> float:
+    return max(abs(a[n][k] - b[n][k]) for n in a for k in a[n])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default="../shared/data")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        seq_wall, seq = run_sweep(args.data_root, Path(tmp, "seq"), [])
+        seq1_wall, seq1 = run_sweep(args.data_root, Path(tmp, "seq1"), ["trainer.threads=1"])
+        par_wall, par = run_sweep(args.data_root, Path(tmp, "par"),
+                                  ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    print(f"4 jobs ({' '.join(RUN + GRID)})")
+    print(f"{'launcher':>32} {'wall s':>8} {'ratio':>7}")
+    print(f"{'basic (sequential, all threads)':>32} {seq_wall:8.1f} {1.0:7.2f}")
+    print(f"{'basic (sequential, 1 thread)':>32} {seq1_wall:8.1f} {seq1_wall / seq_wall:7.2f}")
+    print(f"{'joblib (2 jobs x 1 thread)':>32} {par_wall:8.1f} {par_wall / seq_wall:7.2f}")
+    same = max_diff(par, seq1)
+    print(f"joblib vs sequential at 1 thread: max metric difference {same:.3g} "
+          f"({'identical' if same == 0 else 'DIFFERENT'})")
+    print(f"joblib vs sequential at all threads: max metric difference {max_diff(par, seq):.3g} "
+          "(thread count changes reduction order)")
+    print(f"target: joblib / sequential <= 0.6 -> {par_wall / seq_wall:.2f}")
+
+
+if __name__ == "__main__":
+    main()
