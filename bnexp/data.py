@@ -347,11 +347,20 @@ def _source_files(spec: DatasetSpec, root: Path) -> list[Path]:
     return [root / spec.folder / f for f, _ in [*cls.train_list, *cls.test_list]]
 
 
+def _cache_path(folder: Path) -> Path:
+    if folder.stat().st_mode & 0o222:  # writable by someone; read-only data stays untouched
+        return folder / ".bnexp-cache.pt"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnexp"
+    key = hashlib.md5(str(folder.resolve()).encode()).hexdigest()[:12]
+    return base / f"{folder.name}-{key}.pt"
+
+
 def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[torch.Tensor, ...], ...]:
-    """Both splits as uint8 tensors: parsed by torchvision the first time, then from
-    ``<dataset folder>/.bnexp-cache.pt``, a copy of the parsed tensors that is used only while
-    the source files keep the sizes and modification times it was made from."""
-    cache = root / spec.folder / ".bnexp-cache.pt"
+    """Both splits as uint8 tensors: parsed by torchvision the first time, then from a cache
+    of the parsed tensors that is used only while the source files keep the sizes and
+    modification times it was made from: ``<dataset folder>/.bnexp-cache.pt``, or under
+    ``$XDG_CACHE_HOME/bnexp`` (``~/.cache/bnexp``) when that folder is read-only."""
+    cache = _cache_path(root / spec.folder)
     fingerprint = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in _source_files(spec, root)]
     if cache.exists():
         try:
@@ -369,6 +378,7 @@ def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[tor
         ) from exc
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"fingerprint": [list(f) for f in fingerprint], "train": train, "test": test},
                    tmp)
         os.replace(tmp, cache)
