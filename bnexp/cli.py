@@ -21,10 +21,10 @@ app = typer.Typer(help="bnexp: experiments that test what Batch Normalization ac
 data_app = typer.Typer(help="List, fetch and verify datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-Overrides = Annotated[list[str] | None, typer.Argument(  # noqa: UP007 (typer needs Optional)
+Overrides = Annotated[list[str] | None, typer.Argument(
     help="Hydra overrides, e.g. norm=custom model=mlp optim.lr=0.05 trainer.epochs=1",
     show_default=False)]
-DataRoot = Annotated[Path | None, typer.Option(  # noqa: UP007
+DataRoot = Annotated[Path | None, typer.Option(
     "--root", help="Data folder (default: $BNEXP_DATA or ./data).")]
 
 
@@ -116,6 +116,60 @@ def _multirun(overrides: list[str]) -> None:
 
 
 @app.command()
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="Run or sweep directories (searched "
+                                                "recursively for runs).")],
+    out: Annotated[Path, typer.Option(help="Where report.md, results.csv and figures/ go.")] = Path(
+        "outputs/report"),
+) -> None:
+    """Aggregate runs into a table, report.md, results.csv and PNG figures."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with user_errors():
+        from bnexp.report import fmt, write_report
+
+        found = write_report(list(paths), out)
+        if not found["runs"]:
+            raise BnexpError(f"No runs found under {', '.join(map(str, paths))}: a run directory "
+                             "holds summary.json (made by `bnexp train`). Pass run or sweep "
+                             "directories, e.g. outputs/sweeps/<dir>.")
+    console = Console(width=140)
+    table = Table("group", "runs", "status", "test acc %", "gap (pp)", "step ms",
+                  title=f"{len(found['runs'])} runs, grouped by "
+                        f"{', '.join(found['keys']) or '(nothing varies)'}")
+    for g in found["groups"]:
+        status = ", ".join(f"{v} {k}" for k, v in sorted(g.statuses().items()))
+        table.add_row(g.label, str(len(g.runs)), status, fmt(g.stat("test/acc"), 100),
+                      fmt(g.stat("gap/acc"), 100), fmt(g.stat("time/step_ms")))
+    console.print(table)
+    for path, reason in found["problems"]:
+        typer.secho(f"skipped {path}: {reason}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"report: {out / 'report.md'} ({len(found['figures'])} figures, results.csv)")
+
+
+@app.command()
+def claims(
+    overrides: Overrides = None,
+    budget: Annotated[str, typer.Option(help="quick (< 15 min on 2 cores), full (>= 3 seeds "
+                                        "everywhere), or test (tiny).")] = "quick",
+    out: Annotated[Path, typer.Option(help="Where claims.md, figures/ and the sweeps go.")] = Path(
+        "outputs/claims"),
+    only: Annotated[str | None, typer.Option(
+        help="Comma-separated claim ids to run (default: all).")] = None,
+) -> None:
+    """Run the experiment presets and write claims.md: one verdict per claim of the write-up,
+    by the decision rules declared in configs/claims/claims.yaml. Re-running reuses
+    completed runs."""
+    with user_errors():
+        from bnexp.claims import run_claims
+
+        path = run_claims(budget, out, overrides or [],
+                          only=only.split(",") if only else None, echo=typer.echo)
+    typer.echo(f"claims: {path}")
+
+
+@app.command()
 def config(overrides: Overrides = None) -> None:
     """Print the composed, resolved config without training."""
     with user_errors():
@@ -145,7 +199,7 @@ def data_list(root: DataRoot = None) -> None:
 @data_app.command("get")
 def data_get(
     name: Annotated[str, typer.Argument(help="mnist | fashion_mnist | cifar10 | cifar100")],
-    from_dir: Annotated[Path | None, typer.Option(  # noqa: UP007
+    from_dir: Annotated[Path | None, typer.Option(
         "--from", help="Folder holding the official archives (no download).")] = None,
     root: DataRoot = None,
 ) -> None:

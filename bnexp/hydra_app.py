@@ -65,14 +65,15 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
             "change a value (e.g. optim.lr=0.05).")
 
 
-def plan_multirun(overrides: list[str]) -> tuple[Path, list[str], dict[str, list[str]]]:
+def plan_multirun(overrides: list[str], sweep_dir: Path | None = None
+                  ) -> tuple[Path, list[str], dict[str, list[str]]]:
     """Check a sweep before anything runs; return its directory, the overrides for Hydra and
     the grid (each swept key with its values; empty for sweeps only Hydra can expand).
 
     Every value of every swept key (from the command line and from a preset's
     ``hydra.sweeper.params``) is composed and validated on its own, so a typo in one value is
     a clear error before any job starts. ``sweep.resume=DIR`` reuses DIR: jobs with a completed
-    summary.json are skipped.
+    summary.json are skipped. ``sweep_dir`` fixes the directory of a new sweep.
     """
     import importlib
     import time
@@ -123,7 +124,7 @@ def plan_multirun(overrides: list[str]) -> tuple[Path, list[str], dict[str, list
         if not (sweep_dir / "sweep.json").exists():
             raise BnexpError(f"sweep.resume={sweep_dir}: no sweep.json there. Pass the directory "
                              "of an earlier sweep (outputs/sweeps/<...>), with the same grid.")
-    else:
+    elif sweep_dir is None:
         named = any(o.startswith(("experiment=", "name=")) for o in fixed)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(base.name)) if named else "sweep"
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -153,9 +154,11 @@ def launch_multirun(overrides: list[str], sweep_dir: Path) -> None:
     import sys
 
     import hydra
+    from hydra.core.global_hydra import GlobalHydra
 
     from bnexp.sweep import run_job
 
+    GlobalHydra.instance().clear()  # a previous compose or sweep in this process
     app = hydra.main(version_base="1.3", config_path=str(config_dir()),
                      config_name="config")(run_job)
     argv = sys.argv

@@ -1,0 +1,200 @@
+"""The report's PNG figures (matplotlib, Agg): each readable on its own, with titles, axis labels
+and a legend naming the groups. A figure whose data is absent from the runs is not drawn."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bnexp.report import Group, Run  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _band(runs: list[Run], tag: str, kind: str | None) -> tuple[list[int], list[float], list[float]]:
+    """Mean and standard deviation across seeds of ``tag`` at each step all runs share."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for r in runs:
+        for step, value in r.series(tag, kind):
+            if value is not None and math.isfinite(value):
+                by_step[step].append(value)
+    steps = sorted(s for s, v in by_step.items() if len(v) == max(map(len, by_step.values())))
+    means = [statistics.fmean(by_step[s]) for s in steps]
+    stds = [statistics.pstdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
+    return steps, means, stds
+
+
+def learning_curves(groups: list[Group], path: Path) -> Path | None:
+    panels = [("train/loss", "step", "train loss (per logged step)"),
+              ("test/loss", "epoch", "test loss (per epoch)"),
+              ("train/acc", "step", "train accuracy"), ("test/acc", "epoch", "test accuracy")]
+    if not any(r.series("test/loss") for g in groups for r in g.runs):
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for ax, (tag, kind, title) in zip(axes.flat, panels, strict=True):
+        for g in groups:
+            steps, mean, std = _band(g.runs, tag, kind)
+            if steps:
+                line, = ax.plot(steps, mean, label=f"{g.label} (n={len(g.runs)})")
+                ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
+                                [m + s for m, s in zip(mean, std, strict=True)],
+                                color=line.get_color(), alpha=0.2)
+        ax.set(title=title + ", mean ± sd over seeds", xlabel="optimizer step", ylabel=tag)
+        if "loss" in tag:
+            ax.set_yscale("log")
+    axes.flat[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def gap_bars(groups: list[Group], path: Path) -> Path | None:
+    stats = [(g.label, g.stat("gap/acc"), g.stat("gap/loss")) for g in groups]
+    if not any(s[1]["n"] for s in stats):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(groups) + 2.5))
+    for ax, idx, name, scale in ((axes[0], 1, "train − test accuracy (pp)", 100),
+                                 (axes[1], 2, "train − test loss", 1)):
+        labels = [s[0] for s in stats]
+        means = [(s[idx]["mean"] or 0) * scale for s in stats]
+        errs = [((s[idx]["hi"] - s[idx]["mean"]) * scale) if s[idx]["hi"] is not None else 0
+                for s in stats]
+        ax.barh(labels, means, xerr=errs, color="tab:orange", capsize=3)
+        ax.set(title=f"{name}, mean with 95% interval", xlabel=name)
+        ax.axvline(0, color="black", lw=0.8)
+    return _save(fig, path)
+
+
+def _layers(runs: list[Run]) -> list[str]:
+    """Layer names in network order (fc1, fc2, ..., head) from the probe records."""
+    names = {m.group(1) for r in runs for rec in r.records if rec.get("kind") == "probe"
+             for k in rec if (m := re.match(r"grad/([^/]+)/weight$", k))}
+
+    def order(n: str) -> tuple[int, int]:
+        digits = re.sub(r"\D", "", n)
+        return (1, 0) if n == "head" else (0, int(digits) if digits else 0)
+
+    return sorted(names, key=order)
+
+
+def grad_norms(groups: list[Group], path: Path) -> Path | None:
+    runs = [r for g in groups for r in g.runs]
+    layers = _layers(runs)
+    if not layers:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, when in ((axes[0], "init"), (axes[1], "last")):
+        for g in groups:
+            values = []
+            for layer in layers:
+                per_run = []
+                for r in g.runs:
+                    probe_steps = sorted({s for s, _ in r.series(f"grad/{layer}/weight", "probe")})
+                    if not probe_steps:
+                        continue
+                    step = probe_steps[0] if when == "init" else probe_steps[-1]
+                    v = r.metric(f"grad/{layer}/weight@{step}")
+                    if v is not None and v > 0 and math.isfinite(v):
+                        per_run.append(v)
+                values.append(statistics.fmean(per_run) if per_run else float("nan"))
+            ax.plot(layers, values, marker="o", label=g.label)
+        ax.set(yscale="log", xlabel="layer (input → output)", ylabel="‖∂loss/∂W‖",
+               title="weight-gradient norm per layer " +
+                     ("at initialisation (step 0)" if when == "init" else "at the last probe"))
+        ax.tick_params(axis="x", rotation=45)
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def figure1_percentiles(groups: list[Group], path: Path) -> Path | None:
+    """The BN paper's Figure 1 view: 15/50/85th percentiles of the last hidden layer's
+    nonlinearity input over training, one panel per group (first seed)."""
+    runs = [r for g in groups for r in g.runs]
+    hidden = [n for n in _layers(runs) if n != "head"]
+    if not hidden:
+        return None
+    layer = hidden[-1]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.6), sharey=True,
+                             squeeze=False)
+    for ax, g in zip(axes[0], groups, strict=True):
+        for q, style in (("p15", ":"), ("p50", "-"), ("p85", ":")):
+            steps, mean, _ = _band(g.runs[:1], f"act/{layer}/norm/{q}", "probe")
+            ax.plot(steps, mean, style, color="tab:blue", label=q)
+        ax.set(title=g.label, xlabel="optimizer step")
+    axes[0][0].set_ylabel(f"{layer} nonlinearity input")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"15/50/85th percentiles of {layer}'s nonlinearity input (BN paper, Fig. 1)")
+    return _save(fig, path)
+
+
+def accuracy_vs_lr(groups: list[Group], path: Path) -> Path | None:
+    runs = [r for g in groups for r in g.runs]
+    lrs = {r.config.get("optim.lr") for r in runs}
+    if len(lrs) < 2:
+        return None
+    series: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for r in runs:
+        other = " ".join(f"{k}={v}" for k, v in sorted(r.overrides.items())
+                         if k not in ("optim.lr", "seed"))
+        acc = r.metric("test/acc")
+        series[other or "runs"].append((r.config["optim.lr"], acc if acc is not None else 0.0,
+                                        r.status))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in sorted(series.items()):
+        points.sort()
+        line, = ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o",
+                        label=label)
+        bad = [p for p in points if p[2] != "completed"]
+        ax.scatter([p[0] for p in bad], [100 * p[1] for p in bad], marker="x", s=90,
+                   color="red", zorder=3)
+    ax.scatter([], [], marker="x", color="red", label="diverged / failed")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="final test accuracy (%)",
+           title="final accuracy against learning rate")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def step_time(groups: list[Group], path: Path) -> Path | None:
+    stats = [(g.label, g.stat("time/step_ms")) for g in groups]
+    if not any(s[1]["n"] for s in stats):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(groups) + 2))
+    means = [s[1]["mean"] or 0 for s in stats]
+    errs = [(s[1]["hi"] - s[1]["mean"]) if s[1]["hi"] is not None else 0 for s in stats]
+    ax.barh([s[0] for s in stats], means, xerr=errs, capsize=3)
+    ax.set(xlabel="ms per training step (mean over epochs, 95% interval over seeds)",
+           title="step time per variant")
+    return _save(fig, path)
+
+
+FIGURES = {
+    "Learning curves": ("learning_curves.png", learning_curves),
+    "Train-test gap": ("gap.png", gap_bars),
+    "Gradient norms per layer": ("grad_norms.png", grad_norms),
+    "Nonlinearity-input percentiles (BN paper, Figure 1)": ("figure1_percentiles.png",
+                                                             figure1_percentiles),
+    "Final accuracy against learning rate": ("accuracy_vs_lr.png", accuracy_vs_lr),
+    "Step time": ("step_time.png", step_time),
+}
+
+
+def all_figures(groups: list[Group], folder: Path) -> dict[str, Path]:
+    made = {}
+    for title, (name, draw) in FIGURES.items():
+        path = draw(groups, folder / name)
+        if path is not None:
+            made[title] = path
+    return made

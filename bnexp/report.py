@@ -1,0 +1,276 @@
+"""From run directories to tables, figures and aggregated numbers.
+
+Runs are found under the given paths (any folder holding a summary.json), grouped by the
+settings that vary between them (the swept overrides, else the config keys that differ), and
+their seeds aggregated: mean, standard deviation, a 95% t-interval and n. Runs that diverged,
+failed or were interrupted are counted and shown, never dropped; folders whose files cannot be
+read are reported by name and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Keys that never define a group: they differ between runs without being an experimental factor.
+IGNORED_KEYS = {"seed", "name", "output_dir", "data.root", "trainer.threads", "trainer.progress",
+                "trainer.device", "data.download", "data.verify", "trainer.checkpoint"}
+FINAL_METRICS = ("test/acc", "test/loss", "train/loss", "train/acc", "gap/acc", "gap/loss",
+                 "val/acc", "test_batchstats/acc")
+SUMMARY_METRICS = ("samples_per_s",)
+# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (then the normal's 1.96).
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+@dataclass
+class Run:
+    dir: Path
+    summary: dict[str, Any]
+    config: dict[str, Any]  # flattened "a.b": value
+    overrides: dict[str, str]  # "key": "value" as given on the command line (+ prefix dropped)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "unknown")
+
+    def metric(self, key: str) -> float | None:
+        """A final metric (``test/acc``), a summary field (``samples_per_s``), the mean epoch step
+        time (``time/step_ms``), a probe value at a step (``grad/global@0``), |log10| of any of
+        these (``abslog10:...``) or the drift of the last hidden layer's nonlinearity-input
+        percentiles (``drift:last``)."""
+        if key.startswith("abslog10:"):
+            value = self.metric(key.split(":", 1)[1])
+            return abs(math.log10(value)) if value is not None and value > 0 else None
+        if key == "drift:last":
+            return self.percentile_drift()
+        if "@" in key:
+            tag, step = key.rsplit("@", 1)
+            for r in self.records:
+                if r.get("kind") == "probe" and r["step"] == int(step) and tag in r:
+                    return r[tag]
+            return None
+        if key == "time/step_ms":
+            values = [r[key] for r in self.records if r.get("kind") == "epoch" and key in r]
+            return statistics.mean(values) if values else None
+        value = self.summary.get("final", {}).get(key, self.summary.get(key))
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def percentile_drift(self) -> float | None:
+        """How much the last hidden layer's nonlinearity-input percentiles (p15, p50, p85) move
+        between successive probes: the mean absolute change, divided by the run's mean 15-85
+        spread so that runs with differently scaled activations compare."""
+        layers = sorted({k.split("/")[1] for r in self.records if r.get("kind") == "probe"
+                         for k in r if k.startswith("act/") and k.endswith("/norm/p50")},
+                        key=lambda n: int("".join(c for c in n if c.isdigit()) or 0))
+        if not layers:
+            return None
+        tags = [f"act/{layers[-1]}/norm/{q}" for q in ("p15", "p50", "p85")]
+        points = [[r[t] for t in tags] for r in self.records
+                  if r.get("kind") == "probe" and all(r.get(t) is not None for t in tags)]
+        if len(points) < 2:
+            return None
+        changes = [abs(b[i] - a[i]) for a, b in zip(points, points[1:], strict=False) for i in range(3)]
+        spread = statistics.fmean(p[2] - p[0] for p in points)
+        return statistics.fmean(changes) / spread if spread > 0 else None
+
+    def series(self, tag: str, kind: str | None = None) -> list[tuple[int, float]]:
+        return [(r["step"], r[tag]) for r in self.records
+                if tag in r and r[tag] is not None and (kind is None or r.get("kind") == kind)]
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read one run directory; raises ValueError with the reason when it cannot be used."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"summary.json unreadable ({exc})") from None
+    if not isinstance(summary, dict) or "status" not in summary:
+        raise ValueError("summary.json has no status")
+    config: dict[str, Any] = {}
+    if (run_dir / "config.yaml").exists():
+        try:
+            config = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config.yaml unreadable ({exc})") from None
+    elif summary["status"] != "failed":
+        raise ValueError("config.yaml missing")
+    overrides: dict[str, str] = {}
+    if (run_dir / "overrides.yaml").exists():
+        for line in yaml.safe_load((run_dir / "overrides.yaml").read_text()) or []:
+            key, _, value = str(line).lstrip("+~").partition("=")
+            overrides[key] = value
+    elif (run_dir / ".hydra" / "overrides.yaml").exists():  # a job that failed before training
+        for line in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []:
+            key, _, value = str(line).lstrip("+~").partition("=")
+            overrides[key] = value
+    records = []
+    if (run_dir / "metrics.jsonl").exists():
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                # A run killed mid-write leaves a partial last line; anything else is corrupt.
+                if i != len(lines) - 1:
+                    raise ValueError(f"metrics.jsonl line {i + 1} is not JSON") from None
+    return Run(run_dir, summary, config, overrides, records)
+
+
+def find_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """All run directories under ``paths``, and (directory, reason) for those skipped."""
+    runs, problems = [], []
+    candidates: set[Path] = set()
+    for path in paths:
+        if not path.exists():
+            problems.append((path, "does not exist"))
+            continue
+        for marker in ("summary.json", "metrics.jsonl", "config.yaml"):
+            for found in [path / marker, *path.rglob(marker)]:
+                if found.exists() and found.parent.name != ".hydra" and ".previous" not in found.parts:
+                    candidates.add(found.parent)
+    for run_dir in sorted(candidates):
+        try:
+            runs.append(load_run(run_dir))
+        except ValueError as exc:
+            problems.append((run_dir, str(exc)))
+    return runs, problems
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    """The factors that tell runs apart: swept overrides if the runs have them, else config."""
+    def differing(values: list[dict[str, Any]]) -> list[str]:
+        keys = sorted({k for v in values for k in v} - IGNORED_KEYS)
+        return [k for k in keys if len({json.dumps(v.get(k), default=str) for v in values}) > 1]
+
+    keys = differing([r.overrides for r in runs])
+    return keys or differing([r.config for r in runs])
+
+
+def group_label(run: Run, keys: list[str]) -> str:
+    if not keys:
+        return "all runs"
+    return " ".join(f"{k}={run.overrides.get(k, run.config.get(k))}" for k in keys)
+
+
+def ci95(values: list[float]) -> dict[str, float | int | None]:
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "lo": None, "hi": None, "n": 0}
+    mean = statistics.fmean(values)
+    if n == 1:
+        return {"mean": mean, "std": None, "lo": None, "hi": None, "n": 1}
+    std = statistics.stdev(values)
+    half = (T975[n - 2] if n - 1 <= len(T975) else 1.96) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "n": n}
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[Run]
+
+    def statuses(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for r in self.runs:
+            counts[r.status] += 1
+        return dict(counts)
+
+    def stat(self, metric: str, statuses: tuple[str, ...] = ("completed",)) -> dict[str, Any]:
+        values = [v for r in self.runs if r.status in statuses
+                  if (v := r.metric(metric)) is not None and math.isfinite(v)]
+        return ci95(values)
+
+
+def group_runs(runs: list[Run]) -> tuple[list[str], list[Group]]:
+    keys = varying_keys(runs)
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[group_label(r, keys)].append(r)
+    return keys, [Group(label, rs) for label, rs in sorted(groups.items())]
+
+
+def fmt(stat: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+    if stat["mean"] is None:
+        return "-"
+    text = f"{stat['mean'] * scale:.{digits}f}"
+    if stat["lo"] is not None:
+        text += f" [{stat['lo'] * scale:.{digits}f}, {stat['hi'] * scale:.{digits}f}]"
+    return f"{text} (n={stat['n']})"
+
+
+def results_rows(groups: list[Group]) -> list[dict[str, Any]]:
+    rows = []
+    for g in groups:
+        row: dict[str, Any] = {"group": g.label, "runs": len(g.runs)}
+        row.update({f"status_{k}": v for k, v in g.statuses().items()})
+        for metric in (*FINAL_METRICS, *SUMMARY_METRICS, "time/step_ms"):
+            s = g.stat(metric)
+            if s["n"]:
+                for k in ("mean", "std", "lo", "hi", "n"):
+                    row[f"{metric}:{k}"] = s[k]
+        rows.append(row)
+    return rows
+
+
+def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
+    """Aggregate the runs under ``paths`` into ``out`` (report.md, results.csv, figures/);
+    returns what was found, for the CLI to print."""
+    from bnexp import figures
+
+    runs, problems = find_runs(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    keys, groups = group_runs(runs)
+    rows = results_rows(groups)
+    columns = sorted({c for r in rows for c in r}, key=lambda c: (c not in ("group", "runs"), c))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    made = figures.all_figures(groups, out / "figures") if runs else {}
+    lines = ["# bnexp report", "", f"{len(runs)} runs from {', '.join(map(str, paths))}; "
+             f"grouped by: {', '.join(keys) or '(nothing varies)'}.", "",
+             "Values: mean [95% t-interval] (n seeds) over completed runs.", "",
+             "| group | runs (status) | test acc % | test loss | train-test gap (acc, pp) | "
+             "step ms | samples/s |", "|---|---|---|---|---|---|---|"]
+    for g in groups:
+        status = ", ".join(f"{v} {k}" for k, v in sorted(g.statuses().items()))
+        lines.append(f"| {g.label} | {len(g.runs)} ({status}) | {fmt(g.stat('test/acc'), 100)} | "
+                     f"{fmt(g.stat('test/loss'), 1, 4)} | {fmt(g.stat('gap/acc'), 100)} | "
+                     f"{fmt(g.stat('time/step_ms'))} | {fmt(g.stat('samples_per_s'), 1, 0)} |")
+    not_completed = [r for r in runs if r.status != "completed"]
+    if not_completed:
+        lines += ["", "## Runs that did not complete", ""]
+        for r in not_completed:
+            detail = r.summary.get("error") or (f"at step {r.summary['diverged_step']}"
+                                                if "diverged_step" in r.summary else "")
+            lines.append(f"- `{r.dir}`: **{r.status}** {detail}".rstrip())
+    if problems:
+        lines += ["", "## Skipped (unreadable)", ""]
+        lines += [f"- `{p}`: {reason}" for p, reason in problems]
+    if made:
+        lines += ["", "## Figures", ""]
+        for title, path in made.items():
+            lines += [f"### {title}", "", f"![{title}]({path.relative_to(out)})", ""]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return {"runs": runs, "groups": groups, "keys": keys, "problems": problems,
+            "figures": made, "out": out}
