@@ -50,12 +50,13 @@ def learning_curves(groups: list[Group], path: Path) -> Path | None:
         for g in groups:
             steps, mean, std = _band(g.runs, tag, kind)
             if steps:
-                line, = ax.plot(steps, mean, label=f"{g.label} (n={len(g.runs)})")
+                line, = ax.plot(steps, mean, marker="o" if len(steps) < 5 else None,
+                                label=f"{g.label} (n={len(g.runs)})")
                 ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
                                 [m + s for m, s in zip(mean, std, strict=True)],
                                 color=line.get_color(), alpha=0.2)
         ax.set(title=title + ", mean ± sd over seeds", xlabel="optimizer step", ylabel=tag)
-        if "loss" in tag:
+        if "loss" in tag and ax.has_data():
             ax.set_yscale("log")
     axes.flat[0].legend(fontsize=7)
     return _save(fig, path)

@@ -74,14 +74,18 @@ def update_manifest(sweep_dir: Path, **fields: Any) -> None:
         write_json_atomic(sweep_dir / MANIFEST, manifest)
 
 
-def completed_summary(job_dir: Path) -> dict[str, Any] | None:
-    """The job's summary if it completed (what ``sweep.resume`` skips), else None."""
+FINISHED = ("completed", "diverged")  # results; failed and interrupted jobs are re-run
+
+
+def finished_summary(job_dir: Path) -> dict[str, Any] | None:
+    """The job's summary if it finished with a result (completed, or diverged: re-running
+    would diverge again), which ``sweep.resume`` skips; else None."""
     path = job_dir / "summary.json"
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return summary if summary.get("status") == "completed" else None
+    return summary if summary.get("status") in FINISHED else None
 
 
 def _threads_for_launcher(launcher: Any) -> int | None:
@@ -110,12 +114,13 @@ def run_job(cfg: Any) -> str:
     num = int(hc.job.num)
     entry = {"num": num, "overrides": overrides, "dir": job_dir.name}
 
-    # A fresh sweep directory is always new, so a completed job here means sweep.resume.
-    if completed_summary(job_dir) is not None:
-        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": "completed",
+    # A fresh sweep directory is always new, so a finished job here means sweep.resume.
+    done = finished_summary(job_dir)
+    if done is not None:
+        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": done["status"],
                                                     "resumed": "skipped"}})
-        print(f"[job {num}] already completed, skipped: {job_dir}", flush=True)
-        return "completed"
+        print(f"[job {num}] already {done['status']}, skipped: {job_dir}", flush=True)
+        return done["status"]
     _set_aside_previous_attempt(job_dir)
 
     threads = _threads_for_launcher(hc.launcher)
@@ -129,7 +134,7 @@ def run_job(cfg: Any) -> str:
         status = summary["status"]
     except Exception as exc:  # the sweep goes on; the job's own summary says what happened
         status = "failed"
-        if completed_summary(job_dir) is None and not (job_dir / "summary.json").exists():
+        if not (job_dir / "summary.json").exists():
             _write_failed_summary(job_dir, exc)
         message = str(exc) if isinstance(exc, BnexpError) else traceback.format_exc()
         print(f"[job {num}] failed: {message}", flush=True)

@@ -1,0 +1,186 @@
+"""bnexp report and bnexp claims: aggregation against hand-computed numbers on synthetic run
+directories, every figure made, corrupt runs reported and skipped, claims end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bnexp import claims as claims_module
+from bnexp.report import ci95, find_runs, group_runs, write_report
+from tests.conftest import TINY
+
+
+def fake_run(root: Path, name: str, norm: str, seed: int, test_acc: float, gap: float,
+             lr: float = 0.1, status: str = "completed", step_ms: float = 2.0) -> Path:
+    """A run directory as bnexp writes it, with chosen numbers."""
+    d = root / name
+    d.mkdir(parents=True)
+    config = {"norm": {"kind": norm}, "optim": {"lr": lr}, "seed": seed, "name": "x",
+              "data": {"root": f"/somewhere/{seed}"}}
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    (d / "overrides.yaml").write_text(f"- norm={norm}\n- seed={seed}\n- optim.lr={lr}\n")
+    final = {"test/acc": test_acc, "test/loss": 1 - test_acc, "train/acc": test_acc + gap,
+             "gap/acc": gap, "gap/loss": -gap, "train/loss": 0.5}
+    summary = {"status": status, "seed": seed, "final": final, "samples_per_s": 1000.0}
+    if status == "diverged":
+        summary["diverged_step"] = 7
+    (d / "summary.json").write_text(json.dumps(summary))
+    records = []
+    for step in (0, 10, 20):
+        records.append({"step": step, "kind": "step", "train/loss": 1.0 / (step + 1),
+                        "train/acc": 0.5})
+        records.append({"step": step, "kind": "probe", "grad/fc1/weight": 2.0 + seed,
+                        "grad/fc2/weight": 1.0, "grad/head/weight": 0.5,
+                        "act/fc2/norm/p15": -1.0 + step / 100, "act/fc2/norm/p50": 0.0,
+                        "act/fc2/norm/p85": 1.0})
+    records.append({"step": 20, "kind": "epoch", "epoch": 1, "test/loss": 1 - test_acc,
+                    "test/acc": test_acc, "time/step_ms": step_ms, "train/loss": 0.4,
+                    "train/acc": test_acc + gap})
+    (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return d
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    accs = {"none": [0.90, 0.91, 0.92], "torch": [0.97, 0.98, 0.99]}
+    for norm, values in accs.items():
+        for seed, acc in enumerate(values):
+            fake_run(root, f"{norm}-{seed}", norm, seed, acc, gap=0.05 if norm == "none" else 0.01,
+                     step_ms=2.0 if norm == "none" else 3.0 + seed)
+    fake_run(root, "torch-diverged", "torch", 9, float("nan"), 0.0, status="diverged")
+    return root
+
+
+def test_ci95_matches_a_hand_computation() -> None:
+    values = [0.90, 0.92, 0.94]
+    stat = ci95(values)
+    sd = math.sqrt(((0.90 - 0.92) ** 2 + 0 + (0.94 - 0.92) ** 2) / 2)  # 0.02
+    assert stat["mean"] == pytest.approx(0.92) and stat["std"] == pytest.approx(sd)
+    half = 4.303 * sd / math.sqrt(3)  # t(0.975, df=2)
+    assert (stat["lo"], stat["hi"]) == pytest.approx((0.92 - half, 0.92 + half))
+    assert ci95([1.0])["lo"] is None and ci95([])["n"] == 0
+
+
+def test_grouping_and_aggregation(runs_root: Path) -> None:
+    runs, problems = find_runs([runs_root])
+    assert not problems and len(runs) == 7
+    keys, groups = group_runs(runs)
+    assert keys == ["norm"]  # seeds and data paths differ but are not factors
+    by_label = {g.label: g for g in groups}
+    torch_group = by_label["norm=torch"]
+    assert torch_group.statuses() == {"completed": 3, "diverged": 1}  # shown, not dropped
+    acc = torch_group.stat("test/acc")
+    assert acc["n"] == 3 and acc["mean"] == pytest.approx(0.98)
+    assert acc["std"] == pytest.approx(statistics.stdev([0.97, 0.98, 0.99]))
+    assert torch_group.stat("time/step_ms")["mean"] == pytest.approx(4.0)
+
+
+def test_report_writes_table_csv_and_every_figure(cli, runs_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = cli("report", str(runs_root), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "norm=torch" in result.output and "diverged" in result.output
+    text = (out / "report.md").read_text()
+    assert "| norm=none | 3 (3 completed) | 91.00 [" in text
+    assert "torch-diverged" in text and "**diverged** at step 7" in text
+    rows = list(__import__("csv").DictReader(open(out / "results.csv")))
+    none = next(r for r in rows if r["group"] == "norm=none")
+    assert float(none["test/acc:mean"]) == pytest.approx(0.91) and none["test/acc:n"] == "3"
+    for name in ("learning_curves", "gap", "grad_norms", "figure1_percentiles", "step_time"):
+        png = out / "figures" / f"{name}.png"
+        assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_accuracy_vs_lr_figure_marks_divergence(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for i, lr in enumerate((0.01, 0.1, 1.0)):
+        fake_run(root, f"r{i}", "none", 0, 0.9, 0.0, lr=lr,
+                 status="diverged" if lr == 1.0 else "completed")
+    found = write_report([root], tmp_path / "out")
+    assert "Final accuracy against learning rate" in found["figures"]
+
+
+def test_corrupt_run_is_reported_and_skipped(cli, runs_root: Path, tmp_path: Path) -> None:
+    bad = runs_root / "broken"
+    bad.mkdir()
+    (bad / "summary.json").write_text("{not json")
+    half = runs_root / "half"
+    half.mkdir()
+    (half / "metrics.jsonl").write_text('{"step": 1}\n')  # no summary.json yet
+    out = tmp_path / "report"
+    result = cli("report", str(runs_root), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.output and "broken" in result.output
+    text = (out / "report.md").read_text()
+    assert "## Skipped (unreadable)" in text and "broken" in text and "half" in text
+    assert "| norm=none | 3 (3 completed)" in text  # the report still renders
+
+
+def test_report_of_nothing_is_a_user_error(cli, tmp_path: Path) -> None:
+    result = cli("report", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "No runs found" in result.output
+
+
+def test_rules_on_synthetic_runs(runs_root: Path) -> None:
+    runs, _ = find_runs([runs_root])
+    claim = {"factor": "norm", "rule": {"type": "compare", "metric": "test/acc", "a": "torch",
+                                        "b": "none", "expect": "higher"}}
+    verdict, _ = claims_module.evaluate(claim, runs)
+    assert verdict.verdict == "supported"  # 0.98 [0.955, 1.005] vs 0.91 [0.885, 0.935]
+    claim["rule"]["expect"] = "lower"
+    assert claims_module.evaluate(claim, runs)[0].verdict == "not supported"
+    claim["rule"]["metric"] = "no/such_metric"
+    verdict, _ = claims_module.evaluate(claim, runs)
+    assert verdict.verdict == "inconclusive" and "fewer than 2" in verdict.reason
+    eq = {"factor": "norm", "rule": {"type": "equivalent", "metric_a": "test/acc",
+                                     "metric_b": "test/acc", "a": "torch", "b": "none",
+                                     "tolerance": 0.1}}
+    assert claims_module.evaluate(eq, runs)[0].verdict == "supported"
+    eq["rule"]["tolerance"] = 0.01
+    assert claims_module.evaluate(eq, runs)[0].verdict == "not supported"
+    overlapping = [r for r in runs if not (r.overrides["norm"] == "torch" and r.summary["seed"] == 0)]
+    for r in overlapping:  # torch 0.98, 0.99 and none 0.90..0.92 at n=2: the t-interval is wide
+        if r.overrides["norm"] == "torch":
+            r.summary["final"]["test/acc"] -= 0.05
+    claim["rule"]["metric"], claim["rule"]["expect"] = "test/acc", "higher"
+    verdict, _ = claims_module.evaluate(claim, overlapping)
+    assert verdict.verdict == "inconclusive" and "overlap" in verdict.reason
+
+
+def test_every_claim_declares_rule_and_budgets() -> None:
+    declared = claims_module.load_claims()
+    assert [c["id"] for c in declared] == ["overfitting", "vanishing", "exploding", "stability",
+                                           "learning_rate", "cost", "literal_inference"]
+    for c in declared:
+        assert c["rule"]["type"] in claims_module.RULES and c["decision"]
+        assert {"quick", "full", "test"} <= set(c["budgets"])
+        assert all(isinstance(o, str) for b in c["budgets"].values() for o in b)
+
+
+def test_claims_end_to_end_on_generated_data(cli, mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "claims"
+    args = ["claims", "--budget", "test", "--out", str(out), f"data.root={mnist_root}",
+            *[o for o in TINY if not o.startswith("trainer.epochs")]]
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    text = (out / "claims.md").read_text()
+    for c in claims_module.load_claims():
+        section = text.split(f"## {c['title']}")[1].split("\n## ")[0]
+        assert "**Verdict: " in section and "Decision rule (declared before the runs)" in section
+        verdict = section.split("**Verdict: ")[1].split(".**")[0]
+        assert verdict in ("supported", "not supported", "inconclusive")
+        if verdict == "inconclusive":
+            assert section.split(".**", 1)[1].strip()  # with its reason
+    # A second call reuses every completed run.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    assert before == after
