@@ -19,6 +19,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PROGRESS = ("auto", "bar", "plain", "none")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -76,6 +77,9 @@ class TrainerConfig:
     log_every: int = 50  # steps between train/loss points
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    precision: str = "fp32"  # fp32 | bf16 (autocast: matmuls/convs in bfloat16, BN stats fp32)
+    channels_last: bool | None = None  # CNN memory format; None: on for CUDA, off elsewhere
+    compile: bool = False  # torch.compile the model for the training step
     progress: str = "auto"  # auto: a rich bar on a terminal, plain lines otherwise
     checkpoint: bool = True  # write checkpoint.pt at the end of the run
 
@@ -131,6 +135,7 @@ def validate(cfg: Any) -> None:
     _choice(cfg.optim.schedule, SCHEDULES, "optim.schedule")
     _choice(cfg.trainer.device, DEVICES, "trainer.device")
     _choice(cfg.trainer.progress, PROGRESS, "trainer.progress")
+    _choice(cfg.trainer.precision, PRECISIONS, "trainer.precision")
     for key, value, example in [
         ("optim.lr", cfg.optim.lr, 0.05),
         ("trainer.batch_size", cfg.trainer.batch_size, 128),

@@ -458,8 +458,10 @@ class TensorLoader:
         drop_last: bool = False,
         augment: bool = False,
         generator: torch.Generator | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.images, self.labels = images, labels
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment, self.generator = augment, generator
         shape = (1, -1, 1, 1)
@@ -486,7 +488,8 @@ class TensorLoader:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> float, standardised per channel with the dataset's mean and std."""
-        return torch.addcmul(self.shift, x.float(), self.scale)
+        return torch.addcmul(self.shift, x.float(), self.scale).contiguous(
+            memory_format=self.memory_format)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape

@@ -13,7 +13,7 @@ import platform
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import version as _version
 from pathlib import Path
 from typing import Any
@@ -72,14 +72,21 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: Any) -> float:
     return 1.0
 
 
-def evaluate(model: nn.Module, loader: TensorLoader,
-             batch_stats: bool = False) -> tuple[float, float]:
+def autocast(device: torch.device, precision: str) -> Any:
+    """bf16 autocast (matmuls and convolutions in bfloat16; BN keeps float32 statistics)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def evaluate(model: nn.Module, loader: TensorLoader, batch_stats: bool = False,
+             precision: str = "fp32") -> tuple[float, float]:
     """Mean cross-entropy and accuracy over a split: in eval mode (BN running statistics), or
     with ``batch_stats`` as in training (BN normalising each batch with its own statistics)."""
     loss_sum = torch.zeros((), device=loader.images.device)
     correct = torch.zeros((), device=loader.images.device, dtype=torch.long)
     mode = batch_statistics(model) if batch_stats else _eval_mode(model)
-    with mode:
+    with mode, autocast(loader.images.device, precision):
         for x, y in loader:
             logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
@@ -135,15 +142,21 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
     if n_train < tc.batch_size:
         raise BnexpError(f"trainer.batch_size={tc.batch_size} exceeds the {n_train} training "
                          "images; pass a smaller trainer.batch_size or a larger data.train_size.")
+    # channels_last suits convolutions on CUDA (tensor cores); on CPU it is opt-in.
+    channels_last = cfg.model.arch == "cnn" and (
+        tc.channels_last if tc.channels_last is not None else device.type == "cuda")
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # own stream: probes can't disturb it
     train_loader = TensorLoader(*splits.train, tc.batch_size, spec, shuffle=True, drop_last=True,
-                                augment=cfg.data.augment, generator=shuffle_gen)
-    eval_loaders = {"test": TensorLoader(*splits.test, tc.eval_batch_size, spec)}
+                                augment=cfg.data.augment, generator=shuffle_gen,
+                                channels_last=channels_last)
+    eval_loaders = {"test": TensorLoader(*splits.test, tc.eval_batch_size, spec,
+                                         channels_last=channels_last)}
     if splits.val is not None:
-        eval_loaders["val"] = TensorLoader(*splits.val, tc.eval_batch_size, spec)
+        eval_loaders["val"] = TensorLoader(*splits.val, tc.eval_batch_size, spec,
+                                           channels_last=channels_last)
     if tc.eval_batch_stats:  # the test set in batches of the training size, BN on batch stats
         eval_loaders["test_batchstats"] = TensorLoader(*splits.test, tc.batch_size, spec,
-                                                       drop_last=True)
+                                                       drop_last=True, channels_last=channels_last)
 
     # The probe batch: fixed, from the training split, from its own generator (never the
     # shuffle stream), so every norm variant of a seed probes the same images.
@@ -152,6 +165,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
     probe_x = train_loader.normalize(splits.train[0][probe_idx.to(device)])
 
     model = build_model(cfg.model, cfg.norm, spec.shape, spec.num_classes).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if tc.compile else model  # probes use the plain module
     optimizer = make_optimizer(model.parameters(), oc)
     steps_per_epoch = len(train_loader)
     total_steps = tc.steps or tc.epochs * steps_per_epoch
@@ -187,7 +203,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
                 t_epoch, first_step = time.perf_counter(), step
                 for x, y in train_loader:
                     probe = probes.begin(step, x)  # None unless a probe is due at this step
-                    logits = model(x)
+                    with autocast(device, tc.precision):
+                        logits = step_model(x)
                     loss = F.cross_entropy(logits.float(), y)
                     loss_value = loss.item()
                     if not math.isfinite(loss_value):
@@ -232,7 +249,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
                 if epoch % tc.eval_every == 0 or step == total_steps:
                     for split, loader in eval_loaders.items():
                         metrics[f"{split}/loss"], metrics[f"{split}/acc"] = evaluate(
-                            model, loader, batch_stats=split == "test_batchstats")
+                            model, loader, split == "test_batchstats", tc.precision)
                     metrics["gap/loss"] = metrics["train/loss"] - metrics["test/loss"]
                     metrics["gap/acc"] = metrics["train/acc"] - metrics["test/acc"]
                     for key in ("test/acc", "val/acc"):

@@ -145,3 +145,14 @@ def test_config_command_prints_resolved_yaml(cli) -> None:
     assert result.exit_code == 0
     assert "kind: custom" in result.output and "lr: 0.05" in result.output
     assert "${" not in result.output
+
+
+@pytest.mark.parametrize("extra", [["trainer.precision=bf16"], ["trainer.channels_last=true"],
+                                   ["trainer.compile=true", "model=mlp"]])
+def test_speed_options_train_on_cpu(cli, mnist_root, tmp_path, extra) -> None:
+    """The CUDA-path options also run on the CPU (bf16 autocast, channels_last, torch.compile)."""
+    out = tmp_path / "out"
+    result = train(cli, mnist_root, out, "model=cnn", "norm=custom", *extra)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((only_run(out) / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["final"]["test/loss"] < 10
