@@ -55,7 +55,7 @@ class NormConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"
-    lr: float = 0.1
+    lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -68,17 +68,17 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 3
+    epochs: int = 2
     steps: int | None = None  # if set, overrides epochs: train this many optimizer steps
-    batch_size: int = 128
-    eval_batch_size: int = 1000
+    batch_size: int = 64
+    eval_batch_size: int = 250
     eval_every: int = 1  # epochs between val/test evaluations (the last epoch always evaluates)
     eval_batch_stats: bool = False  # also test with BN on batch statistics (test_batchstats/*)
     log_every: int = 50  # steps between train/loss points
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     precision: str = "fp32"  # fp32 | bf16 (autocast: matmuls/convs in bfloat16, BN stats fp32)
-    channels_last: bool | None = None  # CNN memory format; None: on for CUDA, off elsewhere
+    channels_last: bool | None = None  # CNN memory format; None: on for CUDA and CPU
     compile: bool = False  # torch.compile the model for the training step
     progress: str = "auto"  # auto: a rich bar on a terminal, plain lines otherwise
     checkpoint: bool = True  # write checkpoint.pt at the end of the run
@@ -87,7 +87,7 @@ class TrainerConfig:
 @dataclass
 class ProbeConfig:
     enabled: bool = True
-    every: int = 100  # steps between probes (activation statistics, gradient norms)
+    every: int = 200  # steps between probes (activation statistics, gradient norms)
     hist_every: int = 500  # steps between histograms; 0 disables them
     batch_size: int = 128  # size of the fixed probe batch, drawn once from the training split
     unit: int = 0  # the tracked unit (MLP) / channel (CNN) of every layer
@@ -139,7 +139,7 @@ def validate(cfg: Any) -> None:
     for key, value, example in [
         ("optim.lr", cfg.optim.lr, 0.05),
         ("trainer.batch_size", cfg.trainer.batch_size, 128),
-        ("trainer.eval_batch_size", cfg.trainer.eval_batch_size, 1000),
+        ("trainer.eval_batch_size", cfg.trainer.eval_batch_size, 250),
         ("trainer.epochs", cfg.trainer.epochs, 3),
         ("trainer.steps", cfg.trainer.steps, 1000),
         ("trainer.eval_every", cfg.trainer.eval_every, 1),
@@ -151,7 +151,7 @@ def validate(cfg: Any) -> None:
         ("data.train_size", cfg.data.train_size, 5000),
         ("norm.eps", cfg.norm.eps, 1e-5),
         ("optim.step_size", cfg.optim.step_size, 1),
-        ("probe.every", cfg.probe.every, 100),
+        ("probe.every", cfg.probe.every, 200),
         ("probe.batch_size", cfg.probe.batch_size, 128),
         ("probe.max_elements", cfg.probe.max_elements, 4096),
     ]:

@@ -27,9 +27,10 @@ from pathlib import Path
 BNEXP = [sys.executable, "-m", "bnexp.cli"]
 CONFIGS = {
     "default CNN (BN), target 99.0% <= 20 s": ([], 0.990, 20.0),
-    "BN paper MLP (3x100 sigmoid, BN, batch 60), target 97.0% <= 10 s": (
-        ["model=mlp", "model.activation=sigmoid", "trainer.batch_size=60", "norm=torch"],
-        0.970, 10.0),
+    # BN lets this sigmoid net take a 20x larger learning rate than the CNN's default.
+    "BN paper MLP (3x100 sigmoid, BN, batch 60, lr 1.0, 3 epochs), target 97.0% <= 10 s": (
+        ["model=mlp", "model.activation=sigmoid", "trainer.batch_size=60", "norm=torch",
+         "optim.lr=1.0", "trainer.epochs=3"], 0.970, 10.0),
 }
 EPOCH = re.compile(r"^epoch (\d+)/(\d+) .*test loss [\d.]+ acc ([\d.]+)%")
 
