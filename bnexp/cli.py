@@ -6,14 +6,13 @@ torch and Hydra are imported inside the commands so that ``bnexp --help`` answer
 from __future__ import annotations
 
 import sys
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bnexp.errors import BnexpError
+from bnexp.errors import BnexpError, one_line_warnings
 
 app = typer.Typer(help="bnexp: experiments that test what Batch Normalization actually does.",
                   no_args_is_help=True, pretty_exceptions_enable=False,
@@ -28,12 +27,7 @@ DataRoot = Annotated[Path | None, typer.Option(
     "--root", help="Data folder (default: $BNEXP_DATA or ./data).")]
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line ("warning: ..."), without the source line Python would print."""
-    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
-
-
-warnings.showwarning = _show_warning
+one_line_warnings()
 
 
 @contextmanager
@@ -102,12 +96,13 @@ def _multirun(overrides: list[str]) -> None:
         raise typer.Exit(130) from None
     rows, failed = status_table(sweep_dir)
     update_manifest(sweep_dir, finished=True, failed=failed)
-    table = Table("job", "varied overrides", "status", "test acc", title=f"sweep {sweep_dir}")
+    table = Table("job", "varied overrides", "status", "test acc")
     for r in rows:
         acc = f"{100 * r['test_acc']:.2f}%" if r["test_acc"] is not None else "-"
         status = r["status"] + (" (kept)" if r["resumed"] else "")
         table.add_row(str(r["num"]), r["varied"], status, acc)
     Console(width=120).print(table)
+    typer.echo(f"sweep: {sweep_dir} (sweep.json, one directory per job)")
     if failed:
         typer.secho(f"{failed} of {len(rows)} jobs failed; see their summary.json. Re-run them "
                     f"with: bnexp train -m {' '.join(overrides)} sweep.resume={sweep_dir}",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,6 @@ from bnexp.sweep import safe_dirname  # noqa: F401  (registers the job-directory
 
 ConfigStore.instance().store(name="bnexp_schema", node=BnexpConfig)
 
-# configs/hydra/launcher/{joblib,submitit_*}.yaml deliberately share their names with the
-# plugins' schemas, so Hydra validates our launcher settings against them; Hydra 1.3 still does
-# this ("automatic schema matching") but warns that it is deprecated on every compose.
-warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 
 def config_dir() -> Path:

@@ -21,7 +21,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from bnexp.errors import BnexpError
+from bnexp.errors import BnexpError, one_line_warnings
+
+# Launchers' worker processes import this module (for run_job) before Hydra composes there:
+# they get the CLI's one-line warnings, without Hydra's launcher-schema deprecation notice.
+one_line_warnings()
 
 MANIFEST = "sweep.json"
 MAX_DIRNAME = 120  # job directory names stay far below filesystem limits (255 bytes)
