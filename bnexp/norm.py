@@ -76,30 +76,78 @@ def bn_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
     return dx.to(x.dtype), dgamma, sum_dy
 
 
-CHUNK_BYTES = 1 << 20  # eager reductions over chunks of about this size stay in cache
+CHUNK_BYTES = 1 << 20  # eager reductions work on chunks of this size: temporaries stay small
+
+
+def _channel_dot(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-channel sum(a * b) over every other dimension, chunk by chunk so the product is
+    never a full-size temporary. 2-d inputs reduce with a matrix-vector product, several times
+    faster on CPU than ``.sum(0)`` or ``vector_norm(dim=0)`` when C is small."""
+    dims = _reduce_dims(a)
+    out = torch.zeros(a.shape[1], dtype=dtype, device=a.device)
+    ones = torch.ones(min(a.shape[0], _chunk_rows(a)), dtype=dtype, device=a.device) \
+        if a.dim() == 2 else None
+    for a_c, b_c in _chunks(a, b):
+        prod = a_c.to(dtype) * b_c.to(dtype)
+        out += ones[: len(prod)] @ prod if ones is not None else prod.sum(dims)
+    return out
+
+
+def _channel_sum(a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-channel sum over every other dimension (a matrix-vector product for 2-d inputs)."""
+    if a.dim() == 2 and a.dtype == dtype:
+        return torch.ones(a.shape[0], dtype=dtype, device=a.device) @ a
+    return a.sum(_reduce_dims(a), dtype=dtype)
+
+
+def _chunk_rows(t: torch.Tensor) -> int:
+    return max(1, CHUNK_BYTES // max(1, t[0].numel() * 4))
 
 
 def _chunks(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
     """Slices along dim 0 of about CHUNK_BYTES each (temporaries of that size, not full size)."""
     t0 = tensors[0]
-    per_sample = max(1, t0[0].numel() * 4)
-    step = max(1, CHUNK_BYTES // per_sample)
+    step = _chunk_rows(t0)
     for i in range(0, t0.shape[0], step):
         yield tuple(t[i:i + step] for t in tensors)
 
 
+def _channels_last_as_2d(t: torch.Tensor) -> torch.Tensor | None:
+    """A channels_last (N, C, *spatial) tensor is an (N*spatial, C) matrix in memory: viewing it
+    so turns every per-channel reduction into a column reduction over contiguous rows."""
+    if t.dim() < 3 or t.is_contiguous() or t.shape[1] == 1:
+        return None
+    fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d if t.dim() == 5 else None
+    if fmt is None or not t.is_contiguous(memory_format=fmt):
+        return None
+    return t.movedim(1, -1).reshape(-1, t.shape[1])
+
+
+def _empty_2d(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A new channels_last tensor like ``x`` and its (N*spatial, C) view to compute into: the
+    Function must return the base tensor, not a view (an in-place ReLU follows it)."""
+    out = torch.empty_like(x, dtype=dtype)
+    return out, out.movedim(1, -1).view(-1, x.shape[1])
+
+
 def bn_forward_eager(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                     eps: float, out: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``bn_forward`` with y's memory as the only full-size buffer (x - mean is built in it).
 
     Statistics in two passes (mean, then the centred sum of squares): no cancellation, and much
     faster on CPU than the Welford kernel behind ``torch.var_mean``.
     """
-    dims, n = _reduce_dims(x), x.numel() // x.shape[1]
+    x2d = _channels_last_as_2d(x)
+    if x2d is not None:
+        y, y2d = _empty_2d(x, _compute_dtype(x))
+        _, mean, invstd, var = bn_forward_eager(x2d, weight, bias, eps, out=y2d)
+        return y.to(x.dtype), mean, invstd, var
+    n = x.numel() // x.shape[1]
     dtype = _compute_dtype(x)
-    mean = x.sum(dims, dtype=dtype) / n
-    y = torch.sub(x.to(dtype), _channel_view(mean, x))
-    var = torch.linalg.vector_norm(y, dim=dims).square() / n
+    mean = _channel_sum(x, dtype) / n
+    y = torch.sub(x.to(dtype), _channel_view(mean, x), out=out)
+    var = _channel_dot(y, y, dtype) / n
     invstd = torch.rsqrt(var + eps)
     y.mul_(_channel_view(invstd if weight is None else invstd * weight, x))
     if bias is not None:
@@ -108,17 +156,21 @@ def bn_forward_eager(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
 
 
 def bn_backward_eager(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
-                      mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                      mean: torch.Tensor, invstd: torch.Tensor,
+                      out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """``bn_backward`` with dx's memory as the only full-size buffer: x - mean is built in it,
     sum(dy * (x - mean)) is reduced chunk by chunk, then dx is finished in place."""
-    dims, n = _reduce_dims(x), x.numel() // x.shape[1]
+    x2d = _channels_last_as_2d(x)
+    if x2d is not None:
+        dy2d = dy.movedim(1, -1).reshape(x2d.shape)  # a view when dy is channels_last too
+        dx, dx2d = _empty_2d(x, _compute_dtype(x))
+        _, dgamma, dbeta = bn_backward_eager(dy2d, x2d, weight, mean, invstd, out=dx2d)
+        return dx.to(x.dtype), dgamma, dbeta
+    n = x.numel() // x.shape[1]
     dtype = _compute_dtype(x)
-    dx = torch.sub(x.to(dtype), _channel_view(mean, x))  # x - mean, for now
-    sum_dy = dy.sum(dims, dtype=dtype)
-    dot = torch.zeros_like(mean)
-    for dy_c, xc_c in _chunks(dy, dx):
-        dot += (dy_c * xc_c).sum(dims, dtype=dtype)
-    dgamma = dot * invstd  # = sum(dy * xhat)
+    dx = torch.sub(x.to(dtype), _channel_view(mean, x), out=out)  # x - mean, for now
+    sum_dy = _channel_sum(dy, dtype)
+    dgamma = _channel_dot(dy, dx, dtype) * invstd  # = sum(dy * xhat)
     a = invstd if weight is None else invstd * weight
     b = -a * invstd * dgamma / n
     dx.mul_(_channel_view(b, x)).add_(_channel_view(-a * sum_dy / n, x))

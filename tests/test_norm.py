@@ -227,3 +227,16 @@ def test_parity_on_cuda(rank: int, dtype: torch.dtype) -> None:
     assert_close(x_ours.grad, x_ref.grad, tolerance(dtype) * 10)
     assert_close(ours.weight.grad, ref.weight.grad, tolerance(dtype) * 10)
     assert_close(ours.running_var, ref.running_var, tolerance(dtype))
+
+
+def test_channels_last_output_takes_an_inplace_activation() -> None:
+    """The Function's output must not be a view: a ReLU(inplace=True) follows it in models."""
+    x = make_input(4, 8, torch.float32, channels_last=True)
+    ref, ours = pair(4, torch.float32)
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_ours = torch.relu_(ref(x_ref)), torch.relu_(ours(x_ours))
+    assert y_ours.is_contiguous(memory_format=torch.channels_last)
+    dy = torch.randn_like(y_ref)
+    y_ref.backward(dy)
+    y_ours.backward(dy)
+    assert_close(x_ours.grad, x_ref.grad, 1e-5)
