@@ -31,14 +31,23 @@ def config_dir() -> Path:
 
 def compose_config(overrides: list[str]) -> DictConfig:
     """Compose ``configs/config.yaml`` with Hydra overrides and validate the result."""
+    cfg = _compose(overrides, overrides)
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
         OmegaConf.resolve(cfg)
-    except (HydraException, OmegaConfBaseException) as exc:
+    except OmegaConfBaseException as exc:
         raise BnexpError(_explain(exc, overrides)) from None
     validate(cfg)
     return cfg
+
+
+def _compose(overrides: list[str], shown: list[str], with_hydra: bool = False) -> DictConfig:
+    """Hydra's compose(), its errors turned into one paragraph naming ``shown`` overrides."""
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides),
+                           return_hydra_config=with_hydra)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise BnexpError(_explain(exc, shown)) from None
 
 
 def _explain(exc: Exception, overrides: list[str]) -> str:
@@ -68,7 +77,7 @@ def plan_multirun(overrides: list[str], sweep_dir: Path | None = None
     Every value of every swept key (from the command line and from a preset's
     ``hydra.sweeper.params``) is composed and validated on its own, so a typo in one value is
     a clear error before any job starts. ``sweep.resume=DIR`` reuses DIR: jobs with a completed
-    summary.json are skipped. ``sweep_dir`` fixes the directory of a new sweep.
+    (or diverged) summary.json are skipped. ``sweep_dir`` fixes the directory of a new sweep.
     """
     import importlib
     import time
@@ -92,16 +101,16 @@ def plan_multirun(overrides: list[str], sweep_dir: Path | None = None
             return []
 
     firsts = [v[0] for v in map(values, sweeps.values()) if v]
-    base = _compose_with_hydra(fixed + firsts, overrides)
+    base = _compose(fixed + firsts, overrides, with_hydra=True)
     preset = OmegaConf.select(base, "hydra.sweeper.params") or {}
     preset_lines = [f"{k}={v}" for k, v in preset.items() if k not in sweeps]
     for o in OverridesParser.create().parse_overrides(preset_lines):
         sweeps.setdefault(o.get_key_element(), o)
-    for key, o in sweeps.items():
-        others = [v[0] for k, v in ((k, values(s)) for k, s in sweeps.items()) if k != key and v]
-        for line in values(o):
-            cfg = _compose_with_hydra(fixed + others + [line], overrides)
-            validate(cfg)
+    lines = {key: values(o) for key, o in sweeps.items()}
+    for key, key_lines in lines.items():
+        others = [v[0] for k, v in lines.items() if k != key and v]
+        for line in key_lines:
+            validate(_compose(fixed + others + [line], overrides, with_hydra=True))
 
     target = OmegaConf.select(base, "hydra.launcher._target_") or ""
     try:
@@ -124,23 +133,13 @@ def plan_multirun(overrides: list[str], sweep_dir: Path | None = None
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(base.name)) if named else "sweep"
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         sweep_dir = Path(base.output_dir) / "sweeps" / f"{stamp}_{name}_{uuid.uuid4().hex[:6]}"
-    grid = {key: [line.split("=", 1)[1] for line in values(o)] for key, o in sweeps.items()}
+    grid = {key: [line.split("=", 1)[1] for line in key_lines] for key, key_lines in lines.items()}
     # Job directories are named by the swept overrides only: the fixed ones are the same for
     # every job and would make names too long for the filesystem.
     excluded = list(OmegaConf.select(base, "hydra.job.config.override_dirname.exclude_keys") or [])
     excluded += [o.key_or_group for o in parsed if not o.is_sweep_override()]
     rest = rest + [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"]
     return sweep_dir, rest, grid
-
-
-def _compose_with_hydra(overrides: list[str], shown: list[str]) -> DictConfig:
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides),
-                          return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise BnexpError(_explain(exc, shown)) from None
-    return cfg
 
 
 def launch_multirun(overrides: list[str], sweep_dir: Path) -> None:
