@@ -226,3 +226,26 @@ def test_training_path_does_not_import_torchvision_when_cached(mnist_root: Path)
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_data_commands_through_the_cli(cli, tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "root"
+    result = cli("data", "list", "--root", str(root))
+    assert result.exit_code == 0 and "mnist" in result.output and "no" in result.output
+
+    src = write_mnist(tmp_path / "src", folder="x", n_train=60, n_test=20) / "x" / "raw"
+    result = cli("data", "get", "fashion_mnist", "--from", str(src), "--root", str(root))
+    assert result.exit_code == 2 and "MD5 mismatch" in result.output  # not the official files
+    assert "Traceback" not in result.output
+
+    monkeypatch.setitem(data.RAW_MD5, "fashion_mnist", {f.name: data.md5sum(f) for f in src.iterdir()})
+    result = cli("data", "get", "fashion_mnist", "--from", str(src), "--root", str(root))
+    assert result.exit_code == 0 and "installed and verified" in result.output
+    result = cli("data", "verify", "fashion_mnist", "--root", str(root))
+    assert result.exit_code == 0 and "match the official MD5s" in result.output
+    (root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"x")
+    result = cli("data", "verify", "fashion_mnist", "--root", str(root))
+    assert result.exit_code == 2 and "MD5 mismatch" in result.output
+
+    result = cli("data", "get", "imagenet", "--root", str(root))
+    assert result.exit_code == 2 and "Known datasets" in result.output
