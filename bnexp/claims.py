@@ -17,6 +17,7 @@ import yaml
 
 from bnexp.errors import BnexpError
 from bnexp.report import Group, Run, ci95, find_runs, fmt, group_runs
+from bnexp.sweep import read_manifest
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
@@ -150,8 +151,7 @@ def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | N
                echo: Any = print) -> Path:
     """Run every claim's sweep (reusing completed runs) and write ``<out>/claims.md``."""
     from bnexp import figures
-    from bnexp.hydra_app import launch_multirun, plan_multirun
-    from bnexp.sweep import status_table, update_manifest
+    from bnexp.sweep import run_sweep
 
     claims = [c for c in load_claims() if not only or c["id"] in only]
     if only and len(claims) != len(only):
@@ -166,14 +166,9 @@ def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | N
     for claim in claims:
         sweep_dir = out / "sweeps" / f"{claim['id']}-{budget}"
         args = [f"experiment={claim['preset']}", *claim["budgets"][budget], *overrides]
-        resume = [f"sweep.resume={sweep_dir}"] if (sweep_dir / "sweep.json").exists() else []
-        _, hydra_args, grid = plan_multirun([*args, *resume], sweep_dir=sweep_dir)
-        update_manifest(sweep_dir, command=["bnexp", "claims", "--budget", budget],
-                        overrides=hydra_args, grid=grid, directory=str(sweep_dir))
         echo(f"[{claim['id']}] {' '.join(args)} -> {sweep_dir}")
-        launch_multirun(hydra_args, sweep_dir)
-        rows, failed = status_table(sweep_dir)
-        update_manifest(sweep_dir, finished=True, failed=failed)
+        run_sweep(args, ["bnexp", "claims", "--budget", budget], sweep_dir=sweep_dir)
+        grid = read_manifest(sweep_dir).get("grid", {})
         runs, problems = find_runs([sweep_dir])
         verdict, where = evaluate(claim, runs)
         keys, groups = group_runs(runs)

@@ -80,22 +80,23 @@ def _multirun(overrides: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bnexp.hydra_app import launch_multirun, plan_multirun
-    from bnexp.sweep import status_table, update_manifest
+    from bnexp.sweep import run_sweep
 
-    with user_errors():
-        sweep_dir, hydra_overrides, grid = plan_multirun(overrides)
-    update_manifest(sweep_dir, command=["bnexp", "train", "-m", *overrides],
-                    overrides=hydra_overrides, grid=grid, directory=str(sweep_dir))
-    typer.echo(f"sweep -> {sweep_dir}")
+    started: list[Path] = []
+
+    def announce(sweep_dir: Path) -> None:
+        started.append(sweep_dir)
+        typer.echo(f"sweep -> {sweep_dir}")
+
     try:
-        launch_multirun(hydra_overrides, sweep_dir)
+        with user_errors():
+            sweep_dir, rows, failed = run_sweep(overrides, ["bnexp", "train", "-m", *overrides],
+                                                on_start=announce)
     except KeyboardInterrupt:
-        typer.secho(f"interrupted: finished jobs are kept; resume with sweep.resume={sweep_dir}",
+        where = f"sweep.resume={started[0]}" if started else "the same command"
+        typer.secho(f"interrupted: finished jobs are kept; resume with {where}",
                     fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
-    rows, failed = status_table(sweep_dir)
-    update_manifest(sweep_dir, finished=True, failed=failed)
     table = Table("job", "varied overrides", "status", "test acc")
     for r in rows:
         acc = f"{100 * r['test_acc']:.2f}%" if r["test_acc"] is not None else "-"
@@ -104,8 +105,9 @@ def _multirun(overrides: list[str]) -> None:
     Console(width=120).print(table)
     typer.echo(f"sweep: {sweep_dir} (sweep.json, one directory per job)")
     if failed:
+        grid = " ".join(o for o in overrides if not o.startswith("sweep.resume="))
         typer.secho(f"{failed} of {len(rows)} jobs failed; see their summary.json. Re-run them "
-                    f"with: bnexp train -m {' '.join(overrides)} sweep.resume={sweep_dir}",
+                    f"with: bnexp train -m {grid} sweep.resume={sweep_dir}",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
 

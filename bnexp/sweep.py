@@ -196,3 +196,25 @@ def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
         r["varied"] = " ".join(o for o in r["overrides"] if len(values[o.partition("=")[0]]) > 1)
     failed = sum(r["status"] not in ("completed", "diverged") for r in rows)
     return rows, failed
+
+
+def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None = None,
+              on_start: Any = None) -> tuple[Path, list[dict[str, Any]], int]:
+    """Plan (validate every value), record, launch through Hydra and summarise a sweep.
+
+    Returns the sweep directory, the job rows of ``status_table`` and the number of failed
+    jobs. ``on_start(sweep_dir)`` is called once the directory is known, before any job runs.
+    """
+    from bnexp.hydra_app import launch_multirun, plan_multirun
+
+    resume = (sweep_dir is not None and (sweep_dir / MANIFEST).exists())
+    sweep_dir, hydra_overrides, grid = plan_multirun(
+        overrides + ([f"sweep.resume={sweep_dir}"] if resume else []), sweep_dir=sweep_dir)
+    update_manifest(sweep_dir, command=command, overrides=hydra_overrides, grid=grid,
+                    directory=str(sweep_dir))
+    if on_start is not None:
+        on_start(sweep_dir)
+    launch_multirun(hydra_overrides, sweep_dir)
+    rows, failed = status_table(sweep_dir)
+    update_manifest(sweep_dir, finished=True, failed=failed)
+    return sweep_dir, rows, failed
