@@ -5,13 +5,24 @@
 #   2. the default CNN trained for one epoch on MNIST-shaped and CIFAR-shaped data (generated in
 #      the real file formats: the machine has no network), in fp32 and bf16, and with
 #      torch.compile; prints samples/s for each.
-# Usage: bash scripts/gpu_check.sh [OUT_DIR]   (about 5 minutes including set-up)
+# Usage: bash scripts/gpu_check.sh [OUT_DIR]   (about 5 minutes)
+# On the lent GPU machine (no network; its python3 has torch but not Hydra) run
+# scripts/gpu_wheels.sh here first and carry .wheels (see that script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-$(mktemp -d)}}
 mkdir -p "$OUT"
-[ -x .venv/bin/python ] || bash scripts/setup.sh
-PY=.venv/bin/python
+export PYTHONUNBUFFERED=1
+if [ -x .venv/bin/python ]; then
+  PY=.venv/bin/python
+elif python3 -c "import torch" 2>/dev/null && [ -d .wheels ]; then
+  PY=python3  # the image's torch; bnexp from this checkout, Hydra from the carried wheels
+  $PY -m pip install -q --no-index --find-links .wheels hydra-core omegaconf antlr4-python3-runtime
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  bash scripts/setup.sh
+  PY=.venv/bin/python
+fi
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
 $PY -m pytest -q -p no:cacheprovider tests/test_norm.py -k "cuda or compiled" 2>&1 | tail -3
 
