@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bnexp.report import Group, Run  # noqa: E402
+from bnexp.report import Group, Run, varying_keys  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -147,9 +147,9 @@ def accuracy_vs_lr(groups: list[Group], path: Path) -> Path | None:
     if len(lrs) < 2:
         return None
     series: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    factors = [k for k in varying_keys(runs) if k not in ("optim.lr", "seed")]
     for r in runs:
-        other = " ".join(f"{k}={v}" for k, v in sorted(r.overrides.items())
-                         if k not in ("optim.lr", "seed"))
+        other = " ".join(f"{k}={r.overrides.get(k, r.config.get(k))}" for k in factors)
         acc = r.metric("test/acc")
         series[other or "runs"].append((r.config["optim.lr"], acc if acc is not None else 0.0,
                                         r.status))
