@@ -129,37 +129,32 @@ def _raw_dir(spec: DatasetSpec, root: Path) -> Path:
 # --------------------------------------------------------------------------- integrity checks
 
 
-def check_files(name: str, root: Path | str) -> list[str]:
-    """Return the problems with the installed files of ``name`` (empty when all is well).
+def _official_files(spec: DatasetSpec, root: Path, with_meta: bool = False) -> dict[Path, str]:
+    """The dataset's files under ``root`` with their official MD5s: the uncompressed IDX files
+    for MNIST and Fashion-MNIST, torchvision's python-version batches (and meta file) for CIFAR."""
+    if spec.mnist_like:
+        return {_raw_dir(spec, root) / f: md5 for f, md5 in RAW_MD5[spec.name].items()}
+    cls = spec.tv_class
+    files = [*cls.train_list, *cls.test_list]
+    if with_meta:
+        files.append((cls.meta["filename"], cls.meta["md5"]))
+    return {root / spec.folder / f: md5 for f, md5 in files}
 
-    MNIST and Fashion-MNIST: the official MD5s of the uncompressed IDX files. CIFAR:
-    torchvision's per-batch MD5s of the official python-version files.
-    """
+
+def check_files(name: str, root: Path | str) -> list[str]:
+    """Return the problems with the installed files of ``name`` (empty when all is well)."""
     spec, root = spec_for(name), Path(root)
     problems: list[str] = []
-    if spec.mnist_like:
-        for fname, md5 in RAW_MD5[spec.name].items():
-            path = _raw_dir(spec, root) / fname
-            if not path.exists():
-                problems.append(f"missing {path}")
-            elif md5sum(path) != md5:
-                problems.append(f"MD5 mismatch in {path}")
-    else:
-        cls = spec.tv_class
-        for fname, md5 in [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]:
-            path = root / spec.folder / fname
-            if not path.exists():
-                problems.append(f"missing {path}")
-            elif md5sum(path) != md5:
-                problems.append(f"MD5 mismatch in {path}")
+    for path, md5 in _official_files(spec, root, with_meta=True).items():
+        if not path.exists():
+            problems.append(f"missing {path}")
+        elif md5sum(path) != md5:
+            problems.append(f"MD5 mismatch in {path}")
     return problems
 
 
 def is_present(spec: DatasetSpec, root: Path) -> bool:
-    if spec.mnist_like:
-        return all((_raw_dir(spec, root) / fname).exists() for fname in RAW_MD5[spec.name])
-    cls = spec.tv_class
-    return all((root / spec.folder / f).exists() for f, _ in [*cls.train_list, *cls.test_list])
+    return all(path.exists() for path in _official_files(spec, root))
 
 
 # --------------------------------------------------------------------------- sources
@@ -340,13 +335,6 @@ def _read_split(spec: DatasetSpec, root: Path, train: bool,
     return images, torch.as_tensor(ds.targets, dtype=torch.long)
 
 
-def _source_files(spec: DatasetSpec, root: Path) -> list[Path]:
-    if spec.mnist_like:
-        return [_raw_dir(spec, root) / f for f in RAW_MD5[spec.name]]
-    cls = spec.tv_class
-    return [root / spec.folder / f for f, _ in [*cls.train_list, *cls.test_list]]
-
-
 def _cache_path(folder: Path) -> Path:
     if folder.stat().st_mode & 0o222:  # writable by someone; read-only data stays untouched
         return folder / ".bnexp-cache.pt"
@@ -361,7 +349,7 @@ def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[tor
     modification times it was made from: ``<dataset folder>/.bnexp-cache.pt``, or under
     ``$XDG_CACHE_HOME/bnexp`` (``~/.cache/bnexp``) when that folder is read-only."""
     cache = _cache_path(root / spec.folder)
-    fingerprint = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in _source_files(spec, root)]
+    fingerprint = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in _official_files(spec, root)]
     if cache.exists():
         try:
             cached = torch.load(cache, weights_only=True)
