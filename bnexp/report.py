@@ -115,14 +115,13 @@ def load_run(run_dir: Path) -> Run:
     elif summary["status"] != "failed":
         raise ValueError("config.yaml missing")
     overrides: dict[str, str] = {}
-    if (run_dir / "overrides.yaml").exists():
-        for line in yaml.safe_load((run_dir / "overrides.yaml").read_text()) or []:
-            key, _, value = str(line).lstrip("+~").partition("=")
-            overrides[key] = value
-    elif (run_dir / ".hydra" / "overrides.yaml").exists():  # a job that failed before training
-        for line in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []:
-            key, _, value = str(line).lstrip("+~").partition("=")
-            overrides[key] = value
+    # A sweep job that failed before training has only Hydra's copy of its overrides.
+    for path in (run_dir / "overrides.yaml", run_dir / ".hydra" / "overrides.yaml"):
+        if path.exists():
+            for line in yaml.safe_load(path.read_text()) or []:
+                key, _, value = str(line).lstrip("+~").partition("=")
+                overrides[key] = value
+            break
     records = []
     if (run_dir / "metrics.jsonl").exists():
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -194,7 +194,7 @@ def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
             values.setdefault(key, set()).add(value)
     for r in rows:  # the overrides that tell the jobs apart
         r["varied"] = " ".join(o for o in r["overrides"] if len(values[o.partition("=")[0]]) > 1)
-    failed = sum(r["status"] not in ("completed", "diverged") for r in rows)
+    failed = sum(r["status"] not in FINISHED for r in rows)
     return rows, failed
 
 
