@@ -14,6 +14,7 @@ from bnexp.errors import BnexpError
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 ARCHS = ("mlp", "cnn")
 NORMS = ("none", "torch", "custom", "seed")
+NORM_IMPLS = ("auto", "eager", "compiled")  # bnexp.norm.IMPLS (kept here so configs load without torch)
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "onecycle")
@@ -49,7 +50,7 @@ class NormConfig:
     kind: str = "none"
     eps: float = 1e-5
     momentum: float | None = 0.1  # None: cumulative average, as in torch.nn.BatchNorm
-    compiled: bool = False  # custom: fuse forward/backward with torch.compile (C++ compiler)
+    impl: str = "auto"  # custom: auto (C kernels on CPU, torch ops elsewhere) | eager | compiled
 
 
 @dataclass
@@ -131,6 +132,7 @@ def validate(cfg: Any) -> None:
     _choice(cfg.model.arch, ARCHS, "model.arch")
     _choice(cfg.model.activation, ACTIVATIONS, "model.activation")
     _choice(cfg.norm.kind, NORMS, "norm.kind")
+    _choice(cfg.norm.impl, NORM_IMPLS, "norm.impl")
     _choice(cfg.optim.name, OPTIMIZERS, "optim.name")
     _choice(cfg.optim.schedule, SCHEDULES, "optim.schedule")
     _choice(cfg.trainer.device, DEVICES, "trainer.device")

@@ -109,7 +109,7 @@ def build_model(model_cfg: Any, norm_cfg: Any, shape: tuple[int, int, int],
                 num_classes: int) -> nn.Module:
     def norm(num_features: int, dims: int) -> nn.Module:
         return make_norm(norm_cfg.kind, num_features, dims, eps=norm_cfg.eps,
-                         momentum=norm_cfg.momentum, compiled=norm_cfg.compiled)
+                         momentum=norm_cfg.momentum, impl=norm_cfg.impl)
 
     has_norm = norm_cfg.kind != "none"
     if model_cfg.arch == "mlp":

@@ -5,17 +5,19 @@
 input and per-channel statistics (what PyTorch itself saves), not autograd through a composite.
 
 Forward, with ``mu``/``var`` the biased per-channel batch statistics and ``r = 1/sqrt(var+eps)``:
-    y = gamma * (x - mu) * r + beta  =  x * a + (beta - mu * a),   a = gamma * r
+    y = gamma * (x - mu) * r + beta
 Backward, with N the number of values per channel, ``db = sum(dy)``, ``dg = sum(dy * xhat)``:
     dx = a/N * (N*dy - db - xhat*dg)  =  dy * a + (x - mu) * b + c,
-    b = -a * r * dg / N,  c = -a * db / N
+    a = gamma * r,  b = -a * r * dg / N,  c = -a * db / N
 where the reductions use the centred input (x - mu) to avoid cancellation in float32.
 
-The formulas live in two plain functions, ``bn_forward`` and ``bn_backward``; with
-``compiled=True`` they go through ``torch.compile``, which fuses each into a couple of passes over
-memory. The eager path runs ``bn_forward_eager``/``bn_backward_eager``: the same arithmetic
-arranged so that the output (y, dx) is the only full-size buffer, as in PyTorch's kernel
-(``scripts/bench_norm.py`` measures both paths against ``torch.nn.BatchNorm*``).
+Three implementations of these formulas, picked by ``impl``:
+- on CPU (float32/float64), ``auto`` calls the C kernels in ``bn_cpu.c`` (``bnexp.kernels``):
+  one call each way, two passes over memory each, running statistics updated inside; this is
+  what makes ours at least as fast as PyTorch's on CPU (``scripts/bench_norm.py``);
+- elsewhere (CUDA, half precision), and with ``impl="eager"``, ``bn_forward_eager`` /
+  ``bn_backward_eager``: torch ops arranged so the output is the only full-size buffer;
+- ``impl="compiled"``: the plain ``bn_forward``/``bn_backward`` fused by ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from bnexp import kernels
 
 
 def _reduce_dims(x: torch.Tensor) -> list[int]:
@@ -45,7 +49,7 @@ def bn_forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training-mode BN as plain formulas: returns (y, mean, invstd, biased var).
 
-    This is what ``torch.compile`` fuses (``compiled=True``); ``bn_forward_eager`` computes the
+    This is what ``torch.compile`` fuses (``impl="compiled"``); ``bn_forward_eager`` computes the
     same values without temporaries for the eager path.
     """
     dims, n = _reduce_dims(x), x.numel() // x.shape[1]
@@ -179,11 +183,12 @@ def bn_backward_eager(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
 
 
 _COMPILED: dict[str, Any] = {}
+IMPLS = ("auto", "eager", "compiled")
 
 
-def _kernels(compiled: bool) -> tuple[Any, Any]:
-    """The eager functions, or their torch.compile'd (fused) versions, built once per process."""
-    if not compiled:
+def _kernels(impl: str) -> tuple[Any, Any]:
+    """The torch-ops forward/backward for ``impl``: eager, or torch.compile'd (built once)."""
+    if impl != "compiled":
         return bn_forward_eager, bn_backward_eager
     if not _COMPILED:
         _COMPILED["fwd"] = torch.compile(bn_forward, dynamic=False)
@@ -191,31 +196,73 @@ def _kernels(compiled: bool) -> tuple[Any, Any]:
     return _COMPILED["fwd"], _COMPILED["bwd"]
 
 
+@torch.no_grad()
+def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
+                         num_batches_tracked: torch.Tensor, momentum: float | None,
+                         mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    """PyTorch's rule: running_var gets the unbiased variance; momentum=None is a cumulative
+    average over ``num_batches_tracked``."""
+    num_batches_tracked.add_(1)
+    factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+    running_mean.lerp_(mean.to(running_mean.dtype), factor)
+    running_var.lerp_((var * (n / (n - 1))).to(running_var.dtype), factor)
+
+
 class _BatchNormFn(torch.autograd.Function):
-    """Training-mode BN on batch statistics with the hand-derived backward."""
+    """Training-mode BN on batch statistics with the hand-derived backward.
+
+    ``running`` is (running_mean, running_var, num_batches_tracked, momentum), updated in the
+    forward, or None. On CPU with ``impl="auto"`` both directions are one call into the C
+    kernels (``bnexp/bn_cpu.c``); otherwise they are the torch-ops functions above.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                eps: float, compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fwd, _ = _kernels(compiled)
-        wc = None if weight is None else weight.to(_compute_dtype(x))
-        bc = None if bias is None else bias.to(_compute_dtype(x))
-        y, mean, invstd, var = fwd(x, wc, bc, eps)
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.compiled = compiled
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+                eps: float, impl: str, running: tuple | None) -> torch.Tensor:
+        shape = kernels.layout(x, weight, bias, *(running or ())[:2]) if impl == "auto" else None
+        if shape is not None:
+            y, stats = kernels.forward(x, shape, weight, bias, eps, *(running or (None,) * 4))
+            ctx.save_for_backward(x, weight, stats)
+        else:
+            fwd, _ = _kernels(impl)
+            wc = None if weight is None else weight.to(_compute_dtype(x))
+            bc = None if bias is None else bias.to(_compute_dtype(x))
+            y, mean, invstd, var = fwd(x, wc, bc, eps)
+            if running is not None:
+                update_running_stats(*running, mean, var, x.numel() // x.shape[1])
+            ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.impl, ctx.shape = impl, shape
+        return y
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, dy: torch.Tensor, _dmean: Any, _dvar: Any) -> tuple[Any, ...]:
-        x, weight, mean, invstd = ctx.saved_tensors
-        _, bwd = _kernels(ctx.compiled)
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[Any, ...]:
+        # Under create_graph=True, once_differentiable makes a second differentiation raise a
+        # clear error; otherwise grad mode is already off and its no_grad wrapper only costs
+        # time (~4 us, a twentieth of a small layer's forward+backward).
+        if torch.is_grad_enabled():
+            return _backward_once(ctx, dy)
+        return _backward(ctx, dy)
+
+
+def _backward(ctx: Any, dy: torch.Tensor) -> tuple[Any, ...]:
+    """The hand-derived gradients (dx, dweight, dbias) of ``_BatchNormFn``."""
+    x, weight, *stats = ctx.saved_tensors
+    need_dx, need_dw = ctx.needs_input_grad[0], weight is not None and (
+        ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+    if ctx.shape is not None:
+        dx, dw, db = kernels.backward(dy, x, ctx.shape, weight, stats[0], need_dx, need_dw)
+    else:
+        mean, invstd = stats
+        _, bwd = _kernels(ctx.impl)
         wc = None if weight is None else weight.to(_compute_dtype(x))
         dx, dgamma, dbeta = bwd(dy, x, wc, mean, invstd)
-        dw = dgamma.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        db = dbeta.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
-        return dx if ctx.needs_input_grad[0] else None, dw, db, None, None
+        dw = dgamma.to(weight.dtype) if need_dw else None
+        db = dbeta.to(weight.dtype) if need_dw else None
+    return (dx if need_dx else None, dw if ctx.needs_input_grad[1] else None,
+            db if ctx.needs_input_grad[2] else None, None, None, None)
+
+
+_backward_once = once_differentiable(_backward)
 
 
 class BatchNorm(nn.Module):
@@ -223,14 +270,17 @@ class BatchNorm(nn.Module):
 
     Same arguments, buffers, ``state_dict`` keys and update rules as ``torch.nn.BatchNorm2d``:
     biased batch variance to normalise, unbiased variance into ``running_var``, ``momentum=None``
-    for a cumulative average, running statistics in eval mode.
+    for a cumulative average, running statistics in eval mode. ``impl`` picks the code that runs
+    in training: ``auto`` (the C kernels on CPU float32/float64, torch ops elsewhere),
+    ``eager`` (torch ops only) or ``compiled`` (torch ops fused by torch.compile).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True,
-                 compiled: bool = False) -> None:
+                 affine: bool = True, track_running_stats: bool = True, impl: str = "auto") -> None:
         super().__init__()
-        self.compiled = compiled  # fuse forward/backward with torch.compile (needs a C++ compiler)
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.impl = impl
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
@@ -255,8 +305,7 @@ class BatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"expected input of shape (N, {self.num_features}, *), got {tuple(x.shape)}")
-        use_batch_stats = self.training or not self.track_running_stats
-        if not use_batch_stats:
+        if not self.training and self.track_running_stats:
             scale = torch.rsqrt(self.running_var + self.eps)
             if self.weight is not None:
                 scale = scale * self.weight
@@ -264,26 +313,14 @@ class BatchNorm(nn.Module):
             if self.bias is not None:
                 shift = shift + self.bias
             return torch.addcmul(_channel_view(shift, x), x, _channel_view(scale, x)).to(x.dtype)
-        n = x.numel() // x.shape[1]
-        if self.training and n <= 1:
+        if self.training and x.numel() <= x.shape[1]:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"
             )
-        y, mean, var = _BatchNormFn.apply(x, self.weight, self.bias, self.eps, self.compiled)
+        running = None
         if self.training and self.track_running_stats:
-            self._update_running_stats(mean, var, n)
-        return y
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked)
-        else:
-            factor = self.momentum
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-        unbiased = var * (n / (n - 1))
-        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+            running = (self.running_mean, self.running_var, self.num_batches_tracked, self.momentum)
+        return _BatchNormFn.apply(x, self.weight, self.bias, self.eps, self.impl, running)
 
 
 class SeedBatchNorm(nn.Module):
@@ -310,7 +347,7 @@ class SeedBatchNorm(nn.Module):
 
 
 def make_norm(kind: str, num_features: int, dims: int, eps: float = 1e-5,
-              momentum: float | None = 0.1, compiled: bool = False) -> nn.Module:
+              momentum: float | None = 0.1, impl: str = "auto") -> nn.Module:
     """The norm layer for ``kind`` after a layer with ``num_features`` channels.
 
     ``dims`` is 1 after a linear layer and 2 after a 2-d convolution; ``none`` is an Identity so
@@ -322,7 +359,7 @@ def make_norm(kind: str, num_features: int, dims: int, eps: float = 1e-5,
         cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
         return cls(num_features, eps=eps, momentum=momentum)
     if kind == "custom":
-        return BatchNorm(num_features, eps=eps, momentum=momentum, compiled=compiled)
+        return BatchNorm(num_features, eps=eps, momentum=momentum, impl=impl)
     if kind == "seed":
         return SeedBatchNorm(num_features)
     raise ValueError(f"unknown norm kind {kind!r}")

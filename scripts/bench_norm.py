@@ -8,8 +8,9 @@ memory-traffic floor: the bytes a fused implementation must move (forward: read 
 statistics, read x and write y; backward: read x and dy for the reductions, read them again
 and write dx: 8 passes of N floats), timed at the machine's measured copy bandwidth.
 
-    python scripts/bench_norm.py                # eager path
-    python scripts/bench_norm.py --impl compiled  # the torch.compile path of BatchNorm
+    python scripts/bench_norm.py                # impl=auto: the C kernels (bnexp/bn_cpu.c) on CPU
+    python scripts/bench_norm.py --impl eager     # the torch-ops path (CUDA, no C compiler)
+    python scripts/bench_norm.py --impl compiled  # the torch-ops path fused by torch.compile
     python scripts/bench_norm.py --threads 2 --repeats 200
 """
 
@@ -25,7 +26,7 @@ import time
 import torch
 from torch import nn
 
-from bnexp.norm import BatchNorm
+from bnexp.norm import IMPLS, BatchNorm
 
 SHAPES = [(60, 100), (256, 1024), (4096, 100), (128, 32, 16, 16), (128, 64, 32, 32),
           (32, 128, 8, 8)]
@@ -33,7 +34,7 @@ SHAPES = [(60, 100), (256, 1024), (4096, 100), (128, 32, 16, 16), (128, 64, 32, 
 
 def make_pair(shape: tuple[int, ...], impl: str) -> tuple[nn.Module, nn.Module]:
     ref = (nn.BatchNorm1d if len(shape) == 2 else nn.BatchNorm2d)(shape[1])
-    ours = BatchNorm(shape[1], **({"compiled": True} if impl == "compiled" else {}))
+    ours = BatchNorm(shape[1], impl=impl)
     return ref, ours
 
 
@@ -104,7 +105,7 @@ def copy_bandwidth() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impl", choices=["eager", "compiled"], default="eager")
+    parser.add_argument("--impl", choices=IMPLS, default="auto")
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-memory", action="store_true", help="skip the RSS measurement")

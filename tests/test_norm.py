@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnexp.norm import BatchNorm, SeedBatchNorm, make_norm
+from bnexp import kernels
+from bnexp.config import NORM_IMPLS
+from bnexp.norm import IMPLS, BatchNorm, SeedBatchNorm, make_norm
 
 REFERENCE = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 SPATIAL = {2: (), 3: (7,), 4: (5, 6), 5: (3, 4, 5)}
@@ -48,9 +50,10 @@ def tolerance(dtype: torch.dtype) -> float:
     return 1e-5 if dtype == torch.float32 else 1e-10
 
 
-def pair(rank: int, dtype: torch.dtype, **kw) -> tuple[nn.Module, nn.Module]:
-    ref = REFERENCE[rank](C, **kw).to(dtype)
-    ours = BatchNorm(C, **kw).to(dtype)
+def pair(rank: int, dtype: torch.dtype, impl: str = "auto", channels: int = C,
+         **kw) -> tuple[nn.Module, nn.Module]:
+    ref = REFERENCE[rank](channels, **kw).to(dtype)
+    ours = BatchNorm(channels, impl=impl, **kw).to(dtype)
     if ref.affine:  # non-trivial affine parameters, identical in both
         with torch.no_grad():
             ref.weight.uniform_(0.5, 1.5)
@@ -69,11 +72,12 @@ CASES = [case for case in itertools.product(
 ) if case[0] >= 4 or not case[2]]  # channels_last exists for 4-d and 5-d inputs only
 
 
+@pytest.mark.parametrize("impl", ["auto", "eager"])  # auto: the C kernels on this CPU
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rank,batch,channels_last,affine,track,momentum", CASES)
-def test_parity_with_torch(rank, batch, channels_last, affine, track, momentum, dtype) -> None:
+def test_parity_with_torch(rank, batch, channels_last, affine, track, momentum, dtype, impl) -> None:
     tol = tolerance(dtype)
-    ref, ours = pair(rank, dtype, affine=affine, track_running_stats=track, momentum=momentum)
+    ref, ours = pair(rank, dtype, impl, affine=affine, track_running_stats=track, momentum=momentum)
     for step in range(3):  # several steps: running statistics accumulate
         x = make_input(rank, batch, dtype, channels_last, seed=step)
         x_ref = x.clone().requires_grad_()
@@ -101,9 +105,10 @@ def test_parity_with_torch(rank, batch, channels_last, affine, track, momentum, 
     assert_close(ours(x), ref(x), tol)
 
 
+@pytest.mark.parametrize("impl", ["auto", "eager"])
 @pytest.mark.parametrize("rank", [2, 4])
-def test_gradcheck_float64(rank: int) -> None:
-    bn = BatchNorm(3).double()
+def test_gradcheck_float64(rank: int, impl: str) -> None:
+    bn = BatchNorm(3, impl=impl).double()
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.5, 0.5)
@@ -198,8 +203,7 @@ def test_half_precision_under_autocast(dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("rank,batch", [(2, 64), (4, 8)])
 def test_compiled_path_matches_torch(rank: int, batch: int) -> None:
     """The torch.compile'd kernels compute the same functions as the eager ones."""
-    ref, ours = pair(rank, torch.float32)
-    ours.compiled = True
+    ref, ours = pair(rank, torch.float32, impl="compiled")
     for step in range(2):
         x = make_input(rank, batch, torch.float32, channels_last=False, seed=step)
         x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -240,3 +244,88 @@ def test_channels_last_output_takes_an_inplace_activation() -> None:
     y_ref.backward(dy)
     y_ours.backward(dy)
     assert_close(x_ours.grad, x_ref.grad, 1e-5)
+
+
+def test_cpu_float_inputs_run_the_c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """impl=auto on CPU float32/float64 goes through bn_cpu.c both ways; bf16 does not."""
+    calls = []
+    for name in ("forward", "backward"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
+    for dtype in (torch.float32, torch.float64):
+        BatchNorm(C).to(dtype)(make_input(4, 8, dtype, True).requires_grad_()).sum().backward()
+    assert calls == ["forward", "backward"] * 2
+    BatchNorm(C)(make_input(4, 8, torch.bfloat16, False).requires_grad_()).sum().backward()
+    BatchNorm(C, impl="eager")(make_input(2, 8, torch.float32, False))
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,channels_last", [((256, 1024), False), ((64, 16, 8, 8), False),
+                                                 ((64, 16, 8, 8), True), ((600, 7), False)])
+def test_multithreaded_kernels_match_torch(shape, channels_last, dtype) -> None:
+    """Inputs past the kernels' threading threshold (32768 values), on 2 threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ref, ours = pair(len(shape), dtype, channels=shape[1])
+        x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 2 - 3
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y_ref, y_ours = ref(x_ref), ours(x_ours)
+        assert_close(y_ours, y_ref, tolerance(dtype))
+        dy = torch.randn_like(y_ref)
+        y_ref.backward(dy)
+        y_ours.backward(dy)
+        assert_close(x_ours.grad, x_ref.grad, tolerance(dtype))
+        assert_close(ours.weight.grad, ref.weight.grad, tolerance(dtype))
+        assert_close(ours.bias.grad, ref.bias.grad, tolerance(dtype))
+        assert_close(ours.running_var, ref.running_var, tolerance(dtype))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_gradient_in_another_memory_format() -> None:
+    """dy need not share x's layout: a contiguous dy for a channels_last x, or an expanded one."""
+    x = make_input(4, 8, torch.float32, channels_last=True)
+    for make_dy in (lambda y: torch.randn(y.shape), lambda y: torch.ones(()).expand(y.shape)):
+        ref, ours = pair(4, torch.float32)
+        x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y_ref, y_ours = ref(x_ref), ours(x_ours)
+        dy = make_dy(y_ref)
+        y_ref.backward(dy)
+        y_ours.backward(dy)
+        assert_close(x_ours.grad, x_ref.grad, 1e-5, scale=1.0)
+        # dy = 1 makes dgamma = sum(xhat) = 0: round-off of N terms of size ~1 (N = 240 here)
+        assert_close(ours.weight.grad, ref.weight.grad, 1e-5, scale=x[:, 0].numel())
+
+
+def test_kernel_build_is_cached_per_source(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BNEXP_CACHE", str(tmp_path))
+    first = kernels.build()
+    assert first.parent == tmp_path / "kernels" and first.stat().st_size > 0
+    mtime = first.stat().st_mtime_ns
+    assert kernels.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
+    assert list(first.parent.iterdir()) == [first]  # no temporary files left behind
+
+
+def test_without_a_compiler_falls_back_to_torch_ops(tmp_path, monkeypatch) -> None:
+    """No C compiler: one warning, then the torch-ops path with the same results."""
+    monkeypatch.setenv("BNEXP_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(kernels, "_LIB", {})
+    monkeypatch.setattr(kernels, "_FNS", {})
+    with pytest.warns(UserWarning, match="C BatchNorm kernel is unavailable.*no C compiler"):
+        assert not kernels.available()
+    ref, ours = pair(4, torch.float32)
+    x = make_input(4, 8, torch.float32, channels_last=True)
+    assert kernels.layout(x) is None
+    assert_close(ours(x), ref(x), 1e-5)
+    assert_close(ours.running_var, ref.running_var, 1e-5)
+
+
+def test_impl_names_agree_with_the_config_schema() -> None:
+    assert NORM_IMPLS == IMPLS
+    with pytest.raises(ValueError, match="impl must be one of"):
+        BatchNorm(C, impl="fast")

@@ -1,0 +1,191 @@
+/* bnexp's fused BatchNorm kernels for CPU, float32 and float64.
+ *
+ * Why C: on CPU, a BN layer written as torch ops pays Python and dispatch overhead per op
+ * (~30 ops for forward + backward) and makes extra passes over memory; stock PyTorch runs one
+ * C++ kernel each way. These two functions do the same arithmetic as bn_forward/bn_backward in
+ * norm.py in the fewest passes: forward reads x once for the statistics and once to write y;
+ * backward reads (x, dy) once for the two reductions and once to write dx.
+ *
+ * Layout: x is an (N, C, S) contiguous array, element (n, c, s) at (n*C + c)*S + s. A
+ * channels_last (N, C, H, W) tensor is passed as (N*H*W, C, 1): the same memory.
+ *
+ * Statistics accumulate in double, shifted by each channel's first value (the "shifted data"
+ * algorithm: sum(x-K) and sum((x-K)^2) in one pass without the cancellation of sum(x^2)).
+ * Threads come from the OpenMP runtime PyTorch already loaded; small inputs run on one thread.
+ * Built on first use by bnexp/kernels.py (cc -O3 -fopenmp); the result never depends on the
+ * thread count's effect on anything but the order of the double-precision partial sums.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else /* built without OpenMP (kernels.py retries so where -fopenmp fails): one thread */
+static int omp_get_thread_num(void) { return 0; }
+static int omp_get_num_threads(void) { return 1; }
+#endif
+
+#define PAR_MIN 32768 /* elements below which one thread is faster than waking others */
+#define RB 64          /* rows of an (N, C) input summed in the input's precision */
+
+#define DEFINE_KERNELS(T, SUFFIX)                                                                \
+                                                                                                 \
+/* Per-channel sums of (a - ka[c]) and (a - ka[c]) * (b - kb[c]), over n and s, in double. */    \
+static void reduce2_##SUFFIX(const T *restrict a, const T *restrict b, const T *ka, const T *kb, \
+                             int64_t N, int64_t C, int64_t S, double *sum_a, double *sum_ab,     \
+                             int nt) {                                                           \
+    if (S > 1) { /* channels-first: each channel is N runs of S contiguous values */             \
+        _Pragma("omp parallel for num_threads(nt) schedule(static) if(N * C * S >= PAR_MIN)")   \
+        for (int64_t c = 0; c < C; c++) {                                                        \
+            double s1 = 0.0, s2 = 0.0;                                                           \
+            const double kac = ka[c], kbc = kb[c];                                               \
+            for (int64_t n = 0; n < N; n++) {                                                    \
+                const T *pa = a + (n * C + c) * S, *pb = b + (n * C + c) * S;                    \
+                _Pragma("omp simd reduction(+ : s1, s2)")                                        \
+                for (int64_t s = 0; s < S; s++) {                                                \
+                    double da = (double)pa[s] - kac;                                             \
+                    s1 += da;                                                                    \
+                    s2 += da * ((double)pb[s] - kbc);                                            \
+                }                                                                                \
+            }                                                                                    \
+            sum_a[c] = s1;                                                                       \
+            sum_ab[c] = s2;                                                                      \
+        }                                                                                        \
+        return;                                                                                  \
+    }                                                                                            \
+    /* (N, C) rows, streamed row by row: each thread sums its rows in blocks of RB, the block  \
+     * sums in T (vectorised over C, in L1), the blocks' totals in double. */                    \
+    int threads = N * C >= PAR_MIN ? nt : 1;                                                     \
+    double *part = calloc((size_t)threads * 2 * C, sizeof(double));                              \
+    T *blk = malloc((size_t)threads * 2 * C * sizeof(T));                                        \
+    _Pragma("omp parallel num_threads(threads) if(threads > 1)")                                 \
+    {                                                                                            \
+        int t = 0, tn = 1;                                                                       \
+        if (threads > 1) { t = omp_get_thread_num(); tn = omp_get_num_threads(); }              \
+        double *p1 = part + (size_t)t * 2 * C, *p2 = p1 + C;                                     \
+        T *restrict b1 = blk + (size_t)t * 2 * C, *restrict b2 = b1 + C;                         \
+        int64_t lo = N * t / tn, hi = N * (t + 1) / tn;                                          \
+        for (int64_t n0 = lo; n0 < hi; n0 += RB) {                                               \
+            int64_t n1 = n0 + RB < hi ? n0 + RB : hi;                                            \
+            for (int64_t c = 0; c < C; c++) b1[c] = b2[c] = 0;                                   \
+            for (int64_t n = n0; n < n1; n++) {                                                  \
+                const T *pa = a + n * C, *pb = b + n * C;                                        \
+                _Pragma("omp simd")                                                              \
+                for (int64_t c = 0; c < C; c++) {                                                \
+                    T da = pa[c] - ka[c];                                                        \
+                    b1[c] += da;                                                                 \
+                    b2[c] += da * (pb[c] - kb[c]);                                               \
+                }                                                                                \
+            }                                                                                    \
+            for (int64_t c = 0; c < C; c++) { p1[c] += b1[c]; p2[c] += b2[c]; }                  \
+        }                                                                                        \
+    }                                                                                            \
+    for (int64_t c = 0; c < C; c++) {                                                            \
+        double s1 = 0.0, s2 = 0.0;                                                               \
+        for (int t = 0; t < threads; t++) {                                                      \
+            s1 += part[(size_t)t * 2 * C + c];                                                   \
+            s2 += part[(size_t)t * 2 * C + C + c];                                               \
+        }                                                                                        \
+        sum_a[c] = s1;                                                                           \
+        sum_ab[c] = s2;                                                                          \
+    }                                                                                            \
+    free(part);                                                                                  \
+    free(blk);                                                                                   \
+}                                                                                                \
+                                                                                                 \
+/* out = a * p[c] + (b - q[c]) * r[c] + u[c]; with a == NULL the first term is left out. */      \
+static void affine2_##SUFFIX(const T *restrict a, const T *restrict b, T *restrict out,          \
+                             const T *p, const T *q, const T *r, const T *u, int64_t N,          \
+                             int64_t C, int64_t S, int nt) {                                     \
+    _Pragma("omp parallel for num_threads(nt) schedule(static) if(N * C * S >= PAR_MIN)")       \
+    for (int64_t n = 0; n < N; n++) {                                                            \
+        for (int64_t c = 0; c < (S > 1 ? C : 1); c++) {                                          \
+            int64_t off = S > 1 ? (n * C + c) * S : n * C, len = S > 1 ? S : C;                  \
+            const T *pb = b + off;                                                               \
+            T *po = out + off;                                                                   \
+            if (S > 1) {                                                                         \
+                const T qc = q[c], rc = r[c], uc = u[c], pc = a ? p[c] : (T)0;                   \
+                const T *pa = a ? a + off : pb;                                                  \
+                _Pragma("omp simd")                                                              \
+                for (int64_t s = 0; s < len; s++)                                                \
+                    po[s] = pa[s] * pc + (pb[s] - qc) * rc + uc;                                 \
+            } else if (a) {                                                                      \
+                const T *pa = a + off;                                                           \
+                _Pragma("omp simd")                                                              \
+                for (int64_t k = 0; k < len; k++)                                                \
+                    po[k] = pa[k] * p[k] + (pb[k] - q[k]) * r[k] + u[k];                         \
+            } else {                                                                             \
+                _Pragma("omp simd")                                                              \
+                for (int64_t k = 0; k < len; k++)                                                \
+                    po[k] = (pb[k] - q[k]) * r[k] + u[k];                                        \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* Training-mode forward: y, per-channel mean/invstd/biased var, running statistics updated    \
+ * as PyTorch does (running_var gets the unbiased variance; momentum < 0 means a cumulative      \
+ * average over num_batches_tracked). weight, bias, running_* and num_batches may be NULL. */    \
+int bn_forward_##SUFFIX(const T *x, T *y, int64_t N, int64_t C, int64_t S, const T *weight,     \
+                        const T *bias, double eps, T *mean, T *invstd, T *var,                   \
+                        T *running_mean, T *running_var, int64_t *num_batches, double momentum,  \
+                        int nt) {                                                                \
+    double *s1 = malloc(sizeof(double) * 2 * C), *s2 = s1 + C;                                   \
+    T *k = malloc(sizeof(T) * 4 * C), *zero = k + C, *scale = zero + C, *shift = scale + C;      \
+    if (!s1 || !k) { free(s1); free(k); return -1; }                                             \
+    for (int64_t c = 0; c < C; c++) { k[c] = x[S > 1 ? c * S : c]; zero[c] = 0; }                \
+    reduce2_##SUFFIX(x, x, k, k, N, C, S, s1, s2, nt);                                           \
+    const double n = (double)N * (double)S;                                                      \
+    double factor = momentum;                                                                    \
+    if (num_batches) {                                                                           \
+        *num_batches += 1;                                                                       \
+        if (momentum < 0) factor = 1.0 / (double)*num_batches;                                   \
+    }                                                                                            \
+    for (int64_t c = 0; c < C; c++) {                                                            \
+        double d = s1[c] / n, m = k[c] + d, v = s2[c] / n - d * d;                               \
+        if (v < 0) v = 0;                                                                        \
+        double r = 1.0 / sqrt(v + eps);                                                          \
+        mean[c] = (T)m;                                                                          \
+        var[c] = (T)v;                                                                           \
+        invstd[c] = (T)r;                                                                        \
+        scale[c] = (T)(weight ? (double)weight[c] * r : r);                                      \
+        shift[c] = bias ? bias[c] : (T)0;                                                        \
+        if (running_mean) {                                                                      \
+            running_mean[c] = (T)((1.0 - factor) * running_mean[c] + factor * m);                \
+            running_var[c] = (T)((1.0 - factor) * running_var[c] + factor * v * n / (n - 1));    \
+        }                                                                                        \
+    }                                                                                            \
+    affine2_##SUFFIX(NULL, x, y, zero, mean, scale, shift, N, C, S, nt);                         \
+    free(s1);                                                                                    \
+    free(k);                                                                                     \
+    return 0;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+/* Backward: dweight = sum(dy * xhat), dbias = sum(dy) (either may be NULL), and if dx is not    \
+ * NULL, dx = a*dy + (x - mean)*b + c with a = weight*invstd, b = -a*invstd*dweight/n,            \
+ * c = -a*dbias/n: the analytic gradient of BN on batch statistics. */                          \
+int bn_backward_##SUFFIX(const T *dy, const T *x, T *dx, int64_t N, int64_t C, int64_t S,       \
+                         const T *weight, const T *mean, const T *invstd, T *dweight, T *dbias,  \
+                         int nt) {                                                               \
+    double *sdy = malloc(sizeof(double) * 2 * C), *sdx = sdy + C;                                \
+    T *coef = malloc(sizeof(T) * 4 * C), *a = coef, *b = a + C, *cc = b + C, *zero = cc + C;     \
+    if (!sdy || !coef) { free(sdy); free(coef); return -1; }                                     \
+    for (int64_t c = 0; c < C; c++) zero[c] = 0;                                                 \
+    reduce2_##SUFFIX(dy, x, zero, mean, N, C, S, sdy, sdx, nt);                                  \
+    const double n = (double)N * (double)S;                                                      \
+    for (int64_t c = 0; c < C; c++) {                                                            \
+        double r = invstd[c], dg = sdx[c] * r, ac = weight ? (double)weight[c] * r : r;          \
+        if (dweight) dweight[c] = (T)dg;                                                         \
+        if (dbias) dbias[c] = (T)sdy[c];                                                         \
+        a[c] = (T)ac;                                                                            \
+        b[c] = (T)(-ac * r * dg / n);                                                            \
+        cc[c] = (T)(-ac * sdy[c] / n);                                                           \
+    }                                                                                            \
+    if (dx) affine2_##SUFFIX(dy, x, dx, a, mean, b, cc, N, C, S, nt);                            \
+    free(sdy);                                                                                   \
+    free(coef);                                                                                  \
+    return 0;                                                                                    \
+}
+
+DEFINE_KERNELS(float, f32)
+DEFINE_KERNELS(double, f64)
