@@ -12,7 +12,6 @@ import math
 import os
 import re
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +21,8 @@ import torch
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+from bnexp.jsonio import write_json_atomic
 
 # HParams dashboard metrics: the final values of these scalar tags.
 HPARAM_METRICS = ("test/acc", "test/loss", "val/acc", "gap/acc", "train/loss")
@@ -34,26 +35,6 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
     path = Path(output_dir) / "runs" / f"{stamp}_{safe}_{uuid.uuid4().hex[:6]}"
     path.mkdir(parents=True, exist_ok=False)
     return path
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temp file + rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 def git_sha() -> str | None:

@@ -67,7 +67,7 @@ def read_manifest(sweep_dir: Path) -> dict[str, Any]:
 
 def update_manifest(sweep_dir: Path, **fields: Any) -> None:
     """Merge ``fields`` into sweep.json (``jobs`` merged by job number), atomically."""
-    from bnexp.runlog import write_json_atomic
+    from bnexp.jsonio import write_json_atomic
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with _locked(sweep_dir):
@@ -147,7 +147,7 @@ def run_job(cfg: Any) -> str:
 
 
 def _write_failed_summary(job_dir: Path, exc: BaseException) -> None:
-    from bnexp.runlog import write_json_atomic
+    from bnexp.jsonio import write_json_atomic
 
     job_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(job_dir / "summary.json", {
