@@ -121,6 +121,37 @@ def test_joblib_launcher_two_jobs(cli, mnist_root, tmp_path) -> None:
     assert all(s["threads"] == max(1, (os.cpu_count() or 1) // 2) for s in summaries)
 
 
+@pytest.mark.parametrize("launcher_overrides", [[], ["hydra.launcher.n_jobs=1",
+                                                      "hydra.launcher.max_nbytes=1M"]])
+def test_prewarmed_joblib_workers_run_the_jobs(launcher_overrides) -> None:
+    """The workers started (and warmed) before Hydra composes are the ones its launcher uses:
+    joblib reuses its pool only when the launcher's settings are read exactly as Hydra does."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    import os
+
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from joblib import Parallel, delayed
+    from omegaconf import OmegaConf
+
+    from bnexp.hydra_app import _compose
+    from bnexp.sweep import _prewarm_joblib_workers, _release_joblib_workers
+
+    overrides = ["hydra/launcher=joblib", *launcher_overrides]
+    warm = _prewarm_joblib_workers(overrides)
+    try:
+        hydra_cfg = _compose(overrides, overrides, with_hydra=True).hydra
+        joblib_cfg = OmegaConf.to_container(hydra_cfg.launcher)
+        joblib_cfg.pop("_target_")
+        joblib_cfg["backend"] = "loky"  # what the launcher's launch() does, then Parallel(**cfg)
+        process_joblib_cfg(joblib_cfg)
+        job_pids = set(Parallel(**joblib_cfg)(delayed(os.getpid)() for _ in range(4)))
+        warm_pids = set(warm)
+        assert job_pids <= warm_pids and len(warm_pids) == joblib_cfg["n_jobs"]
+    finally:
+        _release_joblib_workers()
+    assert _prewarm_joblib_workers(["seed=0,1"]) is None  # other launchers: nothing started
+
+
 def test_submitit_local_launcher(cli, mnist_root, tmp_path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1",
