@@ -56,7 +56,7 @@ class NormConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0

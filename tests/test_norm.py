@@ -246,6 +246,10 @@ def test_channels_last_output_takes_an_inplace_activation() -> None:
     assert_close(x_ours.grad, x_ref.grad, 1e-5)
 
 
+needs_cc = pytest.mark.skipif(not kernels.available(), reason="no C compiler: torch-ops path only")
+
+
+@needs_cc
 def test_cpu_float_inputs_run_the_c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     """impl=auto on CPU float32/float64 goes through bn_cpu.c both ways; bf16 does not."""
     calls = []
@@ -301,6 +305,7 @@ def test_gradient_in_another_memory_format() -> None:
         assert_close(ours.weight.grad, ref.weight.grad, 1e-5, scale=x[:, 0].numel())
 
 
+@needs_cc
 def test_kernel_build_is_cached_per_source(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BNEXP_CACHE", str(tmp_path))
     first = kernels.build()
