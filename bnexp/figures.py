@@ -56,7 +56,8 @@ def learning_curves(groups: list[Group], path: Path) -> Path | None:
                                 [m + s for m, s in zip(mean, std, strict=True)],
                                 color=line.get_color(), alpha=0.2)
         ax.set(title=title + ", mean ± sd over seeds", xlabel="optimizer step", ylabel=tag)
-        if "loss" in tag and ax.has_data():
+        lo, hi = ax.dataLim.intervaly
+        if "loss" in tag and ax.has_data() and hi > lo > 0:  # a log axis needs a positive range
             ax.set_yscale("log")
     axes.flat[0].legend(fontsize=7)
     return _save(fig, path)

@@ -334,3 +334,24 @@ def test_impl_names_agree_with_the_config_schema() -> None:
     assert NORM_IMPLS == IMPLS
     with pytest.raises(ValueError, match="impl must be one of"):
         BatchNorm(C, impl="fast")
+
+
+@pytest.mark.parametrize("impl", ["auto", "eager"])
+def test_gradients_only_where_required(impl: str) -> None:
+    """A frozen input (first layer) or frozen affine parameters: the other gradients still match."""
+    x = make_input(4, 8, torch.float32, channels_last=True)
+    ref, ours = pair(4, torch.float32, impl)
+    dy = torch.randn(x.shape)
+    ref(x).backward(dy)
+    ours(x).backward(dy)
+    assert_close(ours.weight.grad, ref.weight.grad, 1e-5)
+    assert_close(ours.bias.grad, ref.bias.grad, 1e-5)
+    ref, ours = pair(4, torch.float32, impl)
+    for m in (ref, ours):
+        m.weight.requires_grad_(False)
+        m.bias.requires_grad_(False)
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref(x_ref).backward(dy)
+    ours(x_ours).backward(dy)
+    assert ours.weight.grad is None and ours.bias.grad is None
+    assert_close(x_ours.grad, x_ref.grad, 1e-5)
