@@ -62,6 +62,17 @@ def pair(rank: int, dtype: torch.dtype, impl: str = "auto", channels: int = C,
     return ref, ours
 
 
+def forward_backward(ref: nn.Module, ours: nn.Module, x: torch.Tensor, dy=None) -> tuple:
+    """Both modules on copies of x, then backward of the same dy (random, like y, by default):
+    (y_ref, y_ours, dx_ref, dx_ours)."""
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_ours = ref(x_ref), ours(x_ours)
+    dy = torch.randn_like(y_ref) if dy is None else dy
+    y_ref.backward(dy)
+    y_ours.backward(dy)
+    return y_ref, y_ours, x_ref.grad, x_ours.grad
+
+
 CASES = [case for case in itertools.product(
     [2, 3, 4, 5],             # input rank
     [2, 64],                  # batch size
@@ -206,13 +217,9 @@ def test_compiled_path_matches_torch(rank: int, batch: int) -> None:
     ref, ours = pair(rank, torch.float32, impl="compiled")
     for step in range(2):
         x = make_input(rank, batch, torch.float32, channels_last=False, seed=step)
-        x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
-        y_ref, y_ours = ref(x_ref), ours(x_ours)
+        y_ref, y_ours, dx_ref, dx_ours = forward_backward(ref, ours, x)
         assert_close(y_ours, y_ref, 1e-5)
-        dy = torch.randn_like(y_ref)
-        y_ref.backward(dy)
-        y_ours.backward(dy)
-        assert_close(x_ours.grad, x_ref.grad, 1e-5)
+        assert_close(dx_ours, dx_ref, 1e-5)
         assert_close(ours.weight.grad, ref.weight.grad, 1e-5)
     assert_close(ours.running_var, ref.running_var, 1e-5)
 
@@ -222,13 +229,9 @@ def test_compiled_path_matches_torch(rank: int, batch: int) -> None:
 def test_parity_on_cuda(rank: int, dtype: torch.dtype) -> None:
     ref, ours = (m.cuda() for m in pair(rank, dtype))
     x = make_input(rank, 32, dtype, channels_last=rank == 4).cuda()
-    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ref, y_ours = ref(x_ref), ours(x_ours)
+    y_ref, y_ours, dx_ref, dx_ours = forward_backward(ref, ours, x)
     assert_close(y_ours, y_ref, tolerance(dtype))
-    dy = torch.randn_like(y_ref)
-    y_ref.backward(dy)
-    y_ours.backward(dy)
-    assert_close(x_ours.grad, x_ref.grad, tolerance(dtype) * 10)
+    assert_close(dx_ours, dx_ref, tolerance(dtype) * 10)
     assert_close(ours.weight.grad, ref.weight.grad, tolerance(dtype) * 10)
     assert_close(ours.running_var, ref.running_var, tolerance(dtype))
 
@@ -276,13 +279,9 @@ def test_multithreaded_kernels_match_torch(shape, channels_last, dtype) -> None:
         x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 2 - 3
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
-        x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
-        y_ref, y_ours = ref(x_ref), ours(x_ours)
+        y_ref, y_ours, dx_ref, dx_ours = forward_backward(ref, ours, x)
         assert_close(y_ours, y_ref, tolerance(dtype))
-        dy = torch.randn_like(y_ref)
-        y_ref.backward(dy)
-        y_ours.backward(dy)
-        assert_close(x_ours.grad, x_ref.grad, tolerance(dtype))
+        assert_close(dx_ours, dx_ref, tolerance(dtype))
         assert_close(ours.weight.grad, ref.weight.grad, tolerance(dtype))
         assert_close(ours.bias.grad, ref.bias.grad, tolerance(dtype))
         assert_close(ours.running_var, ref.running_var, tolerance(dtype))
@@ -295,12 +294,8 @@ def test_gradient_in_another_memory_format() -> None:
     x = make_input(4, 8, torch.float32, channels_last=True)
     for make_dy in (lambda y: torch.randn(y.shape), lambda y: torch.ones(()).expand(y.shape)):
         ref, ours = pair(4, torch.float32)
-        x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
-        y_ref, y_ours = ref(x_ref), ours(x_ours)
-        dy = make_dy(y_ref)
-        y_ref.backward(dy)
-        y_ours.backward(dy)
-        assert_close(x_ours.grad, x_ref.grad, 1e-5, scale=1.0)
+        _, _, dx_ref, dx_ours = forward_backward(ref, ours, x, make_dy(x))
+        assert_close(dx_ours, dx_ref, 1e-5, scale=1.0)
         # dy = 1 makes dgamma = sum(xhat) = 0: round-off of N terms of size ~1 (N = 240 here)
         assert_close(ours.weight.grad, ref.weight.grad, 1e-5, scale=x[:, 0].numel())
 
