@@ -30,26 +30,63 @@ static int omp_get_num_threads(void) { return 1; }
 
 #define DEFINE_KERNELS(T, SUFFIX)                                                                \
                                                                                                  \
+/* Rows lo..hi of an (N, C) input: adds sum(a - ka) and sum((a - ka) * (b - kb)) per column to   \
+ * p (2*C doubles), through blk (2*C values of T) for blocks of RB rows. */                      \
+static void rows_##SUFFIX(const T *restrict a, const T *restrict b, const T *ka, const T *kb,    \
+                          int64_t lo, int64_t hi, int64_t C, double *p, T *restrict blk) {       \
+    double *p1 = p, *p2 = p + C;                                                                 \
+    T *restrict b1 = blk, *restrict b2 = blk + C;                                                \
+    for (int64_t n0 = lo; n0 < hi; n0 += RB) {                                                   \
+        int64_t n1 = n0 + RB < hi ? n0 + RB : hi;                                                \
+        for (int64_t c = 0; c < C; c++) b1[c] = b2[c] = 0;                                       \
+        for (int64_t n = n0; n < n1; n++) {                                                      \
+            const T *pa = a + n * C, *pb = b + n * C;                                            \
+            _Pragma("omp simd")                                                                  \
+            for (int64_t c = 0; c < C; c++) {                                                    \
+                T da = pa[c] - ka[c];                                                            \
+                b1[c] += da;                                                                     \
+                b2[c] += da * (pb[c] - kb[c]);                                                   \
+            }                                                                                    \
+        }                                                                                        \
+        for (int64_t c = 0; c < C; c++) { p1[c] += b1[c]; p2[c] += b2[c]; }                      \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* Channels lo..hi of an (N, C, S) input: sum(a - ka) and sum((a - ka) * (b - kb)), in double. */\
+static void chans_##SUFFIX(const T *restrict a, const T *restrict b, const T *ka, const T *kb,   \
+                           int64_t N, int64_t C, int64_t S, int64_t lo, int64_t hi,              \
+                           double *sum_a, double *sum_ab) {                                      \
+    for (int64_t c = lo; c < hi; c++) {                                                          \
+        double s1 = 0.0, s2 = 0.0;                                                               \
+        const double kac = ka[c], kbc = kb[c];                                                   \
+        for (int64_t n = 0; n < N; n++) {                                                        \
+            const T *pa = a + (n * C + c) * S, *pb = b + (n * C + c) * S;                        \
+            _Pragma("omp simd reduction(+ : s1, s2)")                                            \
+            for (int64_t s = 0; s < S; s++) {                                                    \
+                double da = (double)pa[s] - kac;                                                 \
+                s1 += da;                                                                        \
+                s2 += da * ((double)pb[s] - kbc);                                                \
+            }                                                                                    \
+        }                                                                                        \
+        sum_a[c] = s1;                                                                           \
+        sum_ab[c] = s2;                                                                          \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
 /* Per-channel sums of (a - ka[c]) and (a - ka[c]) * (b - kb[c]), over n and s, in double. */    \
 static void reduce2_##SUFFIX(const T *restrict a, const T *restrict b, const T *ka, const T *kb, \
                              int64_t N, int64_t C, int64_t S, double *sum_a, double *sum_ab,     \
                              int nt) {                                                           \
     if (S > 1) { /* channels-first: each channel is N runs of S contiguous values */             \
-        _Pragma("omp parallel for num_threads(nt) schedule(static) if(N * C * S >= PAR_MIN)")   \
-        for (int64_t c = 0; c < C; c++) {                                                        \
-            double s1 = 0.0, s2 = 0.0;                                                           \
-            const double kac = ka[c], kbc = kb[c];                                               \
-            for (int64_t n = 0; n < N; n++) {                                                    \
-                const T *pa = a + (n * C + c) * S, *pb = b + (n * C + c) * S;                    \
-                _Pragma("omp simd reduction(+ : s1, s2)")                                        \
-                for (int64_t s = 0; s < S; s++) {                                                \
-                    double da = (double)pa[s] - kac;                                             \
-                    s1 += da;                                                                    \
-                    s2 += da * ((double)pb[s] - kbc);                                            \
-                }                                                                                \
+        if (nt == 1 || N * C * S < PAR_MIN)                                                      \
+            chans_##SUFFIX(a, b, ka, kb, N, C, S, 0, C, sum_a, sum_ab);                          \
+        else {                                                                                   \
+            _Pragma("omp parallel num_threads(nt)")                                              \
+            {                                                                                    \
+                int t = omp_get_thread_num(), tn = omp_get_num_threads();                        \
+                chans_##SUFFIX(a, b, ka, kb, N, C, S, C * t / tn, C * (t + 1) / tn, sum_a,       \
+                               sum_ab);                                                          \
             }                                                                                    \
-            sum_a[c] = s1;                                                                       \
-            sum_ab[c] = s2;                                                                      \
         }                                                                                        \
         return;                                                                                  \
     }                                                                                            \
@@ -58,26 +95,14 @@ static void reduce2_##SUFFIX(const T *restrict a, const T *restrict b, const T *
     int threads = N * C >= PAR_MIN ? nt : 1;                                                     \
     double *part = calloc((size_t)threads * 2 * C, sizeof(double));                              \
     T *blk = malloc((size_t)threads * 2 * C * sizeof(T));                                        \
-    _Pragma("omp parallel num_threads(threads) if(threads > 1)")                                 \
-    {                                                                                            \
-        int t = 0, tn = 1;                                                                       \
-        if (threads > 1) { t = omp_get_thread_num(); tn = omp_get_num_threads(); }              \
-        double *p1 = part + (size_t)t * 2 * C, *p2 = p1 + C;                                     \
-        T *restrict b1 = blk + (size_t)t * 2 * C, *restrict b2 = b1 + C;                         \
-        int64_t lo = N * t / tn, hi = N * (t + 1) / tn;                                          \
-        for (int64_t n0 = lo; n0 < hi; n0 += RB) {                                               \
-            int64_t n1 = n0 + RB < hi ? n0 + RB : hi;                                            \
-            for (int64_t c = 0; c < C; c++) b1[c] = b2[c] = 0;                                   \
-            for (int64_t n = n0; n < n1; n++) {                                                  \
-                const T *pa = a + n * C, *pb = b + n * C;                                        \
-                _Pragma("omp simd")                                                              \
-                for (int64_t c = 0; c < C; c++) {                                                \
-                    T da = pa[c] - ka[c];                                                        \
-                    b1[c] += da;                                                                 \
-                    b2[c] += da * (pb[c] - kb[c]);                                               \
-                }                                                                                \
-            }                                                                                    \
-            for (int64_t c = 0; c < C; c++) { p1[c] += b1[c]; p2[c] += b2[c]; }                  \
+    if (threads == 1) /* no parallel region at all: entering one costs ~1 us */                \
+        rows_##SUFFIX(a, b, ka, kb, 0, N, C, part, blk);                                        \
+    else {                                                                                       \
+        _Pragma("omp parallel num_threads(threads)")                                             \
+        {                                                                                        \
+            int t = omp_get_thread_num(), tn = omp_get_num_threads();                            \
+            rows_##SUFFIX(a, b, ka, kb, N * t / tn, N * (t + 1) / tn, C,                         \
+                          part + (size_t)t * 2 * C, blk + (size_t)t * 2 * C);                    \
         }                                                                                        \
     }                                                                                            \
     for (int64_t c = 0; c < C; c++) {                                                            \
@@ -93,33 +118,52 @@ static void reduce2_##SUFFIX(const T *restrict a, const T *restrict b, const T *
     free(blk);                                                                                   \
 }                                                                                                \
                                                                                                  \
-/* out = a * p[c] + (b - q[c]) * r[c] + u[c]; with a == NULL the first term is left out. */      \
-static void affine2_##SUFFIX(const T *restrict a, const T *restrict b, T *restrict out,          \
-                             const T *p, const T *q, const T *r, const T *u, int64_t N,          \
-                             int64_t C, int64_t S, int nt) {                                     \
-    _Pragma("omp parallel for num_threads(nt) schedule(static) if(N * C * S >= PAR_MIN)")       \
-    for (int64_t n = 0; n < N; n++) {                                                            \
-        for (int64_t c = 0; c < (S > 1 ? C : 1); c++) {                                          \
-            int64_t off = S > 1 ? (n * C + c) * S : n * C, len = S > 1 ? S : C;                  \
-            const T *pb = b + off;                                                               \
-            T *po = out + off;                                                                   \
-            if (S > 1) {                                                                         \
-                const T qc = q[c], rc = r[c], uc = u[c], pc = a ? p[c] : (T)0;                   \
-                const T *pa = a ? a + off : pb;                                                  \
+/* out = a * p[c] + (b - q[c]) * r[c] + u[c] for rows lo..hi; with a == NULL the first term is   \
+ * left out. */                                                                                 \
+static void affine_rows_##SUFFIX(const T *restrict a, const T *restrict b, T *restrict out,      \
+                                 const T *p, const T *q, const T *r, const T *u, int64_t lo,     \
+                                 int64_t hi, int64_t C, int64_t S) {                             \
+    for (int64_t n = lo; n < hi; n++) {                                                          \
+        if (S == 1) { /* one row of C channels */                                                \
+            const T *pa = a + n * C, *pb = b + n * C;                                            \
+            T *po = out + n * C;                                                                 \
+            if (a) {                                                                             \
                 _Pragma("omp simd")                                                              \
-                for (int64_t s = 0; s < len; s++)                                                \
-                    po[s] = pa[s] * pc + (pb[s] - qc) * rc + uc;                                 \
-            } else if (a) {                                                                      \
-                const T *pa = a + off;                                                           \
-                _Pragma("omp simd")                                                              \
-                for (int64_t k = 0; k < len; k++)                                                \
-                    po[k] = pa[k] * p[k] + (pb[k] - q[k]) * r[k] + u[k];                         \
+                for (int64_t c = 0; c < C; c++)                                                  \
+                    po[c] = pa[c] * p[c] + (pb[c] - q[c]) * r[c] + u[c];                         \
             } else {                                                                             \
                 _Pragma("omp simd")                                                              \
-                for (int64_t k = 0; k < len; k++)                                                \
-                    po[k] = (pb[k] - q[k]) * r[k] + u[k];                                        \
+                for (int64_t c = 0; c < C; c++)                                                  \
+                    po[c] = (pb[c] - q[c]) * r[c] + u[c];                                        \
+            }                                                                                    \
+            continue;                                                                            \
+        }                                                                                        \
+        for (int64_t c = 0; c < C; c++) { /* C runs of S values of one channel */               \
+            const int64_t off = (n * C + c) * S;                                                 \
+            const T *pa = a + off, *pb = b + off, qc = q[c], rc = r[c], uc = u[c];               \
+            T *po = out + off;                                                                   \
+            if (a) {                                                                             \
+                const T pc = p[c];                                                               \
+                _Pragma("omp simd")                                                              \
+                for (int64_t s = 0; s < S; s++) po[s] = pa[s] * pc + (pb[s] - qc) * rc + uc;     \
+            } else {                                                                             \
+                _Pragma("omp simd")                                                              \
+                for (int64_t s = 0; s < S; s++) po[s] = (pb[s] - qc) * rc + uc;                  \
             }                                                                                    \
         }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+static void affine2_##SUFFIX(const T *a, const T *b, T *out, const T *p, const T *q, const T *r, \
+                             const T *u, int64_t N, int64_t C, int64_t S, int nt) {              \
+    if (nt == 1 || N * C * S < PAR_MIN) {                                                        \
+        affine_rows_##SUFFIX(a, b, out, p, q, r, u, 0, N, C, S);                                 \
+        return;                                                                                  \
+    }                                                                                            \
+    _Pragma("omp parallel num_threads(nt)")                                                      \
+    {                                                                                            \
+        int t = omp_get_thread_num(), tn = omp_get_num_threads();                                \
+        affine_rows_##SUFFIX(a, b, out, p, q, r, u, N * t / tn, N * (t + 1) / tn, C, S);         \
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
