@@ -239,6 +239,7 @@ def tb(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "localhost",
 ) -> None:
     """Start TensorBoard on LOGDIR (default outputs/) and print its URL."""
+    import signal
     import socket
     import subprocess
 
@@ -255,6 +256,11 @@ def tb(
     typer.echo(f"TensorBoard on {logdir}: http://{host}:{port}/  (Ctrl-C to stop)", err=False)
     sys.stdout.flush()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def stop(_signum: int, _frame: object) -> None:  # `kill`/a scheduler: stop TensorBoard too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         _, err = proc.communicate()
     except KeyboardInterrupt:

@@ -50,8 +50,17 @@ def test_tb_serves_the_runs_scalars(cli, mnist_root, tmp_path) -> None:
         (run_name, run_tags), = [(k, v) for k, v in tags.items() if k.endswith("tb")]
         assert {"train/loss", "test/acc", "gap/acc"} <= set(run_tags)
     finally:
-        proc.terminate()
+        proc.terminate()  # SIGTERM to `bnexp tb` must stop its TensorBoard child too
         proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while time.time() < deadline and _listening(port):
+        time.sleep(0.5)
+    assert not _listening(port), "TensorBoard outlived `bnexp tb`"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_tb_missing_dir_is_a_user_error(cli, tmp_path) -> None:
