@@ -83,6 +83,7 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model for the training step
     progress: str = "auto"  # auto: a rich bar on a terminal, plain lines otherwise
     checkpoint: bool = True  # write checkpoint.pt at the end of the run
+    keep_memory: bool = True  # glibc: reuse freed memory instead of returning it every step
 
 
 @dataclass

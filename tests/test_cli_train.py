@@ -156,3 +156,30 @@ def test_speed_options_train_on_cpu(cli, mnist_root, tmp_path, extra) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads((only_run(out) / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["final"]["test/loss"] < 10
+
+
+def test_step_time_leaves_out_each_epochs_first_steps(cli, mnist_root, tmp_path, monkeypatch) -> None:
+    """time/step_ms is the steady step time: the first steps of a process pay one-off costs
+    (here: 3 steps made 60 ms slower each), which time/epoch_s keeps and time/step_ms does not."""
+    import time as real_time
+
+    from bnexp.train import STEADY_AFTER
+
+    calls = []
+    loss_fn = torch.nn.functional.cross_entropy
+
+    def slow_first_steps(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 3:
+            real_time.sleep(0.06)
+        return loss_fn(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", slow_first_steps)
+    steps = 4 * STEADY_AFTER
+    result = train(cli, mnist_root, tmp_path / "out", "model=mlp", "trainer.epochs=1",
+                   "trainer.batch_size=4", f"trainer.steps={steps}", "probe=off")
+    assert result.exit_code == 0, result.output
+    final = json.loads((only_run(tmp_path / "out") / "summary.json").read_text())["final"]
+    whole_epoch_ms = 1000 * final["time/epoch_s"]
+    assert whole_epoch_ms >= 180  # the slow steps are in the epoch's time
+    assert final["time/step_ms"] * steps <= whole_epoch_ms - 150  # and not in the step time

@@ -3,6 +3,9 @@ loop) implementation step for step."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -30,3 +33,28 @@ def test_fused_optimizer_matches_the_reference_loop(name: str, extra: dict) -> N
         ref.step()
     for p, q in zip(model.parameters(), twin, strict=True):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
+
+
+FAULTS = """
+import resource, sys, torch
+from bnexp.train import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+for _ in range(3):
+    torch.empty(10 << 20).fill_(1)  # 40 MB: past glibc's largest automatic mmap threshold
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.empty(10 << 20).fill_(1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_the_page_faults_of_reused_buffers() -> None:
+    """trainer.keep_memory: a buffer freed and allocated again is not faulted in again."""
+    faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True,
+                                       text=True, check=True).stdout)
+              for mode in ("default", "keep")}
+    pages = (40 << 20) // 4096  # 10,240: glibc maps 40 MB afresh, so 10 allocations fault ~10x
+    assert faults["default"] > 8 * pages
+    assert faults["keep"] < 2 * pages  # at most the heap's first growth; then reused
