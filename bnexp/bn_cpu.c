@@ -12,8 +12,9 @@
  * Statistics accumulate in double, shifted by each channel's first value (the "shifted data"
  * algorithm: sum(x-K) and sum((x-K)^2) in one pass without the cancellation of sum(x^2)).
  * Threads come from the OpenMP runtime PyTorch already loaded; small inputs run on one thread.
- * Built on first use by bnexp/kernels.py (cc -O3 -fopenmp); the result never depends on the
- * thread count's effect on anything but the order of the double-precision partial sums.
+ * Results depend on the thread count only through the order in which partial sums are added.
+ * Built on first use by bnexp/kernels.py (cc -O3 -march=native -fopenmp). Both entry points
+ * return 0, or -1 when they cannot allocate their per-channel buffers.
  */
 #include <math.h>
 #include <stdint.h>
@@ -74,7 +75,7 @@ static void chans_##SUFFIX(const T *restrict a, const T *restrict b, const T *ka
 }                                                                                                \
                                                                                                  \
 /* Per-channel sums of (a - ka[c]) and (a - ka[c]) * (b - kb[c]), over n and s, in double. */    \
-static void reduce2_##SUFFIX(const T *restrict a, const T *restrict b, const T *ka, const T *kb, \
+static int reduce2_##SUFFIX(const T *restrict a, const T *restrict b, const T *ka, const T *kb, \
                              int64_t N, int64_t C, int64_t S, double *sum_a, double *sum_ab,     \
                              int nt) {                                                           \
     if (S > 1) { /* channels-first: each channel is N runs of S contiguous values */             \
@@ -88,13 +89,14 @@ static void reduce2_##SUFFIX(const T *restrict a, const T *restrict b, const T *
                                sum_ab);                                                          \
             }                                                                                    \
         }                                                                                        \
-        return;                                                                                  \
+        return 0;                                                                                \
     }                                                                                            \
     /* (N, C) rows, streamed row by row: each thread sums its rows in blocks of RB, the block  \
      * sums in T (vectorised over C, in L1), the blocks' totals in double. */                    \
     int threads = N * C >= PAR_MIN ? nt : 1;                                                     \
     double *part = calloc((size_t)threads * 2 * C, sizeof(double));                              \
     T *blk = malloc((size_t)threads * 2 * C * sizeof(T));                                        \
+    if (!part || !blk) { free(part); free(blk); return -1; }                                     \
     if (threads == 1) /* no parallel region at all: entering one costs ~1 us */                \
         rows_##SUFFIX(a, b, ka, kb, 0, N, C, part, blk);                                        \
     else {                                                                                       \
@@ -116,6 +118,7 @@ static void reduce2_##SUFFIX(const T *restrict a, const T *restrict b, const T *
     }                                                                                            \
     free(part);                                                                                  \
     free(blk);                                                                                   \
+    return 0;                                                                                    \
 }                                                                                                \
                                                                                                  \
 /* out = a * p[c] + (b - q[c]) * r[c] + u[c] for rows lo..hi; with a == NULL the first term is   \
@@ -178,7 +181,7 @@ int bn_forward_##SUFFIX(const T *x, T *y, int64_t N, int64_t C, int64_t S, const
     T *k = malloc(sizeof(T) * 4 * C), *zero = k + C, *scale = zero + C, *shift = scale + C;      \
     if (!s1 || !k) { free(s1); free(k); return -1; }                                             \
     for (int64_t c = 0; c < C; c++) { k[c] = x[S > 1 ? c * S : c]; zero[c] = 0; }                \
-    reduce2_##SUFFIX(x, x, k, k, N, C, S, s1, s2, nt);                                           \
+    if (reduce2_##SUFFIX(x, x, k, k, N, C, S, s1, s2, nt)) { free(s1); free(k); return -1; }     \
     const double n = (double)N * (double)S;                                                      \
     double factor = momentum;                                                                    \
     if (num_batches) {                                                                           \
@@ -215,7 +218,11 @@ int bn_backward_##SUFFIX(const T *dy, const T *x, T *dx, int64_t N, int64_t C, i
     T *coef = malloc(sizeof(T) * 4 * C), *a = coef, *b = a + C, *cc = b + C, *zero = cc + C;     \
     if (!sdy || !coef) { free(sdy); free(coef); return -1; }                                     \
     for (int64_t c = 0; c < C; c++) zero[c] = 0;                                                 \
-    reduce2_##SUFFIX(dy, x, zero, mean, N, C, S, sdy, sdx, nt);                                  \
+    if (reduce2_##SUFFIX(dy, x, zero, mean, N, C, S, sdy, sdx, nt)) {                            \
+        free(sdy);                                                                               \
+        free(coef);                                                                              \
+        return -1;                                                                               \
+    }                                                                                            \
     const double n = (double)N * (double)S;                                                      \
     for (int64_t c = 0; c < C; c++) {                                                            \
         double r = invstd[c], dg = sdx[c] * r, ac = weight ? (double)weight[c] * r : r;          \

@@ -1,9 +1,10 @@
 """Builds and calls bnexp's C BatchNorm kernels (``bn_cpu.c``) for CPU float32/float64 tensors.
 
 The C file is compiled on first use with the system's C compiler (``$CC`` or ``cc``; under a
-second) into a per-user cache, keyed by a hash of the source and flags, and loaded with ctypes:
-no build step at install time, no torch headers. Where there is no compiler, ``available()`` is
-false and ``bnexp.norm.BatchNorm`` uses its torch-ops path instead (one warning says so).
+second) into a per-user cache, keyed by a hash of the source, compiler, flags and CPU, and
+loaded with ctypes: no build step at install time, no torch headers (which take a minute to
+compile against). Where there is no compiler, ``available()`` is false and
+``bnexp.norm.BatchNorm`` uses its torch-ops path instead (one warning says so).
 """
 
 from __future__ import annotations
