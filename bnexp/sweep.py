@@ -228,17 +228,20 @@ def _prewarm_joblib_workers(overrides: list[str]) -> Any:
 
     from bnexp.hydra_app import config_dir
 
-    settings = OmegaConf.load(config_dir() / "hydra" / "launcher" / "joblib.yaml")
-    launcher_overrides = [o for o in overrides if o.startswith("hydra.launcher.")]
-    for parsed in OverridesParser.create().parse_overrides(launcher_overrides):
-        OmegaConf.update(settings, parsed.key_or_group.removeprefix("hydra.launcher."),
-                         parsed.value())
-    joblib_cfg = {k: v for k, v in OmegaConf.to_container(settings).items() if k != "_target_"}
-    joblib_cfg["backend"] = "loky"  # as the launcher does
-    process_joblib_cfg(joblib_cfg)
-    n_workers = joblib_cfg["n_jobs"] if joblib_cfg["n_jobs"] > 0 else os.cpu_count() or 1
-    return Parallel(**joblib_cfg, return_as="generator_unordered")(
-        delayed(_warm_worker)() for _ in range(n_workers))
+    try:
+        settings = OmegaConf.load(config_dir() / "hydra" / "launcher" / "joblib.yaml")
+        launcher_overrides = [o for o in overrides if o.startswith("hydra.launcher.")]
+        for parsed in OverridesParser.create().parse_overrides(launcher_overrides):
+            OmegaConf.update(settings, parsed.key_or_group.removeprefix("hydra.launcher."),
+                             parsed.value())
+        joblib_cfg = {k: v for k, v in OmegaConf.to_container(settings).items() if k != "_target_"}
+        joblib_cfg["backend"] = "loky"  # as the launcher does
+        process_joblib_cfg(joblib_cfg)
+        n_workers = joblib_cfg["n_jobs"] if joblib_cfg["n_jobs"] > 0 else os.cpu_count() or 1
+        return Parallel(**joblib_cfg, return_as="generator_unordered")(
+            delayed(_warm_worker)() for _ in range(n_workers))
+    except Exception:  # only a head start: bad settings are for Hydra's launcher to report
+        return None
 
 
 def _release_joblib_workers() -> None:

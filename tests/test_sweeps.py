@@ -150,6 +150,8 @@ def test_prewarmed_joblib_workers_run_the_jobs(launcher_overrides) -> None:
     finally:
         _release_joblib_workers()
     assert _prewarm_joblib_workers(["seed=0,1"]) is None  # other launchers: nothing started
+    # a bad setting is for Hydra to report (as a user error), not for the head start to raise
+    assert _prewarm_joblib_workers(["hydra/launcher=joblib", "hydra.launcher.n_jobs=abc"]) is None
 
 
 def test_submitit_local_launcher(cli, mnist_root, tmp_path) -> None:
