@@ -121,6 +121,14 @@ def test_joblib_launcher_two_jobs(cli, mnist_root, tmp_path) -> None:
     assert all(s["threads"] == max(1, (os.cpu_count() or 1) // 2) for s in summaries)
 
 
+def test_bad_launcher_setting_is_a_user_error(cli, mnist_root, tmp_path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1", "hydra/launcher=joblib",
+                   "hydra.launcher.n_jobs=abc")
+    assert result.exit_code == 2 and "hydra.launcher.n_jobs" in result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("launcher_overrides", [[], ["hydra.launcher.n_jobs=1",
                                                       "hydra.launcher.max_nbytes=1M"]])
 def test_prewarmed_joblib_workers_run_the_jobs(launcher_overrides) -> None:
