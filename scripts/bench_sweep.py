@@ -32,8 +32,9 @@ GRID = ["seed=0,1,2,3"]
 RUN = ["model=mlp", "trainer.progress=none", "trainer.checkpoint=false"]
 
 
-def run_sweep(data_root: str, out: Path, extra: list[str]) -> tuple[float, dict[int, dict]]:
-    """Wall time of ``bnexp train -m`` and each job's final metrics, by job number."""
+def run_sweep(data_root: str, out: Path, extra: list[str]) -> tuple[float, dict[int, dict], float]:
+    """Wall time of ``bnexp train -m``, each job's final metrics by job number, and the sum of
+    the jobs' own wall times (summary.json's wall_time_s)."""
     cmd = [sys.executable, "-m", "bnexp.cli", "train", "-m", f"data.root={data_root}",
            f"output_dir={out}", *RUN, *GRID, *extra]
     t0 = time.perf_counter()
@@ -41,11 +42,12 @@ def run_sweep(data_root: str, out: Path, extra: list[str]) -> tuple[float, dict[
     wall = time.perf_counter() - t0
     (sweep_dir,) = (out / "sweeps").iterdir()
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
-    finals = {}
+    finals, job_time = {}, 0.0
     for num, job in manifest["jobs"].items():
         summary = json.loads((sweep_dir / job["dir"] / "summary.json").read_text())
         finals[int(num)] = {k: v for k, v in summary["final"].items() if not k.startswith("time/")}
-    return wall, finals
+        job_time += summary["wall_time_s"]
+    return wall, finals, job_time
 
 
 def max_diff(a: dict[int, dict], b: dict[int, dict]) -> float:
@@ -59,10 +61,10 @@ def main() -> None:
     args = parser.parse_args()
     RUN.append(f"trainer.epochs={args.epochs}")
     with tempfile.TemporaryDirectory() as tmp:
-        seq_wall, seq = run_sweep(args.data_root, Path(tmp, "seq"), [])
-        seq1_wall, seq1 = run_sweep(args.data_root, Path(tmp, "seq1"), ["trainer.threads=1"])
-        par_wall, par = run_sweep(args.data_root, Path(tmp, "par"),
-                                  ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+        seq_wall, seq, seq_jobs = run_sweep(args.data_root, Path(tmp, "seq"), [])
+        seq1_wall, seq1, _ = run_sweep(args.data_root, Path(tmp, "seq1"), ["trainer.threads=1"])
+        par_wall, par, _ = run_sweep(args.data_root, Path(tmp, "par"),
+                                     ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
     print(f"4 jobs ({' '.join(RUN + GRID)})")
     print(f"{'launcher':>32} {'wall s':>8} {'ratio':>7}")
     print(f"{'basic (sequential, all threads)':>32} {seq_wall:8.1f} {1.0:7.2f}")
@@ -73,6 +75,10 @@ def main() -> None:
           f"({'identical' if same == 0 else 'DIFFERENT'})")
     print(f"joblib vs sequential at all threads: max metric difference {max_diff(par, seq):.3g} "
           "(thread count changes reduction order)")
+    job, start = seq_jobs / len(seq), seq_wall - seq_jobs
+    print(f"sequential: S = {start:.1f} s outside the jobs (imports, Hydra's planning and "
+          f"per-job composing) + {len(seq)} jobs of J = {job:.1f} s; 2 workers that each pay "
+          f"the start-up reach about (S + 2J) / (S + 4J) = {(start + 2 * job) / (start + 4 * job):.2f}")
     print(f"target: joblib / sequential <= 0.6 -> {par_wall / seq_wall:.2f}")
 
 
