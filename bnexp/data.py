@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bnexp import user_cache_dir
 from bnexp.errors import BnexpError
 
 # MD5s of the official uncompressed IDX files. Checking contents rather than the .gz archives
@@ -338,9 +339,8 @@ def _read_split(spec: DatasetSpec, root: Path, train: bool,
 def _cache_path(folder: Path) -> Path:
     if folder.stat().st_mode & 0o222:  # writable by someone; read-only data stays untouched
         return folder / ".bnexp-cache.pt"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnexp"
     key = hashlib.md5(str(folder.resolve()).encode()).hexdigest()[:12]
-    return base / f"{folder.name}-{key}.pt"
+    return user_cache_dir() / f"{folder.name}-{key}.pt"
 
 
 def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[torch.Tensor, ...], ...]:

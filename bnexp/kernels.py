@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from bnexp import user_cache_dir
+
 SOURCE = Path(__file__).with_name("bn_cpu.c")
 # -march=native: the cache key includes this CPU's feature flags, so a home directory shared by
 # different machines (a cluster) keeps one build per CPU kind. Without OpenMP (Apple's clang),
@@ -31,11 +33,10 @@ _LIB: dict[str, ctypes.CDLL | None] = {}
 
 
 def cache_dir() -> Path:
-    """Where built kernels live: $BNEXP_CACHE, else $XDG_CACHE_HOME/bnexp, else ~/.cache/bnexp."""
+    """Where built kernels live: $BNEXP_CACHE, else bnexp's per-user cache."""
     if os.environ.get("BNEXP_CACHE"):
         return Path(os.environ["BNEXP_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bnexp"
+    return user_cache_dir()
 
 
 def _cpu_id() -> str:
@@ -117,13 +118,13 @@ def layout(x: torch.Tensor, *others: torch.Tensor | None) -> Layout | None:
     buffers (``others``) of the same dtype, contiguous, on the CPU. A channels_last
     (N, C, *spatial) tensor is an (N*spatial, C) matrix in memory, so it is passed as such.
     """
-    dtype = x.dtype  # (this runs on every BN call: it is written for a few microseconds)
+    dtype = x.dtype
     if dtype not in _SUFFIX or not x.is_cpu or x.dim() < 2:
         return None
     for t in others:
         if t is not None and (t.dtype is not dtype or not t.is_cpu or not t.is_contiguous()):
             return None
-    if _LIB.get("lib") is None and not available():
+    if not available():
         return None
     n, c = x.shape[:2]
     s = x.numel() // max(1, n * c)
@@ -151,11 +152,8 @@ def forward(x: torch.Tensor, shape: Layout, weight: torch.Tensor | None,
     stats = x.new_empty((3, c))
     p, step = stats.data_ptr(), c * x.element_size()
     rc = _FNS["bn_forward", x.dtype](
-        x.data_ptr(), y.data_ptr(), n, c, s, weight.data_ptr() if weight is not None else None,
-        bias.data_ptr() if bias is not None else None, eps, p, p + step, p + 2 * step,
-        running_mean.data_ptr() if running_mean is not None else None,
-        running_var.data_ptr() if running_var is not None else None,
-        num_batches.data_ptr() if num_batches is not None else None,
+        x.data_ptr(), y.data_ptr(), n, c, s, _ptr(weight), _ptr(bias), eps, p, p + step,
+        p + 2 * step, _ptr(running_mean), _ptr(running_var), _ptr(num_batches),
         -1.0 if momentum is None else momentum, torch.get_num_threads())
     if rc != 0:
         raise MemoryError("bnexp's BatchNorm kernel could not allocate its per-channel buffers")
