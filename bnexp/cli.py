@@ -59,11 +59,11 @@ def train(
         return
     with user_errors():
         from bnexp.hydra_app import compose_config
-        from bnexp.train import train as run_training
+        from bnexp.startup import import_trainer
 
         cfg = compose_config(overrides or [])
         try:
-            summary = run_training(cfg, overrides or [])
+            summary = import_trainer().train(cfg, overrides or [])
         except KeyboardInterrupt:
             typer.secho("interrupted: everything logged so far is kept in the run directory",
                         fg=typer.colors.YELLOW, err=True)

@@ -110,7 +110,7 @@ def run_job(cfg: Any) -> str:
     from omegaconf import open_dict
 
     from bnexp.config import validate
-    from bnexp.train import train
+    from bnexp.startup import import_trainer
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
@@ -135,7 +135,7 @@ def run_job(cfg: Any) -> str:
     update_manifest(sweep_dir, jobs={str(num): {**entry, "status": "running"}})
     try:
         validate(cfg)
-        summary = train(cfg, overrides, run_dir=job_dir)
+        summary = import_trainer().train(cfg, overrides, run_dir=job_dir)
         status = summary["status"]
     except Exception as exc:  # the sweep goes on; the job's own summary says what happened
         status = "failed"
@@ -201,10 +201,9 @@ def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
 
 def _warm_worker() -> int:
     """Runs in each joblib worker before its first job: the imports every job needs."""
-    import torch._dynamo  # noqa: F401  (torch.optim's optimizers import it on construction)
+    from bnexp.startup import import_trainer
 
-    import bnexp.train  # noqa: F401  (torch, torchvision, TensorBoard)
-
+    import_trainer()
     return os.getpid()
 
 
