@@ -217,6 +217,40 @@ def test_parsed_splits_are_cached_until_the_files_change(mnist_root: Path, monke
     assert int(fresh.test[1].sum()) == 0
 
 
+def test_verified_files_are_hashed_once_per_version(mnist_root: Path, monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    raw = mnist_root / "MNIST" / "raw"
+    monkeypatch.setitem(data.RAW_MD5, "mnist", {f.name: data.md5sum(f) for f in raw.iterdir()
+                                                if not f.name.endswith(".gz")})
+    hashed: list[str] = []
+    real_md5sum = data.md5sum
+
+    def counting_md5sum(path, *args, **kwargs):
+        hashed.append(Path(path).name)
+        return real_md5sum(path, *args, **kwargs)
+
+    monkeypatch.setattr(data, "md5sum", counting_md5sum)
+    with pytest.warns(UserWarning, match="verify=false"):  # an unverified cache comes first
+        first = data.load_splits(data_cfg(mnist_root, verify=False), 0, cpu)
+    assert hashed == []
+    data.load_splits(data_cfg(mnist_root), 0, cpu)  # verifies, records it in the cache
+    assert len(hashed) == 4
+    again = data.load_splits(data_cfg(mnist_root), 0, cpu)
+    assert len(hashed) == 4, "files already verified in this version were hashed again"
+    assert torch.equal(again.train[0], first.train[0])
+
+    # A file that changes is hashed again (and here no longer matches).
+    labels = raw / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-1] + b"\x09")
+    os.utime(labels, ns=(1, 1))
+    with pytest.raises(BnexpError, match="MD5 mismatch.*t10k-labels"):
+        data.load_splits(data_cfg(mnist_root), 0, cpu)
+    assert len(hashed) == 8
+    # `bnexp data verify` always hashes.
+    assert any("MD5 mismatch" in p for p in data.check_files("mnist", mnist_root))
+    assert len(hashed) == 12
+
+
 def test_training_path_does_not_import_torchvision_when_cached(mnist_root: Path) -> None:
     data.load_splits(data_cfg(mnist_root, verify=False), 0, torch.device("cpu"))
     code = ("import sys, torch; from omegaconf import OmegaConf; from bnexp import data; "
