@@ -374,7 +374,7 @@ def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[tor
     ``<dataset folder>/.bnexp-cache.pt``, or under ``$XDG_CACHE_HOME/bnexp`` (``~/.cache/bnexp``)
     when that folder is read-only. The cache also records that those very files passed the MD5
     check, so they are hashed once per version rather than on every run (~0.1 s for MNIST,
-    ~0.5 s for CIFAR); ``bnexp data verify`` always hashes.
+    ~0.3 s for CIFAR); ``bnexp data verify`` always hashes.
     """
     cache = _cache_path(root / spec.folder)
     fingerprint = _fingerprint(spec, root)
