@@ -153,6 +153,10 @@ def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | N
     from bnexp import figures
     from bnexp.sweep import run_sweep
 
+    if any(o.lstrip("+~").split("=", 1)[0] == "output_dir" for o in overrides):
+        raise BnexpError("bnexp claims keeps its sweeps, figures and claims.md together under "
+                         f"--out (now {out}), so output_dir= would have no effect: pass "
+                         "--out DIR instead.")
     claims = [c for c in load_claims() if not only or c["id"] in only]
     if only and len(claims) != len(only):
         known = ", ".join(c["id"] for c in load_claims())

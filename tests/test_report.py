@@ -184,3 +184,11 @@ def test_claims_end_to_end_on_generated_data(cli, mnist_root: Path, tmp_path: Pa
     assert result.exit_code == 0, result.output
     after = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
     assert before == after
+
+
+def test_claims_rejects_output_dir_and_writes_nothing(cli, tmp_path: Path) -> None:
+    out = tmp_path / "claims"
+    result = cli("claims", "--budget", "test", "--out", str(out), f"output_dir={tmp_path / 'x'}")
+    assert result.exit_code == 2 and "pass --out DIR instead" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() and not (tmp_path / "x").exists()
