@@ -75,6 +75,7 @@ class TrainerConfig:
     eval_batch_size: int = 250
     eval_every: int = 1  # epochs between val/test evaluations (the last epoch always evaluates)
     eval_batch_stats: bool = False  # also test with BN on batch statistics (test_batchstats/*)
+    train_eval_size: int = 5000  # training images evaluated like the test set: train_eval/*, gap/*
     log_every: int = 50  # steps between train/loss points
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
@@ -163,6 +164,7 @@ def validate(cfg: Any) -> None:
         ("optim.weight_decay", cfg.optim.weight_decay, 5e-4),
         ("optim.momentum", cfg.optim.momentum, 0.9),
         ("data.val_size", cfg.data.val_size, 5000),
+        ("trainer.train_eval_size", cfg.trainer.train_eval_size, 5000),
         ("model.dropout", cfg.model.dropout, 0.2),
         ("probe.hist_every", cfg.probe.hist_every, 500),
         ("probe.unit", cfg.probe.unit, 0),

@@ -23,8 +23,8 @@ import yaml
 # Keys that never define a group: they differ between runs without being an experimental factor.
 IGNORED_KEYS = {"seed", "name", "output_dir", "data.root", "trainer.threads", "trainer.progress",
                 "trainer.device", "data.download", "data.verify", "trainer.checkpoint"}
-FINAL_METRICS = ("test/acc", "test/loss", "train/loss", "train/acc", "gap/acc", "gap/loss",
-                 "val/acc", "test_batchstats/acc")
+FINAL_METRICS = ("test/acc", "test/loss", "train/loss", "train/acc", "train_eval/acc", "gap/acc",
+                 "gap/loss", "val/acc", "test_batchstats/acc")
 SUMMARY_METRICS = ("samples_per_s",)
 # Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (then the normal's 1.96).
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,

@@ -67,8 +67,8 @@ class RunLog:
     def _write_layout_and_hparams(self, extra_layout: dict[str, Any]) -> None:
         layout = {
             "curves": {
-                "loss": ["Multiline", ["train/loss", "val/loss", "test/loss"]],
-                "accuracy": ["Multiline", ["train/acc", "val/acc", "test/acc"]],
+                "loss": ["Multiline", ["train/loss", "train_eval/loss", "val/loss", "test/loss"]],
+                "accuracy": ["Multiline", ["train/acc", "train_eval/acc", "val/acc", "test/acc"]],
                 "train-test gap": ["Multiline", ["gap/loss", "gap/acc"]],
             },
             "speed": {

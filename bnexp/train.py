@@ -184,6 +184,14 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
     if splits.val is not None:
         eval_loaders["val"] = TensorLoader(*splits.val, tc.eval_batch_size, spec,
                                            channels_last=channels_last)
+    if tc.train_eval_size:  # the gap compares like with like: the model in eval mode on
+        # training images (a fixed, seeded subset: the split is already shuffled) and on test
+        # images; the running train/acc of an epoch mixes weights from its first to its last
+        # step and, with dropout or BN, train-mode noise.
+        n = min(tc.train_eval_size, n_train)
+        eval_loaders["train_eval"] = TensorLoader(splits.train[0][:n], splits.train[1][:n],
+                                                  tc.eval_batch_size, spec,
+                                                  channels_last=channels_last)
     if tc.eval_batch_stats:  # the test set in batches of the training size, BN on batch stats
         eval_loaders["test_batchstats"] = TensorLoader(*splits.test, tc.batch_size, spec,
                                                        drop_last=True, channels_last=channels_last)
@@ -290,8 +298,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
                     for split, loader in eval_loaders.items():
                         metrics[f"{split}/loss"], metrics[f"{split}/acc"] = evaluate(
                             model, loader, split == "test_batchstats", tc.precision)
-                    metrics["gap/loss"] = metrics["train/loss"] - metrics["test/loss"]
-                    metrics["gap/acc"] = metrics["train/acc"] - metrics["test/acc"]
+                    if "train_eval/acc" in metrics:
+                        metrics["gap/loss"] = metrics["train_eval/loss"] - metrics["test/loss"]
+                        metrics["gap/acc"] = metrics["train_eval/acc"] - metrics["test/acc"]
                     for key in ("test/acc", "val/acc"):
                         if key in metrics and metrics[key] > best.get(key, -1.0):
                             best[key] = metrics[key]

@@ -13,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import TINY
 
 EXPECTED_TAGS = {"train/loss", "train/acc", "opt/lr", "val/loss", "val/acc", "test/loss",
-                 "test/acc", "gap/loss", "gap/acc", "time/step_ms", "time/samples_per_s"}
+                 "test/acc", "train_eval/loss", "train_eval/acc", "gap/loss", "gap/acc",
+                 "time/step_ms", "time/samples_per_s"}
 
 
 def train(cli, root: Path, out: Path, *overrides: str):
@@ -44,7 +45,9 @@ def test_train_mnist_writes_a_complete_run(cli, mnist_root, tmp_path, model, nor
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
-    assert abs(epochs[-1]["gap/acc"] - (epochs[-1]["train/acc"] - epochs[-1]["test/acc"])) < 1e-9
+    last = epochs[-1]
+    assert abs(last["gap/acc"] - (last["train_eval/acc"] - last["test/acc"])) < 1e-9
+    assert abs(last["gap/loss"] - (last["train_eval/loss"] - last["test/loss"])) < 1e-9
     assert any(r["kind"] == "step" and "train/loss" in r for r in records)
 
     config = (run / "config.yaml").read_text()
@@ -183,3 +186,42 @@ def test_step_time_leaves_out_each_epochs_first_steps(cli, mnist_root, tmp_path,
     whole_epoch_ms = 1000 * final["time/epoch_s"]
     assert whole_epoch_ms >= 180  # the slow steps are in the epoch's time
     assert final["time/step_ms"] * steps <= whole_epoch_ms - 150  # and not in the step time
+
+
+@pytest.mark.parametrize("model,extra", [("mlp", ["model.dropout=0.5"]), ("cnn", [])])
+def test_train_eval_is_the_final_model_in_eval_mode_on_training_images(
+        cli, mnist_root, tmp_path, model, extra) -> None:
+    """train_eval/* (and so the gap) against a direct computation from the checkpoint: the
+    first train_eval_size images of the seeded training split, model in eval mode."""
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from bnexp.data import TensorLoader, load_splits
+    from bnexp.models import build_model
+
+    out = tmp_path / "out"
+    result = train(cli, mnist_root, out, f"model={model}", "trainer.train_eval_size=100", *extra)
+    assert result.exit_code == 0, result.output
+    run = only_run(out)
+    final = json.loads((run / "summary.json").read_text())["final"]
+    cfg = OmegaConf.load(run / "config.yaml")
+    splits = load_splits(cfg.data, cfg.seed, torch.device("cpu"))
+    net = build_model(cfg.model, cfg.norm, splits.spec.shape, splits.spec.num_classes)
+    net.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=False)["model"])
+    net.eval()
+    images, labels = splits.train[0][:100], splits.train[1][:100]
+    x = TensorLoader(images, labels, 100, splits.spec).normalize(images)
+    with torch.no_grad():
+        logits = net(x)
+    assert final["train_eval/loss"] == pytest.approx(F.cross_entropy(logits, labels).item(),
+                                                     rel=1e-5)
+    assert final["train_eval/acc"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert final["gap/acc"] == pytest.approx(final["train_eval/acc"] - final["test/acc"])
+
+
+def test_train_eval_size_0_logs_no_gap(cli, mnist_root, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = train(cli, mnist_root, out, "model=mlp", "trainer.train_eval_size=0")
+    assert result.exit_code == 0, result.output
+    final = json.loads((only_run(out) / "summary.json").read_text())["final"]
+    assert "test/acc" in final and not any(k.startswith(("gap/", "train_eval/")) for k in final)
