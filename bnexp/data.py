@@ -386,11 +386,10 @@ def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[tor
                 cached = None
         except Exception:  # unreadable or from another version: parse again
             cached = None
-    verified = cached is not None and cached.get("verified") is True
-    if verify and not verified:
-        _verify(spec, root)
-    if cached is not None and (verified or not verify):
+    if cached is not None and (cached.get("verified") is True or not verify):
         return cached["train"], cached["test"]
+    if verify:
+        _verify(spec, root)
     if cached is not None:  # verified just now: only the record changes
         train, test = cached["train"], cached["test"]
     else:
