@@ -1,230 +1,919 @@
-"""``bnexp claims``: run the experiment presets, then write claims.md with a verdict per claim.
+"""``bnexp claims``: run the declared sweeps, apply the declared rules, write claims.md/.json.
 
-Claims, budgets and decision rules are declared in ``configs/claims/claims.yaml`` before any
-run; this module only runs the sweeps and evaluates the declared rules. A rule that cannot be
-evaluated (too few seeds for an interval, missing runs or metrics) yields "inconclusive" with
-the reason. Sweeps live in ``<out>/sweeps/<claim id>/``, so a second call reuses completed runs.
+Claims, sweeps, budgets, thresholds and decision rules live in ``configs/claims/claims.yaml``
+(its header documents every rule type); this module only runs the sweeps and evaluates the
+rules with the tests of ``bnexp.stats``. Evaluation has two phases: each rule measures its
+effect and names its p-values (one test for the claim, one against it); then all p-values of
+the call are Holm-adjusted together and each rule decides from the adjusted values. A rule that
+cannot be evaluated yields "inconclusive" with the reason. Sweeps live in
+``<out>/sweeps/<sweep>-<budget>-<dataset>/``, so a second call reuses completed runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from bnexp.errors import BnexpError
-from bnexp.report import Group, Run, ci95, find_runs, fmt, group_runs
-from bnexp.sweep import read_manifest
+from bnexp.report import Group, Run, find_runs, fmt, group_runs
+from bnexp.stats import Estimate, InsufficientData, censored, holm, paired, sign_test, welch
+from bnexp.stats import one_sample as one_sample_test
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+BUDGETS = ("test", "quick", "standard", "full")
+PREVIEW_BUDGETS = ("test", "quick")  # their verdicts are worded as preliminary
+
+
+def claims_file() -> Path:
+    from bnexp.hydra_app import config_dir
+
+    return config_dir() / "claims" / "claims.yaml"
+
+
+def load_spec() -> dict[str, Any]:
+    return yaml.safe_load(claims_file().read_text())
 
 
 def load_claims() -> list[dict[str, Any]]:
-    from bnexp.hydra_app import config_dir
+    return load_spec()["claims"]
 
-    return yaml.safe_load((config_dir() / "claims" / "claims.yaml").read_text())["claims"]
+
+class Undecidable(Exception):
+    """The rule cannot be evaluated on these runs; the message is the reason."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 1: what a rule measured. Phase 2: the verdict from Holm-adjusted p-values.
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    effect: str  # the measured effect in a sentence
+    tests: dict[str, float] = field(default_factory=dict)  # raw p-values by name
+    decide: Callable[[dict[str, float], float], tuple[str, str]] | None = None
+    numbers: dict[str, Any] = field(default_factory=dict)  # for claims.json
+    reason: str = ""  # why inconclusive, when no test could be run
 
 
 @dataclass
 class Verdict:
     verdict: str
-    effect: str  # the measured effect, with intervals
-    reason: str  # why this verdict (the rule applied to the numbers)
+    effect: str
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)
 
 
 def _value(run: Run, key: str) -> Any:
     return run.overrides.get(key, run.config.get(key))
 
 
-def _select(runs: list[Run], where: dict[str, str]) -> tuple[list[Run], str]:
-    """Keep runs at the min/max of each ``where`` key (e.g. the deepest network)."""
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return math.isclose(float(a), float(b))
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def select(runs: list[Run], where: dict[str, Any]) -> tuple[list[Run], str]:
+    """Keep runs at the min/max of a key, or at one of the listed values."""
     notes = []
     for key, which in where.items():
-        values = [float(v) for r in runs if (v := _value(r, key)) is not None]
-        if not values:
+        if isinstance(which, list):
+            runs = [r for r in runs if any(_same(_value(r, key), w) for w in which)]
+            notes.append(f"{key} in {{{', '.join(map(str, which))}}}")
             continue
-        target = max(values) if which == "max" else min(values)
-        runs = [r for r in runs if _value(r, key) is not None and float(_value(r, key)) == target]
-        notes.append(f"{key}={target:g}")
+        values = [float(v) for r in runs if (v := _value(r, key)) is not None]
+        if values:
+            target = max(values) if which == "max" else min(values)
+            runs = [r for r in runs if _value(r, key) is not None and float(_value(r, key)) == target]
+            notes.append(f"{key}={target:g}")
     return runs, ", ".join(notes)
 
 
-def _variant(runs: list[Run], factor: str, value: str) -> list[Run]:
+def variant(runs: list[Run], factor: str, value: Any) -> list[Run]:
     return [r for r in runs if str(_value(r, factor)) == str(value)]
 
 
-def _values(runs: list[Run], metric: str) -> list[float]:
-    return [v for r in runs if r.status == "completed"
-            if (v := r.metric(metric)) is not None and math.isfinite(v)]
+def _seed(run: Run) -> int:
+    return int(run.summary.get("seed", run.config.get("seed", -1)))
 
 
-def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return not (a["hi"] < b["lo"] or b["hi"] < a["lo"])
+def _label(metric: str) -> tuple[float, str]:
+    """Display scale and unit: accuracies in percentage points."""
+    return (100.0, " points") if metric.endswith("acc") else (1.0, "")
 
 
-def rule_compare(runs: list[Run], factor: str, rule: dict[str, Any]) -> Verdict:
-    metric, a, b = rule["metric"], rule["a"], rule["b"]
-    sa = ci95(_values(_variant(runs, factor, a), metric))
-    sb = ci95(_values(_variant(runs, factor, b), metric))
-    effect = f"{metric}: {factor}={a} {fmt(sa, 1, 4)} vs {factor}={b} {fmt(sb, 1, 4)}"
-    if sa["n"] < 2 or sb["n"] < 2:
-        return Verdict(INCONCLUSIVE, effect, f"fewer than 2 completed runs with {metric} in a "
-                       f"variant (n={sa['n']} vs n={sb['n']}): no 95% interval")
-    a_side = (sa["mean"] < sb["mean"]) if rule["expect"] == "lower" else (sa["mean"] > sb["mean"])
-    if _overlap(sa, sb):
-        return Verdict(INCONCLUSIVE, effect, "the 95% intervals overlap")
-    if a_side:
-        return Verdict(SUPPORTED, effect, f"{factor}={a} is {rule['expect']} than {factor}={b} "
-                       "and the 95% intervals do not overlap")
-    return Verdict(NOT_SUPPORTED, effect, f"{factor}={a} is not {rule['expect']} than "
-                   f"{factor}={b}, and the 95% intervals do not overlap")
+# ---------------------------------------------------------------------------------------------
+# Estimates from runs
+# ---------------------------------------------------------------------------------------------
 
-
-def _max_stable_lr(runs: list[Run], min_acc: float) -> tuple[float | None, float]:
-    by_lr: dict[float, list[Run]] = {}
+def run_values(runs: list[Run], metric: str, worst: float | None = None) -> dict[int, float]:
+    """The metric of every run by seed. A run without it that did not complete takes ``worst``
+    if the rule declares one; otherwise the rule cannot be decided (never a silent drop)."""
+    values, missing = {}, []
     for r in runs:
-        by_lr.setdefault(float(r.config["optim.lr"]), []).append(r)
-    stable = [lr for lr, rs in by_lr.items()
-              if all(r.status == "completed" and (r.metric("test/acc") or 0) >= min_acc for r in rs)]
-    return (max(stable) if stable else None), max(by_lr) if by_lr else math.nan
+        v = r.metric(metric)
+        if (v is None or not math.isfinite(v)) and r.status != "completed" and worst is not None:
+            v = worst
+        if v is None or not math.isfinite(v):
+            missing.append(f"{r.dir.name} ({r.status})")
+        else:
+            values[_seed(r)] = v
+    if missing:
+        raise Undecidable(f"{len(missing)} run(s) have no {metric} ({', '.join(missing[:4])}"
+                          f"{', ...' if len(missing) > 4 else ''}); comparing only the runs that "
+                          "have it would bias the result")
+    return values
 
 
-def rule_max_stable_lr(runs: list[Run], factor: str, rule: dict[str, Any]) -> Verdict:
-    a, b, min_acc = rule["a"], rule["b"], rule["min_acc"]
-    ra, rb = _variant(runs, factor, a), _variant(runs, factor, b)
+def estimate(a: dict[int, float], b: dict[int, float], scale: str, is_paired: bool) -> Estimate:
+    """a - b on the analysis scale (log for ratios), paired by seed or Welch."""
+    def tr(values: list[float]) -> list[float]:
+        if scale != "log":
+            return values
+        if any(v <= 0 for v in values):
+            raise Undecidable("a ratio needs positive values on both sides")
+        return [math.log(v) for v in values]
+
+    try:
+        if is_paired:
+            seeds = sorted(set(a) & set(b))
+            if len(seeds) != len(a) or len(seeds) != len(b):
+                raise Undecidable(f"seeds do not pair up ({sorted(a)} vs {sorted(b)})")
+            return paired(tr([a[s] for s in seeds]), tr([b[s] for s in seeds]))
+        return welch(tr(list(a.values())), tr(list(b.values())))
+    except InsufficientData as exc:
+        raise Undecidable(f"too few runs for a test: {exc}") from None
+
+
+def describe(est: Estimate, scale: str, metric: str) -> str:
+    """The effect and its 95% interval in the metric's units (ratios for log scale)."""
+    if scale == "log":
+        return (f"ratio {math.exp(est.effect):.3f} (95% CI {math.exp(est.lo):.3f} to "
+                f"{math.exp(est.hi):.3f})")
+    k, unit = _label(metric)
+    return (f"difference {k * est.effect:+.3g}{unit} (95% CI {k * est.lo:+.3g} to "
+            f"{k * est.hi:+.3g})")
+
+
+def _test_text(est: Estimate) -> str:
+    n = f"{est.n_a} seeds" if est.test == "paired t" else f"n = {est.n_a} and {est.n_b}"
+    if est.test == "one-sample t":
+        n = f"{est.n_a} seeds"
+    return f"{est.test} over {n}, df {est.df:.1f}"
+
+
+def _est_json(est: Estimate, scale: str) -> dict[str, Any]:
+    back = math.exp if scale == "log" else float
+    return {"effect": back(est.effect), "interval": [back(est.lo), back(est.hi)], "p": est.p,
+            "test": est.test, "df": est.df, "n": [est.n_a, est.n_b], "scale": scale}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+# ---------------------------------------------------------------------------------------------
+
+def _threshold(rule: dict[str, Any]) -> tuple[float, str]:
+    scale = rule.get("scale", "linear")
+    thr = float(rule.get("threshold", 0.0))
+    return (math.log(thr) if scale == "log" else thr), scale
+
+
+def _compare_level(ra: list[Run], rb: list[Run], rule: dict[str, Any]) -> tuple[Estimate, str]:
+    worst = rule.get("worst")
+    a = run_values(ra, rule["metric"], worst)
+    b = run_values(rb, rule["metric"], worst)
+    _, scale = _threshold(rule)
+    if "b_above" in rule and b:
+        typical = (math.exp(float(np.mean(np.log(list(b.values()))))) if scale == "log"
+                   else float(np.mean(list(b.values()))))
+        if not typical > float(rule["b_above"]):
+            raise Undecidable(f"{rule['b']}'s {rule['metric']} is {typical:.3f}, not above "
+                              f"{rule['b_above']}: the baseline does not show what the claim is "
+                              "about here, so this level tests nothing")
+    return estimate(a, b, scale, rule.get("paired", False)), scale
+
+
+def _directional(est: Estimate, rule: dict[str, Any]) -> tuple[float, float, float]:
+    """(oriented effect, p for the claim, p against it): oriented so that positive is the
+    claimed direction; against = the effect is smaller than the threshold (one-sided)."""
+    thr, _ = _threshold(rule)
+    if rule["expect"] == "higher":
+        return est.effect, est.p, est.p_less(thr)
+    return -est.effect, est.p, est.p_greater(-thr)
+
+
+def _decide_one(oriented: float, thr: float, p_for: float, p_against: float, alpha: float,
+                shown: str) -> tuple[str, str]:
+    if p_for < alpha and oriented >= thr:
+        return SUPPORTED, (f"the effect is significant after Holm (p = {p_for:.2g} < {alpha}) and "
+                           f"at least the declared {shown}")
+    if p_against < alpha:
+        return NOT_SUPPORTED, (f"the effect is shown to be smaller than the declared {shown} "
+                               f"(one-sided p = {p_against:.2g} after Holm)")
+    if p_for < alpha:
+        return INCONCLUSIVE, (f"the effect is significant (Holm p = {p_for:.2g}) but smaller than "
+                              f"the declared {shown}, and not yet shown to be smaller "
+                              f"(Holm p = {p_against:.2g})")
+    return INCONCLUSIVE, (f"neither direction is significant after Holm (for: p = {p_for:.2g}, "
+                          f"against: p = {p_against:.2g}); more seeds would narrow the interval")
+
+
+def _shown_threshold(rule: dict[str, Any]) -> str:
+    thr, scale = _threshold(rule)
+    word = rule.get("expect", "")
+    if scale == "log":
+        return f"factor of {math.exp(thr):g} ({word})"
+    k, unit = _label(rule.get("metric", rule.get("metric_a", "")))
+    return f"{k * thr:g}{unit} ({word})"
+
+
+def _levels(runs: list[Run], key: str | None) -> list[tuple[str, list[Run]]]:
+    if not key:
+        return [("", runs)]
+    values = sorted({str(_value(r, key)) for r in runs}, key=lambda v: (_num(v), v))
+    return [(f"{key}={v}", [r for r in runs if str(_value(r, key)) == v]) for v in values]
+
+
+def _num(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return math.inf
+
+
+def _combine(per_level: list[tuple[str, str, str]]) -> tuple[str, str]:
+    """Every level supported -> supported; any not supported -> not supported."""
+    if len(per_level) == 1:
+        return per_level[0][1], per_level[0][2]
+    verdicts = [v for _, v, _ in per_level]
+    detail = "; ".join(f"{lvl}: {v} ({why})" for lvl, v, why in per_level)
+    if all(v == SUPPORTED for v in verdicts):
+        return SUPPORTED, f"supported at every level: {detail}"
+    if NOT_SUPPORTED in verdicts:
+        bad = ", ".join(lvl for lvl, v, _ in per_level if v == NOT_SUPPORTED)
+        return NOT_SUPPORTED, f"refuted at {bad}: {detail}"
+    return INCONCLUSIVE, f"not decided at every level: {detail}"
+
+
+def _censoring(ra: list[Run], rb: list[Run], metric: str) -> tuple[int, int]:
+    """How many runs of a and b only give a lower bound (never reached a steps_to target)."""
+    def count(runs: list[Run]) -> int:
+        return sum(censored(r.summary, r.records, metric) for r in runs)
+    ca, cb = count(ra), count(rb)
+    if ra and rb and ca == len(ra) and cb == len(rb):
+        raise Undecidable(f"no run of either variant reached the target ({metric}) within its "
+                          "budget: the runs say nothing about which is faster")
+    return ca, cb
+
+
+def _censor_guard(verdict: tuple[str, str], cens: tuple[int, int], rule: dict[str, Any]
+                  ) -> tuple[str, str]:
+    """A censored value is a lower bound: it may not decide in the direction it flatters.
+    (expect lower: censored a-runs flatter a, censored b-runs flatter b.)"""
+    ca, cb = cens
+    flattered = {SUPPORTED: (ca, rule["a"]), NOT_SUPPORTED: (cb, rule["b"])}
+    if rule["expect"] == "higher":
+        flattered = {SUPPORTED: (cb, rule["b"]), NOT_SUPPORTED: (ca, rule["a"])}
+    n, who = flattered.get(verdict[0], (0, ""))
+    if n:
+        return INCONCLUSIVE, (f"{verdict[1]}, but {n} run(s) of {who} never reached the target, "
+                              "so their value is only a bound that favours this verdict")
+    return verdict
+
+
+def rule_compare(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
+    thr, scale = _threshold(rule)
+    shown = _shown_threshold(rule)
+    effects, tests, numbers, order = [], {}, {"threshold": rule.get("threshold"), "levels": {}}, []
+    for level, lruns in _levels(runs, rule.get("each")):
+        ra, rb = variant(lruns, factor, rule["a"]), variant(lruns, factor, rule["b"])
+        tag = f"{level}: " if level else ""
+        try:
+            cens = _censoring(ra, rb, rule["metric"])
+            est, _ = _compare_level(ra, rb, rule)
+        except Undecidable as exc:
+            effects.append(f"{tag}{rule['metric']}: not computed ({exc})")
+            order.append((level, None, str(exc), (0, 0)))
+            continue
+        oriented, p_for, p_against = _directional(est, rule)
+        tests[f"{level}|for"], tests[f"{level}|against"] = p_for, p_against
+        numbers["levels"][level or "all"] = {**_est_json(est, scale), "p_against": p_against,
+                                             "censored": list(cens)}
+        effects.append(f"{tag}{rule['metric']} of {factor}={rule['a']} vs {factor}={rule['b']}: "
+                       f"{describe(est, scale, rule['metric'])}; {_test_text(est)}, "
+                       f"two-sided p = {est.p:.2g}"
+                       + (f"; never reached the target: {cens[0]} and {cens[1]} runs"
+                          if any(cens) else ""))
+        order.append((level, oriented, "", cens))
+
+    def decide(adj: dict[str, float], alpha: float) -> tuple[str, str]:
+        per = []
+        for level, oriented, why, cens in order:
+            if oriented is None:
+                per.append((level or "all", INCONCLUSIVE, why))
+                continue
+            verdict = _decide_one(oriented, thr, adj[f"{level}|for"], adj[f"{level}|against"],
+                                  alpha, shown)
+            per.append((level or "all", *_censor_guard(verdict, cens, rule)))
+        return _combine(per)
+
+    return Outcome("; ".join(effects), tests, decide, numbers)
+
+
+def rule_equivalent(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
+    margin = float(rule["margin"])
+    k, unit = _label(rule["metric_a"])
+    effects, tests, numbers, order = [], {}, {"margin": margin, "levels": {}}, []
+    for level, lruns in _levels(runs, rule.get("each")):
+        tag = f"{level}: " if level else ""
+        try:
+            a = run_values(variant(lruns, factor, rule["a"]), rule["metric_a"])
+            b = run_values(variant(lruns, factor, rule["b"]), rule["metric_b"])
+            est = estimate(a, b, "linear", rule.get("paired", False))
+        except Undecidable as exc:
+            effects.append(f"{tag}not computed ({exc})")
+            order.append((level, False, str(exc)))
+            continue
+        tests[f"{level}|for"], tests[f"{level}|against"] = est.tost(margin), est.p_beyond(margin)
+        numbers["levels"][level or "all"] = {**_est_json(est, "linear"), "p_tost": est.tost(margin),
+                                             "p_beyond": est.p_beyond(margin)}
+        effects.append(f"{tag}{rule['metric_a']} of {factor}={rule['a']} minus {rule['metric_b']} "
+                       f"of {factor}={rule['b']}: {describe(est, 'linear', rule['metric_a'])}; "
+                       f"{_test_text(est)}")
+        order.append((level, True, ""))
+
+    def decide(adj: dict[str, float], alpha: float) -> tuple[str, str]:
+        per = []
+        for level, ok, why in order:
+            name = level or "all"
+            if not ok:
+                per.append((name, INCONCLUSIVE, why))
+            elif adj[f"{level}|for"] < alpha:
+                per.append((name, SUPPORTED, f"equivalent within ±{k * margin:g}{unit} (TOST, "
+                                             f"Holm p = {adj[f'{level}|for']:.2g})"))
+            elif adj[f"{level}|against"] < alpha:
+                per.append((name, NOT_SUPPORTED, f"the difference is shown to exceed "
+                                                 f"±{k * margin:g}{unit} (Holm p = "
+                                                 f"{adj[f'{level}|against']:.2g})"))
+            else:
+                per.append((name, INCONCLUSIVE, f"neither equivalence within ±{k * margin:g}{unit} "
+                                                f"nor a larger difference is significant (TOST "
+                                                f"Holm p = {adj[f'{level}|for']:.2g}, beyond: "
+                                                f"{adj[f'{level}|against']:.2g})"))
+        return _combine(per)
+
+    return Outcome("; ".join(effects), tests, decide, numbers)
+
+
+def rule_growth_at_init(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
+    thr = math.log(float(rule["threshold"]))
+    a = run_values(variant(runs, factor, rule["a"]), rule["metric"])
+    b = run_values(variant(runs, factor, rule["b"]), rule["metric"])
+    if any(v <= 0 for v in (*a.values(), *b.values())):
+        raise Undecidable("a growth rate must be positive")
+    try:
+        own = one_sample_test([math.log(v) for v in a.values()])
+    except InsufficientData as exc:
+        raise Undecidable(f"too few runs for a test: {exc}") from None
+    diff = estimate(a, b, "log", rule.get("paired", False))
+    rate, theory = math.exp(own.effect), float(rule.get("theory", math.nan))
+    relaxed = run_values(variant(runs, factor, rule["a"]),
+                         rule["metric"].rsplit("@", 1)[0] + "@last")
+    effect = (f"per-layer growth toward the input with {factor}={rule['a']}: {rate:.3f} "
+              f"(95% CI {math.exp(own.lo):.3f} to {math.exp(own.hi):.3f}; {_test_text(own)}, "
+              f"p = {own.p:.2g}); theory {theory:.4f}, measured {100 * (rate / theory - 1):+.1f}%; "
+              f"with {factor}={rule['b']}: {math.exp(float(np.mean(np.log(list(b.values()))))):.3f}; "
+              f"ratio {rule['a']}/{rule['b']}: {describe(diff, 'log', '')}, p = {diff.p:.2g}; "
+              f"after training (last probe) the {rule['a']} rate relaxes to "
+              f"{math.exp(float(np.mean(np.log(list(relaxed.values()))))):.3f}")
+    tests = {"own|for": own.p, "own|against": own.p_less(thr),
+             "diff|for": diff.p, "diff|against": diff.p_less(thr)}
+    numbers = {"threshold": rule["threshold"], "theory": theory, "rate": _est_json(own, "log"),
+               "ratio_to_b": _est_json(diff, "log"), "relative_error_vs_theory": rate / theory - 1,
+               "rate_b": {s: v for s, v in b.items()}, "rate_last": relaxed}
+
+    def decide(adj: dict[str, float], alpha: float) -> tuple[str, str]:
+        shown = f"{rule['threshold']:g}x per layer"
+        own_v = _decide_one(own.effect, thr, adj["own|for"], adj["own|against"], alpha, shown)
+        diff_v = _decide_one(diff.effect, thr, adj["diff|for"], adj["diff|against"], alpha, shown)
+        return _combine([(f"{rule['a']}'s growth > 1", *own_v),
+                         (f"{rule['a']} vs {rule['b']}", *diff_v)])
+
+    return Outcome(effect, tests, decide, numbers)
+
+
+def _max_stable(runs: list[Run], min_acc: float, grid: list[float]) -> dict[int, int]:
+    """Grid index of the largest stable lr per seed; stable nowhere: -1 (one step below)."""
+    out: dict[int, int] = {}
+    for seed in sorted({_seed(r) for r in runs}):
+        stable = [grid.index(float(_value(r, "optim.lr"))) for r in runs if _seed(r) == seed
+                  and r.status == "completed" and (r.metric("test/acc") or 0.0) >= min_acc]
+        out[seed] = max(stable) if stable else -1
+    return out
+
+
+def rule_max_stable_lr(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
+    ra, rb = variant(runs, factor, rule["a"]), variant(runs, factor, rule["b"])
     if not ra or not rb:
-        return Verdict(INCONCLUSIVE, "-", f"no runs for {factor}={a if not ra else b}")
-    la, top = _max_stable_lr(ra, min_acc)
-    lb, _ = _max_stable_lr(rb, min_acc)
-    diverged = {v: sorted({float(r.config['optim.lr']) for r in rs if r.status == 'diverged'})
-                for v, rs in ((a, ra), (b, rb))}
-    effect = (f"highest stable lr (all seeds completed, test acc >= {min_acc:.0%}): "
-              f"{factor}={a}: {la}, {factor}={b}: {lb}; diverged at lr {diverged[a] or 'none'} "
-              f"({a}) and {diverged[b] or 'none'} ({b})")
-    if la is not None and lb is not None and la == lb == top:
-        return Verdict(INCONCLUSIVE, effect, f"both are stable up to the largest lr tested ({top})")
-    if la is not None and (lb is None or la > lb):
-        return Verdict(SUPPORTED, effect, f"{factor}={a} trains stably at a higher lr")
-    return Verdict(NOT_SUPPORTED, effect, f"{factor}={a} does not train stably at a higher lr")
+        raise Undecidable(f"no runs for {factor}={rule['a'] if not ra else rule['b']}")
+    grid = sorted({float(_value(r, "optim.lr")) for r in ra + rb})
+    if len(grid) < 2:
+        raise Undecidable("the lr grid has fewer than 2 values")
+    step = float(np.median(np.diff(np.log10(grid))))
+    la, lb = (_max_stable(rs, rule["min_acc"], grid) for rs in (ra, rb))
+    below, top = -1, len(grid) - 1
+    best = {v: _best_acc(rs) for v, rs in ((rule["a"], ra), (rule["b"], rb))}
+    diverged = {v: sorted({float(_value(r, 'optim.lr')) for r in rs if r.status == 'diverged'})
+                for v, rs in ((rule["a"], ra), (rule["b"], rb))}
+    effect = (f"highest stable lr per seed (completed, test acc >= {rule['min_acc']:.0%}): "
+              f"{factor}={rule['a']}: {_lr_text(la, grid)}; {factor}={rule['b']}: "
+              f"{_lr_text(lb, grid)}; "
+              f"diverged at lr {diverged[rule['a']] or 'none'} ({rule['a']}) and "
+              f"{diverged[rule['b']] or 'none'} ({rule['b']}); best test acc "
+              f"{rule['a']}: {best[rule['a']]}, {rule['b']}: {best[rule['b']]}")
+    numbers = {"grid": grid, "grid_step_log10": step, "max_stable_index": {"a": la, "b": lb},
+               "diverged_lrs": diverged, "best_test_acc": best, "threshold_steps": rule["threshold"]}
+    if all(v == below for v in (*la.values(), *lb.values())):
+        return Outcome(effect, numbers=numbers, reason="neither variant is stable at any lr of "
+                       "the grid: the grid says nothing about which tolerates more")
+    if all(v == top for v in (*la.values(), *lb.values())):
+        return Outcome(effect, numbers=numbers, reason=f"both are stable up to the largest lr "
+                       f"tested ({grid[-1]:g}) for every seed: the grid cannot tell them apart")
+    est = estimate({s: float(v) for s, v in la.items()}, {s: float(v) for s, v in lb.items()},
+                   "linear", rule.get("paired", True))
+    diffs = [float(la[s] - lb[s]) for s in la if s in lb]
+    numbers.update(est=_est_json(est, "linear"), sign_test_p=sign_test(diffs))
+    effect += (f"; {rule['a']} minus {rule['b']}: {est.effect:+.2f} grid steps (95% CI "
+               f"{est.lo:+.2f} to {est.hi:+.2f}; {_test_text(est)}, p = {est.p:.2g}; sign test "
+               f"p = {sign_test(diffs):.2g})")
+    thr = float(rule["threshold"])
+    tests = {"for": est.p, "against": est.p_less(thr)}
+
+    def decide(adj: dict[str, float], alpha: float) -> tuple[str, str]:
+        return _decide_one(est.effect, thr, adj["for"], adj["against"], alpha,
+                           f"{thr:g} grid step(s) higher")
+
+    return Outcome(effect, tests, decide, numbers)
 
 
-def rule_equivalent(runs: list[Run], factor: str, rule: dict[str, Any]) -> Verdict:
-    a, b, tol = rule["a"], rule["b"], rule["tolerance"]
-    sa = ci95(_values(_variant(runs, factor, a), rule["metric_a"]))
-    sb = ci95(_values(_variant(runs, factor, b), rule["metric_b"]))
-    effect = (f"{factor}={a} {rule['metric_a']} {fmt(sa, 100)} % vs {factor}={b} "
-              f"{rule['metric_b']} {fmt(sb, 100)} %")
-    if sa["n"] < 2 or sb["n"] < 2:
-        return Verdict(INCONCLUSIVE, effect, f"fewer than 2 completed runs per variant "
-                       f"(n={sa['n']} vs n={sb['n']}): no 95% interval")
-    diff = sa["mean"] - sb["mean"]
-    if abs(diff) <= tol:
-        return Verdict(SUPPORTED, effect, f"the means differ by {100 * diff:+.2f} points, within "
-                       f"the ±{100 * tol:g}-point tolerance")
-    if not _overlap(sa, sb):
-        return Verdict(NOT_SUPPORTED, effect, f"the means differ by {100 * diff:+.2f} points "
-                       f"(tolerance ±{100 * tol:g}) and the 95% intervals do not overlap")
-    return Verdict(INCONCLUSIVE, effect, f"the means differ by {100 * diff:+.2f} points but the "
-                   "95% intervals overlap")
+def _lr_text(by_seed: dict[int, int], grid: list[float]) -> str:
+    return ", ".join(f"seed {s}: {grid[i]:g}" if i >= 0 else f"seed {s}: none"
+                     for s, i in by_seed.items())
 
 
-RULES = {"compare": rule_compare, "max_stable_lr": rule_max_stable_lr,
-         "equivalent": rule_equivalent}
+def _best_acc(runs: list[Run]) -> str:
+    by_lr: dict[float, list[float]] = {}
+    for r in runs:
+        by_lr.setdefault(float(_value(r, "optim.lr")), []).append(
+            (r.metric("test/acc") or 0.0) if r.status == "completed" else 0.0)
+    lr, accs = max(by_lr.items(), key=lambda kv: float(np.mean(kv[1])))
+    return f"{100 * float(np.mean(accs)):.2f}% at lr {lr:g}"
 
 
-def evaluate(claim: dict[str, Any], runs: list[Run]) -> tuple[Verdict, str]:
-    """Apply the claim's declared rule; returns the verdict and a note on the runs used."""
-    runs, where = _select(runs, claim.get("where", {}))
+RULES: dict[str, Callable[[list[Run], str, dict[str, Any]], Outcome]] = {
+    "compare": rule_compare, "equivalent": rule_equivalent,
+    "growth_at_init": rule_growth_at_init, "max_stable_lr": rule_max_stable_lr}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning: each variant at its own best learning rate, chosen on the validation split
+# ---------------------------------------------------------------------------------------------
+
+def tune(runs: list[Run], factor: str, variants: list[str], spec: dict[str, Any]
+         ) -> tuple[list[Run], dict[str, Any]]:
+    """Keep each variant's runs at its best ``spec['by']`` value (mean of ``spec['metric']`` over
+    seeds; a run without the value, e.g. diverged, counts as the worst)."""
+    key, on, best = spec["by"], spec["metric"], spec.get("best", "max")
+    worst = -math.inf if best == "max" else math.inf
+    kept, chosen = [], {}
+    for v in variants:
+        vruns = variant(runs, factor, v)
+        grid = sorted({float(_value(r, key)) for r in vruns})
+        if not grid:
+            continue
+        scores = {}
+        for x in grid:
+            vals = [r.metric(on) for r in vruns if float(_value(r, key)) == x]
+            scores[x] = float(np.mean([worst if m is None or not math.isfinite(m) else m
+                                       for m in vals]))
+        pick = (max if best == "max" else min)(grid, key=lambda x: scores[x])
+        kept += [r for r in vruns if float(_value(r, key)) == pick]
+        chosen[v] = {"value": pick, "scores": scores,
+                     "edge": len(grid) > 1 and pick in (grid[0], grid[-1])}
+    return kept, chosen
+
+
+def _same_setting(runs: list[Run], factor: str, rule: dict[str, Any], key: str) -> list[str]:
+    """The comparison at every shared value of ``key`` (descriptive: raw p, no Holm)."""
+    lines = []
+    shared = sorted({float(_value(r, key)) for r in variant(runs, factor, rule["a"])}
+                    & {float(_value(r, key)) for r in variant(runs, factor, rule["b"])})
+    for x in shared:
+        at = [r for r in runs if float(_value(r, key)) == x]
+        try:
+            est, scale = _compare_level(variant(at, factor, rule["a"]),
+                                        variant(at, factor, rule["b"]), rule)
+            lines.append(f"{key}={x:g}: {describe(est, scale, rule['metric'])}, p = {est.p:.2g}")
+        except Undecidable as exc:
+            lines.append(f"{key}={x:g}: not computed ({exc})")
+    return lines
+
+
+def _also(runs: list[Run], factor: str, rule: dict[str, Any]) -> list[str]:
+    lines = []
+    for v in rule.get("also", []):
+        if not variant(runs, factor, v):
+            continue
+        try:
+            est, scale = _compare_level(variant(runs, factor, v), variant(runs, factor, rule["b"]),
+                                        rule)
+            text = describe(est, scale, rule["metric"])
+            if scale == "log":
+                text += f" ({100 * (math.exp(est.effect) - 1):+.1f}%)"
+            lines.append(f"{factor}={v} vs {factor}={rule['b']}: {text}, p = {est.p:.2g}")
+        except Undecidable as exc:
+            lines.append(f"{factor}={v}: not computed ({exc})")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# One claim, then all claims with Holm
+# ---------------------------------------------------------------------------------------------
+
+def with_dataset(claim: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The claim with ``{name}`` placeholders filled from ``per_dataset`` for this dataset."""
+    values = {k: v.get(dataset) for k, v in claim.get("per_dataset", {}).items()}
+    if any(v is None for v in values.values()):
+        return claim
+    text = yaml.safe_dump(claim, sort_keys=False)
+    for k, v in values.items():
+        text = text.replace("{" + k + "}", str(v))
+    return yaml.safe_load(text)
+
+
+def measure(claim: dict[str, Any], runs: list[Run]) -> tuple[Outcome, str]:
+    """Phase 1 for one claim: select, tune, apply the rule."""
+    runs, where = select(runs, claim.get("where", {}))
     factor, rule = claim["factor"], claim["rule"]
     if not runs:
-        return Verdict(INCONCLUSIVE, "-", "no runs to evaluate"), where
+        return Outcome("-", reason="no runs to evaluate"), where
+    extra: dict[str, Any] = {}
+    notes: list[str] = []
+    if claim.get("tune"):
+        variants = [rule["a"], rule["b"], *rule.get("also", [])]
+        if rule["type"] == "compare":
+            extra["same_setting"] = _same_setting(runs, factor, rule, claim["tune"]["by"])
+        runs, chosen = tune(runs, factor, variants, claim["tune"])
+        extra["tuned"] = chosen
+        notes.append("tuned " + ", ".join(
+            f"{factor}={v}: {claim['tune']['by']}={c['value']:g}"
+            + (" (edge of the grid)" if c["edge"] else "") for v, c in chosen.items()))
     try:
-        return RULES[rule["type"]](runs, factor, rule), where
+        outcome = RULES[rule["type"]](runs, factor, rule)
+    except Undecidable as exc:
+        outcome = Outcome("-", reason=str(exc))
     except (KeyError, TypeError, ValueError) as exc:
-        return Verdict(INCONCLUSIVE, "-", f"the rule could not be evaluated: {exc!r}"), where
+        outcome = Outcome("-", reason=f"the rule could not be evaluated: {exc!r}")
+    if rule["type"] == "compare":
+        extra["also"] = _also(runs, factor, rule)
+    outcome.numbers.update(extra)
+    return outcome, "; ".join(filter(None, [where, *notes]))
+
+
+def decide_all(outcomes: dict[str, Outcome], alpha: float) -> dict[str, Verdict]:
+    """Phase 2: Holm over every p-value of the call, then each rule's decision."""
+    raw = {f"{cid}::{name}": p for cid, o in outcomes.items() for name, p in o.tests.items()}
+    adjusted = holm(raw)
+    verdicts = {}
+    for cid, o in outcomes.items():
+        if o.decide is None:
+            verdicts[cid] = Verdict(INCONCLUSIVE, o.effect, o.reason or "no test could be run",
+                                    o.numbers)
+            continue
+        adj = {name: adjusted[f"{cid}::{name}"] for name in o.tests}
+        verdict, reason = o.decide(adj, alpha)
+        numbers = {**o.numbers, "p_values": o.tests, "p_holm": adj, "holm_family": len(raw)}
+        verdicts[cid] = Verdict(verdict, o.effect, reason, numbers)
+    return verdicts
+
+
+def evaluate(claim: dict[str, Any], runs: list[Run], alpha: float = 0.05) -> tuple[Verdict, str]:
+    """One claim on its own (a family of one): for tests and quick looks."""
+    outcome, where = measure(claim, runs)
+    return decide_all({claim["id"]: outcome}, alpha)[claim["id"]], where
+
+
+# ---------------------------------------------------------------------------------------------
+# bnexp claims: run the sweeps, decide, write claims.md and claims.json
+# ---------------------------------------------------------------------------------------------
+
+def _dataset(overrides: list[str]) -> str:
+    names = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("data", "data.name")]
+    return names[-1] if names else "mnist"
+
+
+def plan(budget: str, overrides: list[str], only: list[str] | None
+         ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], str]:
+    """Check the call before anything runs: (spec, claims to run, claims skipped, dataset)."""
+    if any(o.lstrip("+~").split("=", 1)[0] == "output_dir" for o in overrides):
+        raise BnexpError("bnexp claims keeps its sweeps, figures and claims.md together under "
+                         "--out, so output_dir= would have no effect: pass --out DIR instead.")
+    if budget not in BUDGETS:
+        raise BnexpError(f"--budget {budget} is not a budget. Use one of: {', '.join(BUDGETS)} "
+                         "(e.g. --budget quick).")
+    spec = load_spec()
+    known = [c["id"] for c in spec["claims"]]
+    if only and set(only) - set(known):
+        raise BnexpError(f"Unknown claim in --only {','.join(only)}. Known claims: "
+                         f"{', '.join(known)}.")
+    dataset = _dataset(overrides)
+    chosen = [c for c in spec["claims"] if not only or c["id"] in only]
+    run, skipped = [], []
+    for c in chosen:
+        sweep = spec["sweeps"][c["sweep"]]
+        if budget not in sweep["budgets"]:
+            raise BnexpError(f"--budget {budget} is not declared for claim {c['id']}.")
+        (run if dataset in sweep["datasets"] else skipped).append(c)
+    if not run:
+        raise BnexpError(f"No selected claim supports data={dataset} (see `datasets:` in "
+                         f"{claims_file()}); pick another dataset or other claims.")
+    return spec, run, skipped, dataset
 
 
 def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | None = None,
                echo: Any = print) -> Path:
-    """Run every claim's sweep (reusing completed runs) and write ``<out>/claims.md``."""
-    from bnexp import figures
+    """Run the sweeps the chosen claims need (reusing completed runs), decide every claim with
+    one Holm family, and write ``<out>/claims.md`` and ``<out>/claims.json`` atomically."""
     from bnexp.sweep import run_sweep
 
-    if any(o.lstrip("+~").split("=", 1)[0] == "output_dir" for o in overrides):
-        raise BnexpError("bnexp claims keeps its sweeps, figures and claims.md together under "
-                         f"--out (now {out}), so output_dir= would have no effect: pass "
-                         "--out DIR instead.")
-    claims = [c for c in load_claims() if not only or c["id"] in only]
-    if only and len(claims) != len(only):
-        known = ", ".join(c["id"] for c in load_claims())
-        raise BnexpError(f"Unknown claim in --only {','.join(only)}. Known claims: {known}.")
-    for claim in claims:
-        if budget not in claim["budgets"]:
-            raise BnexpError(f"--budget {budget} is not declared for claim {claim['id']} "
-                             f"(declared: {', '.join(claim['budgets'])}).")
+    spec, claims, skipped, dataset = plan(budget, overrides, only)
+    started = _stamp_start()
     out.mkdir(parents=True, exist_ok=True)
-    sections = []
-    for claim in claims:
-        sweep_dir = out / "sweeps" / f"{claim['id']}-{budget}"
-        args = [f"experiment={claim['preset']}", *claim["budgets"][budget], *overrides]
-        echo(f"[{claim['id']}] {' '.join(args)} -> {sweep_dir}")
-        run_sweep(args, ["bnexp", "claims", "--budget", budget], sweep_dir=sweep_dir)
-        grid = read_manifest(sweep_dir).get("grid", {})
+    sweep_runs: dict[str, tuple[list[Run], list, Path, list[str]]] = {}
+    for name in dict.fromkeys(c["sweep"] for c in claims):
+        sweep = spec["sweeps"][name]
+        sweep_dir = out / "sweeps" / f"{name}-{budget}-{dataset}"
+        if "timing" in sweep:
+            args = run_timing(sweep, budget, overrides, sweep_dir, echo)
+        else:
+            args = [f"experiment={sweep['preset']}", *sweep["budgets"][budget], *overrides]
+            echo(f"[{name}] bnexp train -m {' '.join(args)} -> {sweep_dir}")
+            run_sweep(args, ["bnexp", "claims", "--budget", budget], sweep_dir=sweep_dir)
         runs, problems = find_runs([sweep_dir])
-        verdict, where = evaluate(claim, runs)
-        keys, groups = group_runs(runs)
-        fig_dir = out / "figures" / claim["id"]
-        made = figures.all_figures(groups, fig_dir) if runs else {}
-        sections.append(_section(claim, budget, args, grid, runs, groups, keys, verdict, where,
-                                 made, problems, out))
-        echo(f"[{claim['id']}] {verdict.verdict}: {verdict.reason}")
-    header = [
-        "# What does Batch Normalization actually do? — bnexp claims", "",
-        f"Budget: **{budget}**. Every verdict below comes from the decision rule declared in "
-        "`configs/claims/claims.yaml` before the runs, applied by `bnexp/claims.py` to the runs "
-        "listed; none is written by hand. Intervals are 95% Student-t intervals over seeds.", "",
-        "| claim | verdict |", "|---|---|",
-        *[f"| {s['title']} | **{s['verdict']}** |" for s in sections], "",
-    ]
-    if budget != "full":
-        header += [f"The `{budget}` budget uses fewer seeds and shorter training than `full` "
-                   "(stated per claim below): treat its verdicts as a preview.", ""]
-    path = out / "claims.md"
-    path.write_text("\n".join(header + [s["text"] for s in sections]) + "\n")
-    return path
+        sweep_runs[name] = (runs, problems, sweep_dir, args)
+    outcomes, wheres = {}, {}
+    claims = [with_dataset(c, dataset) for c in claims]
+    for claim in claims:
+        outcomes[claim["id"]], wheres[claim["id"]] = measure(claim, sweep_runs[claim["sweep"]][0])
+    verdicts = decide_all(outcomes, float(spec.get("alpha", 0.05)))
+    for claim in claims:
+        v = verdicts[claim["id"]]
+        echo(f"[{claim['id']}] {v.verdict}: {v.reason}")
+    provenance = _provenance(started, dataset, budget, overrides, sweep_runs)
+    return write_claims(out, budget, spec, claims, skipped, verdicts, wheres, sweep_runs,
+                        provenance)
 
 
-def _section(claim: dict[str, Any], budget: str, args: list[str], grid: dict[str, list[str]],
-             runs: list[Run], groups: list[Group], keys: list[str], verdict: Verdict, where: str,
-             made: dict[str, Path], problems: list, out: Path) -> dict[str, str]:
-    seeds = sorted({r.summary.get("seed") for r in runs if r.summary.get("seed") is not None})
-    grid_text = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in grid.items())
-    lines = [f"## {claim['title']}", "",
-             f"**Verdict: {verdict.verdict}.** {verdict.reason}.", "",
-             f"- Experiment: preset `{claim['preset']}` (`configs/experiment/{claim['preset']}"
-             f".yaml`), budget `{budget}`: `bnexp train -m {' '.join(args)}`",
-             f"- Grid: {grid_text or '-'}; "
-             f"seeds {seeds}; {len(runs)} runs"
-             + (f"; the rule looks at {where}" if where else ""),
-             f"- Decision rule (declared before the runs): {claim['decision']}",
-             f"- Measured: {verdict.effect}", ""]
+def run_timing(sweep: dict[str, Any], budget: str, overrides: list[str], sweep_dir: Path,
+               echo: Any) -> list[str]:
+    """A timing sweep: per seed, every variant timed interleaved in one process
+    (bnexp.timing); seeds whose variants all have a summary.json are kept."""
+    from bnexp.hydra_app import compose_config
+    from bnexp.timing import run_interleaved
+
+    b, kinds = sweep["budgets"][budget], list(sweep["timing"]["variants"])
+    base = [f"experiment={sweep['preset']}", *overrides]
+    command = ["bnexp", "time", *base, f"--variants={','.join(kinds)}", f"--rounds={b['rounds']}",
+               f"--window={b['window']}", f"--seeds={','.join(map(str, b['seeds']))}"]
+    echo(f"[timing] {' '.join(command)} -> {sweep_dir}")
+    for seed in b["seeds"]:
+        done = [sweep_dir / f"seed={seed},norm={k}" / "summary.json" for k in kinds]
+        if all(p.exists() for p in done):
+            continue
+        cfg = compose_config([*base, f"seed={seed}"])
+        run_interleaved(cfg, kinds, b["rounds"], b["window"], sweep_dir, base)
+    return command[2:]
+
+
+def _stamp_start() -> dict[str, Any]:
+    return {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "t0": time.time(),
+            "load_start": list(os.getloadavg())}
+
+
+def _provenance(started: dict[str, Any], dataset: str, budget: str, overrides: list[str],
+                sweep_runs: dict[str, Any]) -> dict[str, Any]:
+    """What produced the verdicts: versions, code, the rules' hash, the machine and its load."""
+    from importlib.metadata import version
+
+    import bnexp
+    from bnexp.runlog import git_sha
+
+    summaries = [r.summary for runs, *_ in sweep_runs.values() for r in runs]
+    return {
+        "bnexp": bnexp.__version__, "git_sha": git_sha(), "torch": version("torch"),
+        "claims_yaml_sha256": hashlib.sha256(claims_file().read_bytes()).hexdigest(),
+        "dataset": dataset, "budget": budget, "overrides": overrides,
+        "threads": sorted({s["threads"] for s in summaries if "threads" in s}),
+        "devices": sorted({s["device"] for s in summaries if "device" in s}),
+        "cpu_count": os.cpu_count(), "started": started["started"],
+        "wall_time_s": round(time.time() - started["t0"], 1),
+        "load_average_start": started["load_start"], "load_average_end": list(os.getloadavg()),
+    }
+
+
+def write_claims(out: Path, budget: str, spec: dict[str, Any], claims: list[dict[str, Any]],
+                 skipped: list[dict[str, Any]], verdicts: dict[str, Verdict],
+                 wheres: dict[str, str], sweep_runs: dict[str, Any],
+                 provenance: dict[str, Any]) -> Path:
+    """claims.md, figures/ and claims.json, built in a temporary folder and moved into place
+    only when complete: a failure leaves the previous results as they were."""
+    from bnexp import figures
+    from bnexp.jsonio import write_json_atomic
+
+    tmp = out / f".claims-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        sections = []
+        for claim in claims:
+            runs, problems, sweep_dir, args = sweep_runs[claim["sweep"]]
+            keys, groups = group_runs(runs)
+            made = figures.all_figures(groups, tmp / "figures" / claim["id"]) if runs else {}
+            made = {t: out / p.relative_to(tmp) for t, p in made.items()}
+            sections.append(_section(claim, budget, args, runs, groups, verdicts[claim["id"]],
+                                     wheres[claim["id"]], made, problems, out, spec))
+        text = _header(budget, spec, claims, skipped, verdicts, provenance) + "\n".join(sections)
+        (tmp / "claims.md").write_text(text + "\n")
+        write_json_atomic(tmp / "claims.json", {
+            "provenance": provenance, "alpha": spec.get("alpha", 0.05),
+            "claims": [_claim_json(c, verdicts[c["id"]], sweep_runs[c["sweep"]]) for c in claims],
+            "not_run": [{"id": c["id"], "reason": f"its sweep does not support data="
+                         f"{provenance['dataset']}"} for c in skipped]})
+        for name in ("figures", "claims.md", "claims.json"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            if (tmp / name).exists():
+                os.replace(tmp / name, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "claims.md"
+
+
+def _claim_json(claim: dict[str, Any], v: Verdict, sweep: tuple) -> dict[str, Any]:
+    runs, problems, sweep_dir, args = sweep
+    statuses: dict[str, int] = {}
+    for r in runs:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    return {"id": claim["id"], "title": claim["title"], "verdict": v.verdict, "reason": v.reason,
+            "effect": v.effect, "rule": claim["rule"], "numbers": v.numbers,
+            "sweep": str(sweep_dir), "args": args,
+            "runs": len(runs), "statuses": statuses,
+            "not_completed": [{"dir": r.dir.name, "status": r.status,
+                               "why": r.summary.get("error") or r.summary.get("diverged_step")}
+                              for r in runs if r.status != "completed"],
+            "unreadable": [{"dir": str(p), "why": why} for p, why in problems]}
+
+
+def _header(budget: str, spec: dict[str, Any], claims: list[dict[str, Any]],
+            skipped: list[dict[str, Any]], verdicts: dict[str, Verdict],
+            prov: dict[str, Any]) -> str:
+    word = "Preliminary verdict" if budget in PREVIEW_BUDGETS else "Verdict"
+    lines = ["# What does Batch Normalization actually do? — bnexp claims", ""]
+    if budget in PREVIEW_BUDGETS:
+        lines += [f"> **Preview.** The `{budget}` budget runs few seeds and short training to "
+                  "give a first look in minutes; its verdicts are preliminary. The verdicts we "
+                  "stand behind come from `bnexp claims --budget standard` (>= 5 seeds).", ""]
+    lines += [
+        f"Budget **{budget}**, dataset **{prov['dataset']}**. Each verdict comes from the rule "
+        "declared in `configs/claims/claims.yaml` before the runs, applied by "
+        "`bnexp/claims.py`; none is written by hand. Every claim has a test for it and a test "
+        "against it (the effect is smaller than the declared threshold); all "
+        f"{sum(len(v.numbers.get('p_values', {})) for v in verdicts.values())} p-values of "
+        f"this call are Holm-adjusted together at alpha = {spec.get('alpha', 0.05)}. "
+        "'Supported' needs a significant effect at least as large as the threshold, 'not "
+        "supported' a significant effect smaller than it (or the opposite); anything else is "
+        "'inconclusive', with the reason.", "",
+        f"| claim | {word.lower()} |", "|---|---|",
+        *[f"| {c['title']} | **{verdicts[c['id']].verdict}** |" for c in claims], "",
+        f"Produced by bnexp {prov['bnexp']} (git {prov['git_sha'] or 'unknown'}), torch "
+        f"{prov['torch']}, claims.yaml sha256 {prov['claims_yaml_sha256'][:12]}, threads "
+        f"{prov['threads']}, devices {prov['devices']}, {prov['cpu_count']} CPUs; started "
+        f"{prov['started']}, {prov['wall_time_s']:.0f} s; load average "
+        f"{prov['load_average_start'][0]:.2f} at the start, {prov['load_average_end'][0]:.2f} at "
+        "the end. Machine-readable: `claims.json`.", ""]
+    if skipped:
+        lines += ["Not run on this dataset: " + ", ".join(c["id"] for c in skipped) + ".", ""]
+    return "\n".join(lines) + "\n"
+
+
+NAMES = {"torch": "BN", "bn": "BN", "none": "no normalisation", "custom": "bnexp's BN",
+         "seed": "the write-up's literal BN", "dropout": "dropout", "weight_decay": "weight decay",
+         "bn_dropout": "BN with dropout"}
+
+
+def plain(claim: dict[str, Any], v: Verdict) -> str:
+    """The verdict in one or two sentences a student can follow: effect, interval, test,
+    threshold, conclusion."""
+    rule, numbers = claim["rule"], v.numbers
+    a, b = NAMES.get(str(rule["a"]), rule["a"]), NAMES.get(str(rule["b"]), rule["b"])
+    what = claim.get("say", "the measured quantity")
+    holm_p = numbers.get("p_holm", {})
+    parts = []
+    for level, est in numbers.get("levels", {}).items():
+        where = "" if level == "all" else f" at {level}"
+        lo, hi = est["interval"]
+        if est["scale"] == "log":
+            size = (f"{est['effect']:.2f} times {what} with {b} (95% CI {lo:.2f} to {hi:.2f})")
+            parts.append(f"{what[0].upper() + what[1:]} with {a} was {size}{where}")
+        else:
+            k, unit = _label(rule.get("metric", rule.get("metric_a", "")))
+            parts.append(f"{what[0].upper() + what[1:]} with {a} minus with {b}{where}: "
+                         f"{k * est['effect']:+.2f}{unit} (95% CI {k * lo:+.2f} to {k * hi:+.2f})")
+        key = "" if level == "all" else level
+        p_for = holm_p.get(f"{key}|for")
+        if p_for is not None:
+            parts[-1] += f", {est['test']} over {est['n'][0]} seeds, Holm-adjusted p = {p_for:.2g}"
+    if "rate" in numbers:  # growth_at_init
+        r, d = numbers["rate"], numbers["ratio_to_b"]
+        parts.append(f"With {a} the gradient norm grew {r['effect']:.3f}x per layer toward the "
+                     f"input (95% CI {r['interval'][0]:.3f} to {r['interval'][1]:.3f}; mean-field "
+                     f"theory {numbers['theory']:.4f}), {d['effect']:.3f}x the rate with {b} "
+                     f"(95% CI {d['interval'][0]:.3f} to {d['interval'][1]:.3f}), over "
+                     f"{r['n'][0]} seeds")
+    if "est" in numbers:  # max_stable_lr
+        e = numbers["est"]
+        parts.append(f"The highest stable learning rate with {a} was {e['effect']:+.2f} grid "
+                     f"steps (of {numbers['grid_step_log10']:.2f} decades) from {b}'s (95% CI "
+                     f"{e['interval'][0]:+.2f} to {e['interval'][1]:+.2f}, {e['test']} over "
+                     f"{e['n'][0]} seeds)")
+    if not parts:
+        return ""
+    bound = (f"±{rule['margin'] * 100:g} points" if "margin" in rule
+             else f"{rule['threshold']:g} grid step(s)" if rule["type"] == "max_stable_lr"
+             else f"{rule['threshold']:g}x per layer" if rule["type"] == "growth_at_init"
+             else _shown_threshold(rule))
+    return ("In plain words: " + "; ".join(parts) + f". The claim needed {bound}; so it is "
+            f"**{v.verdict}**.")
+
+
+def _section(claim: dict[str, Any], budget: str, args: list[str], runs: list[Run],
+             groups: list[Group], v: Verdict, where: str, made: dict[str, Path],
+             problems: list, out: Path, spec: dict[str, Any]) -> str:
+    word = "Preliminary verdict" if budget in PREVIEW_BUDGETS else "Verdict"
+    verb = "time" if "timing" in spec["sweeps"][claim["sweep"]] else "train -m"
+    seeds = sorted({_seed(r) for r in runs})
+    lines = [f"## {claim['title']}", "", f"**{word}: {v.verdict}.** {v.reason}.", ""]
+    if plain(claim, v):
+        lines += [plain(claim, v), ""]
+    if v.verdict == NOT_SUPPORTED and claim.get("if_not_supported"):
+        lines += [f"**Where the write-up is wrong:** {claim['if_not_supported'].strip()}", ""]
+    tuned = v.numbers.get("tuned", {})
+    if tuned:
+        by = claim["tune"]["by"]
+        lines.append(f"**Each variant at its own best {by}** (chosen on the validation split by "
+                     f"{claim['tune']['metric']}): " + ", ".join(
+                         f"{claim['factor']}={k}: {c['value']:g}"
+                         + (" (at the edge of the grid: the best may lie beyond it)"
+                            if c["edge"] else "") for k, c in tuned.items()) + ".")
+        lines.append("")
+    lines += [f"- Measured: {v.effect}.",
+              f"- Decision rule (declared before the runs): {claim['decision']}",
+              f"- Experiment: `bnexp {verb} {' '.join(args)}` "
+              f"(`configs/experiment/{spec['sweeps'][claim['sweep']]['preset']}.yaml`); "
+              f"{len(runs)} runs, seeds {seeds}" + (f"; the rule uses {where}" if where else "")]
+    for line in v.numbers.get("same_setting", []):
+        lines.append(f"- Same learning rate for both (descriptive, no Holm): {line}")
+    for line in v.numbers.get("also", []):
+        lines.append(f"- Also measured (not part of the verdict): {line}")
     metrics = claim.get("report", [])
-    lines += ["| " + " | ".join(["group", "runs (status)", *metrics]) + " |",
+    lines += ["", "| " + " | ".join(["group", "runs (status)", *metrics]) + " |",
               "|" + "---|" * (2 + len(metrics))]
     for g in groups:
-        status = ", ".join(f"{v} {k}" for k, v in sorted(g.statuses().items()))
-        cells = [fmt(g.stat(m), 100 if m.endswith("acc") else 1, 2 if m.endswith("acc") else 4)
+        status = ", ".join(f"{n} {k}" for k, n in sorted(g.statuses().items()))
+        cells = [fmt(g.stat(m, statuses=("completed", "diverged")),
+                     100 if m.endswith("acc") else 1, 2 if m.endswith("acc") else 4)
                  for m in metrics]
         lines.append(f"| {g.label} | {len(g.runs)} ({status}) | " + " | ".join(cells) + " |")
-    for r in runs:
-        if r.status != "completed":
-            lines.append(f"\n- `{r.dir.name}`: {r.status} {r.summary.get('error', '')}".rstrip())
+    not_done = [r for r in runs if r.status != "completed"]
+    if not_done:
+        lines += ["", f"Runs that did not complete ({len(not_done)}, counted above): "
+                  + ", ".join(f"`{r.dir.name}` {r.status}" for r in not_done[:12])
+                  + (" ..." if len(not_done) > 12 else "")]
     for p, reason in problems:
         lines.append(f"\n- skipped unreadable `{p}`: {reason}")
     lines.append("")
     for title, path in made.items():
         lines += [f"![{title}]({path.relative_to(out)})", ""]
-    return {"title": claim["title"], "verdict": verdict.verdict, "text": "\n".join(lines)}
+    return "\n".join(lines)

@@ -148,22 +148,79 @@ def report(
 @app.command()
 def claims(
     overrides: Overrides = None,
-    budget: Annotated[str, typer.Option(help="quick (< 15 min on 2 cores), full (>= 3 seeds "
-                                        "everywhere), or test (tiny).")] = "quick",
+    budget: Annotated[str, typer.Option(help="quick (a preview, < 15 min on 2 cores), standard "
+                                        "(>= 5 seeds: the verdicts to cite), full (a cluster), "
+                                        "or test (tiny).")] = "quick",
     out: Annotated[Path, typer.Option(help="Where claims.md, figures/ and the sweeps go.")] = Path(
         "outputs/claims"),
     only: Annotated[str | None, typer.Option(
         help="Comma-separated claim ids to run (default: all).")] = None,
 ) -> None:
-    """Run the experiment presets and write claims.md: one verdict per claim of the write-up,
-    by the decision rules declared in configs/claims/claims.yaml. Re-running reuses
-    completed runs."""
+    """Run the experiment presets and write claims.md and claims.json: one verdict per claim,
+    by the decision rules declared in configs/claims/claims.yaml (tests paired by seed, Holm
+    across claims). data=fashion_mnist or data=cifar10 runs the claims that support it.
+    Re-running reuses completed runs."""
     with user_errors():
         from bnexp.claims import run_claims
 
         path = run_claims(budget, out, overrides or [],
                           only=only.split(",") if only else None, echo=typer.echo)
     typer.echo(f"claims: {path}")
+
+
+@app.command()
+def time(
+    overrides: Overrides = None,
+    variants: Annotated[str, typer.Option(help="Norm kinds to time, comma-separated; the first "
+                                          "is the baseline.")] = "none,torch,custom,seed",
+    rounds: Annotated[int, typer.Option(min=1, help="Timed windows per variant.")] = 8,
+    window: Annotated[int, typer.Option(min=1, help="Training steps per window.")] = 25,
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated (one process each).")] = "0",
+    out: Annotated[Path, typer.Option(help="Where the per-variant run directories go.")] = Path(
+        "outputs/timing"),
+) -> None:
+    """Time a training step of each norm variant, interleaved in one process (rounds of WINDOW
+    steps, order rotated, a warm-up round dropped), so machine load hits all alike; prints the
+    median ms per step and the overhead against the first variant."""
+    import statistics
+
+    with user_errors():
+        from bnexp.config import NORMS
+        from bnexp.hydra_app import compose_config
+
+        kinds = [k for k in variants.split(",") if k]
+        bad = [k for k in kinds if k not in NORMS]
+        if bad or not kinds:
+            raise BnexpError(f"--variants {variants}: unknown norm kind(s) {', '.join(bad)}. "
+                             f"Use a comma-separated list of: {', '.join(NORMS)}.")
+        try:
+            seed_list = [int(x) for x in seeds.split(",") if x]
+        except ValueError:
+            raise BnexpError(f"--seeds {seeds} must be comma-separated integers, e.g. 0,1,2.") from None
+        from bnexp.timing import run_interleaved
+
+        results = {}
+        for seed in seed_list:
+            cfg = compose_config([*(overrides or []), f"seed={seed}"])
+            results[seed] = run_interleaved(cfg, kinds, rounds, window, out, overrides or [])
+    base = kinds[0]
+    for seed, per in results.items():
+        ref = per[base]["final"]["time/step_ms_median"]
+        typer.echo(f"seed {seed} ({per[base]['threads']} threads, {per[base]['device']}): ms per "
+                   f"step, median [min, max] of {rounds} windows of {window} steps")
+        for k, summary in per.items():
+            f = summary["final"]
+            typer.echo(f"  {k:>7}: {f['time/step_ms_median']:7.2f} [{f['time/step_ms_min']:.2f}, "
+                       f"{f['time/step_ms_max']:.2f}]  {100 * (f['time/step_ms_median'] / ref - 1):+6.1f}%"
+                       f" vs {base}")
+    if len(results) > 1:
+        for k in kinds[1:]:
+            ratios = [per[k]["final"]["time/step_ms_median"] / per[base]["final"]["time/step_ms_median"]
+                      for per in results.values()]
+            typer.echo(f"{k} vs {base} over {len(ratios)} seeds: median "
+                       f"{100 * (statistics.median(ratios) - 1):+.1f}% "
+                       f"[{100 * (min(ratios) - 1):+.1f}%, {100 * (max(ratios) - 1):+.1f}%]")
+    typer.echo(f"timing: {out}")
 
 
 @app.command()

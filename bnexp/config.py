@@ -16,6 +16,7 @@ ARCHS = ("mlp", "cnn")
 NORMS = ("none", "torch", "custom", "seed")
 NORM_IMPLS = ("auto", "eager", "compiled")  # bnexp.norm.IMPLS (kept here so configs load without torch)
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
+INITS = ("default", "he")  # bnexp.models.INITS
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -43,6 +44,8 @@ class ModelConfig:
     width: int = 100  # mlp: units per hidden layer
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # cnn: one stage each
     convs_per_stage: int = 1  # cnn: conv-norm-act blocks before each 2x2 max-pool
+    init: str = "default"  # default: torch's | he: Kaiming-normal (ReLU gain) times init_gain
+    init_gain: float = 1.0  # he: weight scale relative to He's; >1 makes a plain ReLU net explode
 
 
 @dataclass
@@ -75,6 +78,8 @@ class TrainerConfig:
     eval_batch_size: int = 250
     eval_every: int = 1  # epochs between val/test evaluations (the last epoch always evaluates)
     eval_batch_stats: bool = False  # also test with BN on batch statistics (test_batchstats/*)
+    eval_single: int = 0  # test images also evaluated one at a time in eval mode (test_single/*)
+    val_every_steps: int = 0  # also evaluate the val split every this many steps (0: per epoch only)
     train_eval_size: int = 5000  # training images evaluated like the test set: train_eval/*, gap/*
     log_every: int = 50  # steps between train/loss points
     device: str = "auto"
@@ -95,6 +100,7 @@ class ProbeConfig:
     batch_size: int = 128  # size of the fixed probe batch, drawn once from the training split
     unit: int = 0  # the tracked unit (MLP) / channel (CNN) of every layer
     max_elements: int = 4096  # percentiles of larger tensors use a fixed sample of this size
+    per_unit: bool = False  # also every unit's own p15/p50/p85 of each nonlinearity input
 
 
 @dataclass
@@ -133,6 +139,7 @@ def validate(cfg: Any) -> None:
     _choice(cfg.data.name, DATASETS, "data.name")
     _choice(cfg.model.arch, ARCHS, "model.arch")
     _choice(cfg.model.activation, ACTIVATIONS, "model.activation")
+    _choice(cfg.model.init, INITS, "model.init")
     _choice(cfg.norm.kind, NORMS, "norm.kind")
     _choice(cfg.norm.impl, NORM_IMPLS, "norm.impl")
     _choice(cfg.optim.name, OPTIMIZERS, "optim.name")
@@ -151,6 +158,7 @@ def validate(cfg: Any) -> None:
         ("trainer.threads", cfg.trainer.threads, 2),
         ("model.depth", cfg.model.depth, 3),
         ("model.width", cfg.model.width, 100),
+        ("model.init_gain", cfg.model.init_gain, 1.0),
         ("model.convs_per_stage", cfg.model.convs_per_stage, 1),
         ("data.train_size", cfg.data.train_size, 5000),
         ("norm.eps", cfg.norm.eps, 1e-5),
@@ -168,6 +176,8 @@ def validate(cfg: Any) -> None:
         ("model.dropout", cfg.model.dropout, 0.2),
         ("probe.hist_every", cfg.probe.hist_every, 500),
         ("probe.unit", cfg.probe.unit, 0),
+        ("trainer.eval_single", cfg.trainer.eval_single, 200),
+        ("trainer.val_every_steps", cfg.trainer.val_every_steps, 100),
     ]:
         _positive(value, key, example, allow_zero=True)
     if not 0 <= cfg.model.dropout < 1:

@@ -25,6 +25,36 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 NormFactory = Callable[[int, int], nn.Module]  # (num_features, dims) -> module
+INITS = ("default", "he")  # torch's default init | Kaiming-normal (fan_in, ReLU gain) x init_gain
+
+
+def _affine(layer: nn.Module, has_norm: bool) -> nn.Module:
+    """Drop the bias of an affine map that a norm follows (BN's shift makes it redundant).
+
+    The layer is built with its bias and the bias removed afterwards, so that every norm variant
+    draws the same random numbers at construction: at the same seed, ``norm=none`` and
+    ``norm=torch`` start from identical weights (and see the data in the same order), which is
+    what makes a comparison paired by seed a paired comparison."""
+    if has_norm:
+        layer.register_parameter("bias", None)
+    return layer
+
+
+def init_weights(model: nn.Module, init: str, gain: float) -> None:
+    """Re-initialise every Linear/Conv2d weight: ``he`` draws N(0, gain^2 * 2 / fan_in), the
+    init under which a plain ReLU net keeps its forward and backward norms constant with depth
+    at gain 1 (He et al. 2015) and grows them by ~``gain`` per layer otherwise; biases zero.
+    ``default`` keeps torch's init (Kaiming-uniform with a=sqrt(5): variance 1/(3 fan_in), which
+    makes deep ReLU nets' gradients vanish)."""
+    if init == "default":
+        return
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            with torch.no_grad():
+                m.weight.mul_(gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class Block(nn.Module):
@@ -48,7 +78,7 @@ class MLP(nn.Module):
         layers: dict[str, nn.Module] = {}
         fan_in = in_features
         for i in range(1, depth + 1):
-            layers[f"fc{i}"] = Block(nn.Linear(fan_in, width, bias=not has_norm), norm(width, 1),
+            layers[f"fc{i}"] = Block(_affine(nn.Linear(fan_in, width), has_norm), norm(width, 1),
                                      ACTIVATIONS[activation](), dropout)
             fan_in = width
         self.blocks = nn.Sequential()
@@ -72,7 +102,7 @@ class CNN(nn.Module):
         c_in, k = in_channels, 1
         for c_out in channels:
             for _ in range(convs_per_stage):
-                conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not has_norm)
+                conv = _affine(nn.Conv2d(c_in, c_out, 3, padding=1), has_norm)
                 self.blocks.add_module(f"conv{k}", Block(conv, norm(c_out, 2),
                                                          ACTIVATIONS[activation](), 0.0))
                 c_in, k = c_out, k + 1
@@ -112,9 +142,13 @@ def build_model(model_cfg: Any, norm_cfg: Any, shape: tuple[int, int, int],
                          momentum=norm_cfg.momentum, impl=norm_cfg.impl)
 
     has_norm = norm_cfg.kind != "none"
+    model: nn.Module
     if model_cfg.arch == "mlp":
         in_features = shape[0] * shape[1] * shape[2]
-        return MLP(in_features, num_classes, model_cfg.depth, model_cfg.width,
-                   model_cfg.activation, model_cfg.dropout, norm, has_norm)
-    return CNN(shape[0], num_classes, list(model_cfg.channels), model_cfg.convs_per_stage,
-               model_cfg.activation, model_cfg.dropout, norm, has_norm)
+        model = MLP(in_features, num_classes, model_cfg.depth, model_cfg.width,
+                    model_cfg.activation, model_cfg.dropout, norm, has_norm)
+    else:
+        model = CNN(shape[0], num_classes, list(model_cfg.channels), model_cfg.convs_per_stage,
+                    model_cfg.activation, model_cfg.dropout, norm, has_norm)
+    init_weights(model, model_cfg.init, model_cfg.init_gain)
+    return model

@@ -104,6 +104,26 @@ def batched_percentiles(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def unit_percentiles(t: torch.Tensor, max_elements: int) -> dict[str, torch.Tensor]:
+    """Each unit's (MLP feature / CNN channel, dim 1) own 15/50/85th percentiles over the batch
+    (and positions), as ``torch.quantile`` defines them; a fixed sample of ``max_elements``
+    values per unit for large maps. The BN paper's Figure 1 tracks single units: pooled over a
+    layer, BN's per-unit normalisation hides how each unit's distribution moves."""
+    rows = t.detach().float().transpose(0, 1).reshape(t.shape[1], -1)
+    if rows.shape[1] > max_elements:
+        rows = rows[:, _fixed_subset(rows.shape[1], max_elements, rows.device)]
+    n = rows.shape[1]
+    out = {}
+    for name, q in zip(("p15", "p50", "p85"), QUANTILES, strict=True):
+        pos = q * (n - 1)
+        lo, frac = int(pos), pos - int(pos)
+        value = rows.kthvalue(lo + 1, dim=1).values
+        if frac > 0:
+            value = value + frac * (rows.kthvalue(lo + 2, dim=1).values - value)
+        out[name] = value
+    return out
+
+
 _SUBSETS: dict[tuple[int, int, str], torch.Tensor] = {}
 
 
@@ -143,6 +163,7 @@ class Probes:
         # Plain Python values: reading a DictConfig in the hot path costs microseconds a key.
         self.enabled, self.every, self.hist_every = cfg.enabled, cfg.every, cfg.hist_every
         self.unit, self.max_elements = cfg.unit, cfg.max_elements
+        self.per_unit = cfg.get("per_unit", False)
         self.blocks = hidden_blocks(model)
         self.layers = probed_layers(model)
 
@@ -159,6 +180,7 @@ class Probes:
         ReLU would otherwise overwrite the norm's output, and nothing needs copying."""
         values: dict[str, torch.Tensor] = {}
         rows: dict[str, torch.Tensor] = {}
+        units: dict[str, dict[str, torch.Tensor]] = {}
         hist = self.hist_due(step)
 
         def measure(key: str, t: torch.Tensor) -> None:
@@ -170,6 +192,8 @@ class Probes:
             rows[f"act/{key}/unit_"] = percentile_sample(unit, self.max_elements)
             if hist:
                 self._histogram(f"hist/act/{key}", t, step)
+            if self.per_unit and stage == "norm":
+                units[f"act/{key}/units"] = unit_percentiles(t, self.max_elements)
 
         handles = []
         for name, block in self.blocks.items():
@@ -183,6 +207,9 @@ class Probes:
             for h in handles:
                 h.remove()
         values.update(batched_percentiles(rows))
+        if units:
+            self.log.record(step, "units", {k: {q: v.cpu().tolist() for q, v in qs.items()}
+                                            for k, qs in units.items()})
         return _to_floats(values)
 
     def _histogram(self, tag: str, t: torch.Tensor, step: int, bins: int = 64) -> None:

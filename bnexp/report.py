@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +19,14 @@ from typing import Any
 
 import yaml
 
+from bnexp.stats import derived, mean_ci
+
 # Keys that never define a group: they differ between runs without being an experimental factor.
 IGNORED_KEYS = {"seed", "name", "output_dir", "data.root", "trainer.threads", "trainer.progress",
                 "trainer.device", "data.download", "data.verify", "trainer.checkpoint"}
 FINAL_METRICS = ("test/acc", "test/loss", "train/loss", "train/acc", "train_eval/acc", "gap/acc",
                  "gap/loss", "val/acc", "test_batchstats/acc")
 SUMMARY_METRICS = ("samples_per_s",)
-# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (then the normal's 1.96).
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
 @dataclass
@@ -45,44 +42,9 @@ class Run:
         return self.summary.get("status", "unknown")
 
     def metric(self, key: str) -> float | None:
-        """A final metric (``test/acc``), a summary field (``samples_per_s``), the mean epoch step
-        time (``time/step_ms``), a probe value at a step (``grad/global@0``), |log10| of any of
-        these (``abslog10:...``) or the drift of the last hidden layer's nonlinearity-input
-        percentiles (``drift:last``)."""
-        if key.startswith("abslog10:"):
-            value = self.metric(key.split(":", 1)[1])
-            return abs(math.log10(value)) if value is not None and value > 0 else None
-        if key == "drift:last":
-            return self.percentile_drift()
-        if "@" in key:
-            tag, step = key.rsplit("@", 1)
-            for r in self.records:
-                if r.get("kind") == "probe" and r["step"] == int(step) and tag in r:
-                    return r[tag]
-            return None
-        if key == "time/step_ms":
-            values = [r[key] for r in self.records if r.get("kind") == "epoch" and key in r]
-            return statistics.mean(values) if values else None
-        value = self.summary.get("final", {}).get(key, self.summary.get(key))
-        return float(value) if isinstance(value, (int, float)) else None
-
-    def percentile_drift(self) -> float | None:
-        """How much the last hidden layer's nonlinearity-input percentiles (p15, p50, p85) move
-        between successive probes: the mean absolute change, divided by the run's mean 15-85
-        spread so that runs with differently scaled activations compare."""
-        layers = sorted({k.split("/")[1] for r in self.records if r.get("kind") == "probe"
-                         for k in r if k.startswith("act/") and k.endswith("/norm/p50")},
-                        key=lambda n: int("".join(c for c in n if c.isdigit()) or 0))
-        if not layers:
-            return None
-        tags = [f"act/{layers[-1]}/norm/{q}" for q in ("p15", "p50", "p85")]
-        points = [[r[t] for t in tags] for r in self.records
-                  if r.get("kind") == "probe" and all(r.get(t) is not None for t in tags)]
-        if len(points) < 2:
-            return None
-        changes = [abs(b[i] - a[i]) for a, b in zip(points, points[1:], strict=False) for i in range(3)]
-        spread = statistics.fmean(p[2] - p[0] for p in points)
-        return statistics.fmean(changes) / spread if spread > 0 else None
+        """A final metric (``test/acc``), a summary field, or a derived metric
+        (``growth:grad/weight@0``, ``drift_units:last``, ...: see ``bnexp.stats.derived``)."""
+        return derived(self.summary, self.records, key)
 
     def series(self, tag: str, kind: str | None = None) -> list[tuple[int, float]]:
         return [(r["step"], r[tag]) for r in self.records
@@ -172,15 +134,8 @@ def group_label(run: Run, keys: list[str]) -> str:
 
 
 def ci95(values: list[float]) -> dict[str, float | int | None]:
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "std": None, "lo": None, "hi": None, "n": 0}
-    mean = statistics.fmean(values)
-    if n == 1:
-        return {"mean": mean, "std": None, "lo": None, "hi": None, "n": 1}
-    std = statistics.stdev(values)
-    half = (T975[n - 2] if n - 1 <= len(T975) else 1.96) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "n": n}
+    """mean, std, 95% Student-t interval and n (scipy's t quantiles: bnexp.stats.mean_ci)."""
+    return mean_ci(values, 0.95)
 
 
 @dataclass

@@ -94,6 +94,10 @@ class RunLog:
         record = {"step": step, **extra, **{k: _finite(float(v)) for k, v in values.items()}}
         self._metrics.write(json.dumps(record) + "\n")
 
+    def record(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        """A record for metrics.jsonl only (lists, e.g. per-unit percentiles: no TB scalars)."""
+        self._metrics.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+
     def checkpoint(self, state: dict[str, Any]) -> Path:
         path = self.dir / "checkpoint.pt"
         tmp = path.with_suffix(".pt.tmp")

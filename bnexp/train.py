@@ -13,7 +13,9 @@ import functools
 import math
 import platform
 import random
+import statistics
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from importlib.metadata import version as _version
@@ -122,6 +124,26 @@ def evaluate(model: nn.Module, loader: TensorLoader, batch_stats: bool = False,
     return loss_sum.item() / n, correct.item() / n
 
 
+def evaluate_single(model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], n: int, spec: Any,
+                    channels_last: bool) -> dict[str, float]:
+    """The first ``n`` test images, each on its own, in eval mode: how a deployed model sees
+    one request at a time. A layer that normalises with the batch's own statistics has no
+    variance to divide by here (the literal BN's unbiased variance of one value is NaN), so
+    ``test_single/nonfinite`` (the fraction of images whose logits are not finite) records the
+    failure as a measurement; such images count as wrong in ``test_single/acc``."""
+    images, labels = test[0][:n], test[1][:n]
+    loader = TensorLoader(images, labels, 1, spec, channels_last=channels_last)
+    correct, nonfinite = 0, 0
+    with _eval_mode(model), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*degrees of freedom")  # measured, not warned
+        for x, y in loader:
+            logits = model(x)
+            finite = bool(torch.isfinite(logits).all())
+            nonfinite += not finite
+            correct += finite and int(logits.argmax(1).item() == y.item())
+    return {"test_single/acc": correct / len(labels), "test_single/nonfinite": nonfinite / len(labels)}
+
+
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     model.eval()
@@ -214,6 +236,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
         lr_factor, total=total_steps, steps_per_epoch=steps_per_epoch, schedule=oc.schedule,
         gamma=oc.gamma, step_size=oc.step_size, warmup=oc.warmup))
     log_every, precision = tc.log_every, tc.precision  # plain values for the hot loop
+    val_every = tc.val_every_steps
 
     if run_dir is None:
         run_dir = new_run_dir(cfg.output_dir, cfg.name)
@@ -241,6 +264,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
                 epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
                 win_loss, win_correct, win_seen = 0.0, 0, 0
                 t_epoch, first_step, t_steady = time.perf_counter(), step, None
+                t_window, window_ms = t_epoch, []  # per-step time of each log window
+                window_start = step
                 for x, y in train_loader:
                     probe = probes.begin(step, x)  # None unless a probe is due at this step
                     with autocast(device, precision):
@@ -268,11 +293,21 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
                     win_loss += loss_value * len(y)
                     win_correct += correct
                     win_seen += len(y)
+                    if val_every and step % val_every == 0 and "val" in eval_loaders:
+                        t_val = time.perf_counter()  # not training: left out of the step time
+                        val_loss, val_acc = evaluate(model, eval_loaders["val"], False, precision)
+                        log.scalars(step, {"val/loss": val_loss, "val/acc": val_acc}, kind="val")
+                        t_window += time.perf_counter() - t_val
                     if step % log_every == 0 or step == total_steps:
+                        t_now = time.perf_counter()
+                        ms = 1000 * (t_now - t_window) / win_seen * len(y)  # per step
+                        if window_start - first_step >= STEADY_AFTER:  # after one-off costs
+                            window_ms.append(ms)
+                        t_window, window_start = t_now, step
                         log.scalars(step, {"train/loss": win_loss / win_seen,
                                            "train/acc": win_correct / win_seen,
                                            "opt/lr": scheduler.get_last_lr()[0]},
-                                    epoch=epoch, kind="step")
+                                    epoch=epoch, kind="step", window_step_ms=ms)
                         progress.advance(log_every, win_loss / win_seen)
                         epoch_loss, epoch_correct = epoch_loss + win_loss, epoch_correct + win_correct
                         epoch_seen += win_seen
@@ -294,10 +329,15 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
                                                    if steady_steps >= STEADY_AFTER
                                                    else epoch_time / (step - first_step)),
                            "time/samples_per_s": epoch_seen / epoch_time}
+                if window_ms:  # robust to a neighbour's burst of load: the median window
+                    metrics["time/step_ms_median"] = statistics.median(window_ms)
                 if epoch % tc.eval_every == 0 or step == total_steps:
                     for split, loader in eval_loaders.items():
                         metrics[f"{split}/loss"], metrics[f"{split}/acc"] = evaluate(
                             model, loader, split == "test_batchstats", tc.precision)
+                    if tc.eval_single and step == total_steps:
+                        metrics.update(evaluate_single(model, splits.test, tc.eval_single, spec,
+                                                       channels_last))
                     if "train_eval/acc" in metrics:
                         metrics["gap/loss"] = metrics["train_eval/loss"] - metrics["test/loss"]
                         metrics["gap/acc"] = metrics["train_eval/acc"] - metrics["test/acc"]

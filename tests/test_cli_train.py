@@ -225,3 +225,31 @@ def test_train_eval_size_0_logs_no_gap(cli, mnist_root, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     final = json.loads((only_run(out) / "summary.json").read_text())["final"]
     assert "test/acc" in final and not any(k.startswith(("gap/", "train_eval/")) for k in final)
+
+
+def test_single_image_inference_is_measured(cli, mnist_root, tmp_path) -> None:
+    """trainer.eval_single: test images one at a time in eval mode. Real BN uses its running
+    statistics and answers; the literal BN has only the batch's statistics, and the unbiased
+    variance of one value is NaN: the failure is recorded as a number, not a crash."""
+    finals = {}
+    for norm in ("torch", "seed"):
+        out = tmp_path / norm
+        result = train(cli, mnist_root, out, "model=mlp", f"norm={norm}", "trainer.eval_single=7")
+        assert result.exit_code == 0, result.output
+        finals[norm] = json.loads((only_run(out) / "summary.json").read_text())["final"]
+    assert finals["torch"]["test_single/nonfinite"] == 0.0
+    assert 0.0 <= finals["torch"]["test_single/acc"] <= 1.0
+    assert finals["seed"]["test_single/nonfinite"] == 1.0 and finals["seed"]["test_single/acc"] == 0.0
+
+
+def test_val_every_steps_and_median_step_time(cli, mnist_root, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = train(cli, mnist_root, out, "model=mlp", "trainer.epochs=1", "trainer.batch_size=4",
+                   "trainer.steps=60", "trainer.val_every_steps=20", "trainer.log_every=5")
+    assert result.exit_code == 0, result.output
+    run = only_run(out)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [20, 40, 60]
+    assert all(0 <= r["val/acc"] <= 1 for r in records if r["kind"] == "val")
+    final = json.loads((run / "summary.json").read_text())["final"]
+    assert 0 < final["time/step_ms_median"] < 1000 * final["time/epoch_s"] / 10

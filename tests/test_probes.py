@@ -27,6 +27,9 @@ class Recorder:
     def scalars(self, step: int, values: dict[str, float], **_: object) -> None:
         self.records.setdefault(step, {}).update(values)
 
+    def record(self, step: int, kind: str, values: dict) -> None:
+        self.records.setdefault(step, {}).update(values)
+
 
 def make(arch: str = "mlp", norm: str = "torch", activation: str = "sigmoid",
          dropout: float = 0.0, **probe_kw):
@@ -178,3 +181,32 @@ def test_probes_reach_tensorboard_and_metrics(cli, mnist_root, tmp_path) -> None
     assert {"hist/act/conv1/norm", "hist/grad/conv1/weight"} <= set(tags["histograms"])
     layout = events.Tensors("custom_scalars__config__")[0]
     assert b"nonlinearity input" in layout.tensor_proto.string_val[0]
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_per_unit_percentiles_match_torch_quantile(arch) -> None:
+    from bnexp.probes import unit_percentiles
+
+    model, probes, x, _ = make(arch, activation="relu")
+    stages = captured_stages(model, x)
+    for name in hidden_blocks(model):
+        t = stages[f"{name}/norm"].detach()
+        rows = t.transpose(0, 1).reshape(t.shape[1], -1)
+        got = unit_percentiles(t, max_elements=10**9)
+        for q, key in ((0.15, "p15"), (0.5, "p50"), (0.85, "p85")):
+            torch.testing.assert_close(got[key], torch.quantile(rows, q, dim=1))
+
+
+def test_per_unit_records_are_written_only_when_asked(cli, mnist_root, tmp_path) -> None:
+    def units(*extra) -> list[dict]:
+        run_dir = run(cli, mnist_root, tmp_path / f"out{len(extra)}", "model=mlp",
+                      "probe.every=5", *extra)
+        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in records if r["kind"] == "units"]
+
+    assert units() == []
+    found = units("probe.per_unit=true")
+    assert found and found[0]["step"] == 0
+    layer = found[0]["act/fc2/norm/units"]
+    assert len(layer["p15"]) == 16 and all(a <= b for a, b in zip(layer["p15"], layer["p85"],
+                                                                   strict=True))
