@@ -217,14 +217,14 @@ def _decide_one(oriented: float, thr: float, p_for: float, p_against: float, alp
                 shown: str) -> tuple[str, str]:
     if p_for < alpha and oriented >= thr:
         return SUPPORTED, (f"the effect is significant after Holm (p = {p_for:.2g} < {alpha}) and "
-                           f"at least the declared {shown}")
+                           f"reaches the declared threshold ({shown})")
     if p_against < alpha:
-        return NOT_SUPPORTED, (f"the effect is shown to be smaller than the declared {shown} "
-                               f"(one-sided p = {p_against:.2g} after Holm)")
+        return NOT_SUPPORTED, (f"the effect is shown to fall short of the declared threshold "
+                               f"({shown}; one-sided p = {p_against:.2g} after Holm)")
     if p_for < alpha:
-        return INCONCLUSIVE, (f"the effect is significant (Holm p = {p_for:.2g}) but smaller than "
-                              f"the declared {shown}, and not yet shown to be smaller "
-                              f"(Holm p = {p_against:.2g})")
+        return INCONCLUSIVE, (f"the effect is significant (Holm p = {p_for:.2g}) but below the "
+                              f"declared threshold ({shown}), and not yet shown to fall short "
+                              f"of it (Holm p = {p_against:.2g})")
     return INCONCLUSIVE, (f"neither direction is significant after Holm (for: p = {p_for:.2g}, "
                           f"against: p = {p_against:.2g}); more seeds would narrow the interval")
 
@@ -233,9 +233,9 @@ def _shown_threshold(rule: dict[str, Any]) -> str:
     thr, scale = _threshold(rule)
     word = rule.get("expect", "")
     if scale == "log":
-        return f"factor of {math.exp(thr):g} ({word})"
+        return f"{word} by a factor of at least {math.exp(thr):g}"
     k, unit = _label(rule.get("metric", rule.get("metric_a", "")))
-    return f"{k * thr:g}{unit} ({word})"
+    return f"{word} by at least {k * thr:g}{unit}"
 
 
 def _levels(runs: list[Run], key: str | None) -> list[tuple[str, list[Run]]]:
@@ -832,19 +832,19 @@ def plain(claim: dict[str, Any], v: Verdict) -> str:
     holm_p = numbers.get("p_holm", {})
     parts = []
     for level, est in numbers.get("levels", {}).items():
-        where = "" if level == "all" else f" at {level}"
+        where = "" if level == "all" else f"at {level}, "
         lo, hi = est["interval"]
         if est["scale"] == "log":
-            size = (f"{est['effect']:.2f} times {what} with {b} (95% CI {lo:.2f} to {hi:.2f})")
-            parts.append(f"{what[0].upper() + what[1:]} with {a} was {size}{where}")
+            parts.append(f"{where}{what} with {a} was {est['effect']:.3g}x that with {b} "
+                         f"(95% CI {lo:.3g} to {hi:.3g}")
         else:
             k, unit = _label(rule.get("metric", rule.get("metric_a", "")))
-            parts.append(f"{what[0].upper() + what[1:]} with {a} minus with {b}{where}: "
-                         f"{k * est['effect']:+.2f}{unit} (95% CI {k * lo:+.2f} to {k * hi:+.2f})")
+            parts.append(f"{where}{what} with {a} minus that with {b} was "
+                         f"{k * est['effect']:+.2f}{unit} (95% CI {k * lo:+.2f} to {k * hi:+.2f}")
         key = "" if level == "all" else level
         p_for = holm_p.get(f"{key}|for")
-        if p_for is not None:
-            parts[-1] += f", {est['test']} over {est['n'][0]} seeds, Holm-adjusted p = {p_for:.2g}"
+        parts[-1] += f"; {est['test']} over {est['n'][0]} seeds"
+        parts[-1] += f", Holm-adjusted p = {p_for:.2g})" if p_for is not None else ")"
     if "rate" in numbers:  # growth_at_init
         r, d = numbers["rate"], numbers["ratio_to_b"]
         parts.append(f"With {a} the gradient norm grew {r['effect']:.3f}x per layer toward the "
@@ -864,8 +864,9 @@ def plain(claim: dict[str, Any], v: Verdict) -> str:
              else f"{rule['threshold']:g} grid step(s)" if rule["type"] == "max_stable_lr"
              else f"{rule['threshold']:g}x per layer" if rule["type"] == "growth_at_init"
              else _shown_threshold(rule))
-    return ("In plain words: " + "; ".join(parts) + f". The claim needed {bound}; so it is "
-            f"**{v.verdict}**.")
+    text = "; ".join(parts)
+    return (f"In plain words: {text[0].upper() + text[1:]}. The claim needed {bound}, with a "
+            f"significant test; so it is **{v.verdict}**.")
 
 
 def _section(claim: dict[str, Any], budget: str, args: list[str], runs: list[Run],

@@ -48,7 +48,7 @@ def test_compare_reaches_all_three_outcomes() -> None:
     assert verdict(HIGHER, compare_runs(up, base)).verdict == C.SUPPORTED
     down = [b - 0.05 + 0.001 * i for i, b in enumerate(base)]
     v = verdict(HIGHER, compare_runs(down, base))
-    assert v.verdict == C.NOT_SUPPORTED and "smaller than the declared" in v.reason
+    assert v.verdict == C.NOT_SUPPORTED and "fall short of the declared" in v.reason
     noisy = [b + d for b, d in zip(base, [0.05, -0.04, 0.03, -0.05, 0.02], strict=True)]
     v = verdict(HIGHER, compare_runs(noisy, base))
     assert v.verdict == C.INCONCLUSIVE and "neither direction" in v.reason
@@ -63,7 +63,7 @@ def test_compare_needs_the_declared_effect_size() -> None:
     assert v.verdict == C.NOT_SUPPORTED
     wobbly = [b + d for b, d in zip(base, [0.009, 0.004, 0.012, 0.003, 0.008], strict=True)]
     v = verdict(HIGHER, compare_runs(wobbly, base))
-    assert v.verdict == C.INCONCLUSIVE and "smaller than the declared" in v.reason
+    assert v.verdict == C.INCONCLUSIVE and "below the declared threshold" in v.reason
 
 
 def test_compare_lower_on_a_log_scale_reports_ratios() -> None:
