@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import numpy as np
 import yaml
 
 from bnexp.errors import BnexpError
-from bnexp.report import Group, Run, find_runs, fmt, group_runs
+from bnexp.report import Group, Run, factor_value, find_runs, fmt, group_runs, staging
 from bnexp.stats import Estimate, InsufficientData, censored, holm, paired, sign_test, welch
 from bnexp.stats import one_sample as one_sample_test
 
@@ -74,7 +73,7 @@ class Verdict:
 
 
 def _value(run: Run, key: str) -> Any:
-    return run.overrides.get(key, run.config.get(key))
+    return factor_value(run, key)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -522,8 +521,9 @@ def _same_setting(runs: list[Run], factor: str, rule: dict[str, Any], key: str) 
     for x in shared:
         at = [r for r in runs if float(_value(r, key)) == x]
         try:
-            est, scale = _compare_level(variant(at, factor, rule["a"]),
-                                        variant(at, factor, rule["b"]), rule)
+            ra, rb = variant(at, factor, rule["a"]), variant(at, factor, rule["b"])
+            _censoring(ra, rb, rule["metric"])
+            est, scale = _compare_level(ra, rb, rule)
             lines.append(f"{key}={x:g}: {describe(est, scale, rule['metric'])}, p = {est.p:.2g}")
         except Undecidable as exc:
             lines.append(f"{key}={x:g}: not computed ({exc})")
@@ -741,10 +741,7 @@ def write_claims(out: Path, budget: str, spec: dict[str, Any], claims: list[dict
     from bnexp import figures
     from bnexp.jsonio import write_json_atomic
 
-    tmp = out / f".claims-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staging(out, ("figures", "claims.md", "claims.json")) as tmp:
         sections = []
         for claim in claims:
             runs, problems, sweep_dir, args = sweep_runs[claim["sweep"]]
@@ -760,14 +757,6 @@ def write_claims(out: Path, budget: str, spec: dict[str, Any], claims: list[dict
             "claims": [_claim_json(c, verdicts[c["id"]], sweep_runs[c["sweep"]]) for c in claims],
             "not_run": [{"id": c["id"], "reason": f"its sweep does not support data="
                          f"{provenance['dataset']}"} for c in skipped]})
-        for name in ("figures", "claims.md", "claims.json"):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            if (tmp / name).exists():
-                os.replace(tmp / name, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out / "claims.md"
 
 

@@ -51,11 +51,23 @@ def train(
     overrides: Overrides = None,
     multirun: Annotated[bool, typer.Option(
         "--multirun", "-m", help="Run the grid of all swept values (norm=none,torch seed=0,1) "
-        "through Hydra's launcher; sweep.resume=DIR re-runs only unfinished jobs.")] = False,
+        "through Hydra's launcher.")] = False,
+    resume: Annotated[Path | None, typer.Option(
+        help="With -m: continue the sweep in this directory (its own grid, from sweep.json); "
+        "only jobs without a finished result run.")] = None,
 ) -> None:
     """Train one model; OVERRIDES use Hydra's syntax (norm=torch model=cnn optim.lr=0.05)."""
+    overrides = list(overrides or [])
+    old_style = [o.split("=", 1)[1] for o in overrides if o.startswith("sweep.resume=")]
+    if old_style:  # the earlier spelling of --resume
+        overrides = [o for o in overrides if not o.startswith("sweep.resume=")]
+        resume = Path(old_style[-1])
+    if resume is not None and not multirun:
+        typer.secho("error: --resume continues a sweep: use `bnexp train -m --resume DIR`.",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     if multirun:
-        _multirun(overrides or [])
+        _multirun(overrides, resume)
         return
     with user_errors():
         from bnexp.hydra_app import compose_config
@@ -76,7 +88,7 @@ def train(
         typer.echo(f"the loss became non-finite at step {summary['diverged_step']}")
 
 
-def _multirun(overrides: list[str]) -> None:
+def _multirun(overrides: list[str], resume: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -91,10 +103,11 @@ def _multirun(overrides: list[str]) -> None:
     try:
         with user_errors():
             sweep_dir, rows, failed = run_sweep(overrides, ["bnexp", "train", "-m", *overrides],
-                                                on_start=announce)
+                                                on_start=announce, resume=resume)
     except KeyboardInterrupt:
-        where = f"sweep.resume={started[0]}" if started else "the same command"
-        typer.secho(f"interrupted: finished jobs are kept; resume with {where}",
+        how = (f"`bnexp train -m --resume {started[0]}`" if started
+               else "the same command")
+        typer.secho(f"interrupted: finished jobs are kept; continue with {how}",
                     fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
     table = Table("job", "varied overrides", "status", "test acc")
@@ -104,11 +117,12 @@ def _multirun(overrides: list[str]) -> None:
         table.add_row(str(r["num"]), r["varied"], status, acc)
     Console(width=120).print(table)
     typer.echo(f"sweep: {sweep_dir} (sweep.json, one directory per job)")
-    if failed:
-        grid = " ".join(o for o in overrides if not o.startswith("sweep.resume="))
-        typer.secho(f"{failed} of {len(rows)} jobs failed; see their summary.json. Re-run them "
-                    f"with: bnexp train -m {grid} sweep.resume={sweep_dir}",
-                    fg=typer.colors.RED, err=True)
+    unfinished = sum(r["status"] in ("interrupted", "planned", "running") for r in rows)
+    if failed or unfinished:
+        parts = [f"{failed} failed (see their summary.json)"] if failed else []
+        parts += [f"{unfinished} did not finish"] if unfinished else []
+        typer.secho(f"{' and '.join(parts)} of {len(rows)} jobs; re-run only those with: "
+                    f"bnexp train -m --resume {sweep_dir}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
 
 
@@ -127,10 +141,6 @@ def report(
         from bnexp.report import fmt, write_report
 
         found = write_report(list(paths), out)
-        if not found["runs"]:
-            raise BnexpError(f"No runs found under {', '.join(map(str, paths))}: a run directory "
-                             "holds summary.json (made by `bnexp train`). Pass run or sweep "
-                             "directories, e.g. outputs/sweeps/<dir>.")
     console = Console(width=140)
     table = Table("group", "runs", "status", "test acc %", "gap (pp)", "step ms",
                   title=f"{len(found['runs'])} runs, grouped by "
@@ -286,7 +296,13 @@ def data_verify(
         if problems:
             raise BnexpError(f"{name} in {root} failed verification: {'; '.join(problems)}. "
                              f"Delete the files and run `bnexp data get {name}`.")
-    typer.echo(f"{name}: all files match the official MD5s ({root})")
+        problems = data.cache_problems(name, root)
+        if problems:
+            raise BnexpError(f"{name} in {root}: the files match the official MD5s, but "
+                             f"{'; '.join(problems)}. Delete that cache file; the next run "
+                             "rebuilds it from the verified files.")
+    typer.echo(f"{name}: all files match the official MD5s, and the tensor cache its checksum "
+               f"({root})")
 
 
 @app.command()

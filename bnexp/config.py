@@ -134,8 +134,40 @@ def _positive(value: float | int | None, key: str, example: float | int = 1,
                          f"`bnexp train {key}={example}`.")
 
 
+def _unknown_keys(cfg: Any, schema: Any, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Keys of ``cfg`` that the schema does not have, each with the schema's keys beside it."""
+    unknown = []
+    for key in cfg:
+        if not prefix and key == "hydra":
+            continue
+        if key not in schema:
+            unknown.append((f"{prefix}{key}", [f"{prefix}{k}" for k in schema]))
+        elif hasattr(cfg[key], "keys") and hasattr(schema[key], "keys"):
+            unknown += _unknown_keys(cfg[key], schema[key], f"{prefix}{key}.")
+    return unknown
+
+
+def check_keys(cfg: Any) -> None:
+    """Hydra's ``+key=value`` adds keys even to a structured config; bnexp rejects any key the
+    schema does not define, with the closest known key."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    unknown = _unknown_keys(cfg, OmegaConf.structured(BnexpConfig))
+    if unknown:
+        key, known = unknown[0]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise BnexpError(f"Unknown config key `{key}` (bnexp has no such setting, so it would "
+                         f"be ignored).{hint} Run `bnexp config` to see every key; groups are "
+                         "picked with `group=option` (e.g. norm=torch), values changed with "
+                         "`group.key=value` (e.g. trainer.epochs=5).")
+
+
 def validate(cfg: Any) -> None:
     """Range and choice checks on a composed config; raises BnexpError naming the fix."""
+    check_keys(cfg)
     _choice(cfg.data.name, DATASETS, "data.name")
     _choice(cfg.model.arch, ARCHS, "model.arch")
     _choice(cfg.model.activation, ACTIVATIONS, "model.activation")

@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,6 +367,51 @@ def _verify(spec: DatasetSpec, root: Path) -> None:
         )
 
 
+def tensor_checksum(tensors: Any) -> str:
+    """CRC-32 of the tensors' bytes, in order: a cache's check of its own content, a single
+    pass over memory and far cheaper than parsing the dataset files again."""
+    crc = 0
+    for t in tensors:
+        crc = zlib.crc32(memoryview(t.contiguous().numpy()).cast("B"), crc)
+    return f"crc32:{crc:08x}"
+
+
+def _cache_tensors(cached: dict[str, Any]) -> list[torch.Tensor]:
+    return [*cached["train"], *cached["test"]]
+
+
+def _load_cache(cache: Path, fingerprint: list) -> dict[str, Any] | None:
+    """The cache if it is readable, made from these very files, and its content still matches
+    its checksum; else None (a stale or corrupted cache is parsed again, never trusted)."""
+    if not cache.exists():
+        return None
+    try:
+        cached = torch.load(cache, weights_only=True)
+        if cached["fingerprint"] != fingerprint:
+            return None
+        if cached.get("checksum") != tensor_checksum(_cache_tensors(cached)):
+            warnings.warn(f"{cache} does not match its checksum (corrupted): parsing the "
+                          "dataset files again", stacklevel=2)
+            return None
+        return cached
+    except Exception:  # unreadable or from another version: parse again
+        return None
+
+
+def cache_problems(name: str, root: Path | str) -> list[str]:
+    """What is wrong with the tensor cache of ``name`` (for ``bnexp data verify``)."""
+    spec, root = spec_for(name), Path(root)
+    cache = _cache_path(root / spec.folder)
+    if not cache.exists():
+        return []
+    try:
+        cached = torch.load(cache, weights_only=True)
+        ok = cached.get("checksum") == tensor_checksum(_cache_tensors(cached))
+    except Exception as exc:
+        return [f"the tensor cache {cache} is unreadable ({type(exc).__name__})"]
+    return [] if ok else [f"the tensor cache {cache} does not match its checksum (corrupted)"]
+
+
 def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[torch.Tensor, ...], ...]:
     """Both splits as uint8 tensors, checked against the official MD5s if ``verify``.
 
@@ -378,14 +424,7 @@ def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[tor
     """
     cache = _cache_path(root / spec.folder)
     fingerprint = _fingerprint(spec, root)
-    cached = None
-    if cache.exists():
-        try:
-            cached = torch.load(cache, weights_only=True)
-            if cached["fingerprint"] != fingerprint:
-                cached = None
-        except Exception:  # unreadable or from another version: parse again
-            cached = None
+    cached = _load_cache(cache, fingerprint)
     if cached is not None and (cached.get("verified") is True or not verify):
         return cached["train"], cached["test"]
     if verify:
@@ -405,7 +444,7 @@ def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[tor
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"fingerprint": fingerprint, "verified": verify, "train": train,
-                    "test": test}, tmp)
+                    "test": test, "checksum": tensor_checksum([*train, *test])}, tmp)
         os.replace(tmp, cache)
     except OSError:  # a read-only data folder: no cache, parse each time
         tmp.unlink(missing_ok=True)

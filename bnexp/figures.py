@@ -124,21 +124,26 @@ def grad_norms(groups: list[Group], path: Path) -> Path | None:
 def figure1_percentiles(groups: list[Group], path: Path) -> Path | None:
     """The BN paper's Figure 1 view: 15/50/85th percentiles of the last hidden layer's
     nonlinearity input over training, one panel per group (first seed)."""
-    runs = [r for g in groups for r in g.runs]
-    hidden = [n for n in _layers(runs) if n != "head"]
-    if not hidden:
+    # Each group's own last hidden layer: groups of different architectures (fc3 vs conv3)
+    # would otherwise get a panel for a layer they do not have.
+    last = {}
+    for g in groups:
+        hidden = [n for n in _layers(g.runs) if n != "head"]
+        if hidden:
+            last[g.label] = hidden[-1]
+    if not last:
         return None
-    layer = hidden[-1]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.6), sharey=True,
-                             squeeze=False)
-    for ax, g in zip(axes[0], groups, strict=True):
+    shown = [g for g in groups if g.label in last]
+    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.6), squeeze=False)
+    for ax, g in zip(axes[0], shown, strict=True):
+        layer = last[g.label]
         for q, style in (("p15", ":"), ("p50", "-"), ("p85", ":")):
             steps, mean, _ = _band(g.runs[:1], f"act/{layer}/norm/{q}", "probe")
             ax.plot(steps, mean, style, color="tab:blue", label=q)
-        ax.set(title=g.label, xlabel="optimizer step")
-    axes[0][0].set_ylabel(f"{layer} nonlinearity input")
+        ax.set(title=g.label, xlabel="optimizer step", ylabel=f"{layer} nonlinearity input")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"15/50/85th percentiles of {layer}'s nonlinearity input (BN paper, Fig. 1)")
+    fig.suptitle("15/50/85th percentiles of the last hidden layer's nonlinearity input "
+                 "(BN paper, Fig. 1)")
     return _save(fig, path)
 
 

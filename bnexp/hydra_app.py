@@ -76,8 +76,8 @@ def plan_multirun(overrides: list[str], sweep_dir: Path | None = None
 
     Every value of every swept key (from the command line and from a preset's
     ``hydra.sweeper.params``) is composed and validated on its own, so a typo in one value is
-    a clear error before any job starts. ``sweep.resume=DIR`` reuses DIR: jobs with a completed
-    (or diverged) summary.json are skipped. ``sweep_dir`` fixes the directory of a new sweep.
+    a clear error before any job starts. ``sweep_dir`` fixes the sweep's directory (a new one,
+    or an earlier sweep's when resuming: bnexp.sweep.run_sweep).
     """
     import importlib
     import time
@@ -85,8 +85,7 @@ def plan_multirun(overrides: list[str], sweep_dir: Path | None = None
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("sweep.resume=")]
-    rest = [o for o in overrides if not o.startswith("sweep.resume=")]
+    rest = list(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(rest)
     except HydraException as exc:
@@ -103,9 +102,17 @@ def plan_multirun(overrides: list[str], sweep_dir: Path | None = None
     firsts = [v[0] for v in map(values, sweeps.values()) if v]
     base = _compose(fixed + firsts, overrides, with_hydra=True)
     preset = OmegaConf.select(base, "hydra.sweeper.params") or {}
-    preset_lines = [f"{k}={v}" for k, v in preset.items() if k not in sweeps]
+    preset_lines = [f"{k}={v}" for k, v in preset.items()]
+    # Hydra's order: the preset's keys first (a command-line value keeps the preset's place),
+    # then the command line's; its job numbers count through the product in that order.
+    ordered = {}
+    fixed_keys = {o.get_key_element() for o in parsed if not o.is_sweep_override()}
     for o in OverridesParser.create().parse_overrides(preset_lines):
-        sweeps.setdefault(o.get_key_element(), o)
+        key = o.get_key_element()
+        if key not in fixed_keys:  # one value on the command line replaces the preset's grid
+            ordered[key] = sweeps.get(key, o)
+    ordered.update({k: o for k, o in sweeps.items() if k not in ordered})
+    sweeps = ordered
     lines = {key: values(o) for key, o in sweeps.items()}
     for key, key_lines in lines.items():
         others = [v[0] for k, v in lines.items() if k != key and v]
@@ -123,12 +130,7 @@ def plan_multirun(overrides: list[str], sweep_dir: Path | None = None
             "jobs one after another)."
         ) from None
 
-    if resume:
-        sweep_dir = Path(resume[-1])
-        if not (sweep_dir / "sweep.json").exists():
-            raise BnexpError(f"sweep.resume={sweep_dir}: no sweep.json there. Pass the directory "
-                             "of an earlier sweep (outputs/sweeps/<...>), with the same grid.")
-    elif sweep_dir is None:
+    if sweep_dir is None:
         named = any(o.startswith(("experiment=", "name=")) for o in fixed)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(base.name)) if named else "sweep"
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")

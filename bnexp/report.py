@@ -12,13 +12,19 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bnexp.errors import BnexpError
 from bnexp.stats import derived, mean_ci
 
 # Keys that never define a group: they differ between runs without being an experimental factor.
@@ -127,10 +133,22 @@ def varying_keys(runs: list[Run]) -> list[str]:
     return keys or differing([r.config for r in runs])
 
 
+# A config group's choice, as the composed config records it (a run that used the default has
+# no override, but its config says which option it got).
+GROUP_KEYS = {"norm": "norm.kind", "model": "model.arch", "data": "data.name", "optim": "optim.name"}
+
+
+def factor_value(run: Run, key: str) -> Any:
+    """The value of a grouping factor for one run: its override, else its composed config."""
+    if key in run.overrides:
+        return run.overrides[key]
+    return run.config.get(GROUP_KEYS.get(key, key))
+
+
 def group_label(run: Run, keys: list[str]) -> str:
     if not keys:
         return "all runs"
-    return " ".join(f"{k}={run.overrides.get(k, run.config.get(k))}" for k in keys)
+    return " ".join(f"{k}={factor_value(run, k)}" for k in keys)
 
 
 def ci95(values: list[float]) -> dict[str, float | int | None]:
@@ -142,6 +160,7 @@ def ci95(values: list[float]) -> dict[str, float | int | None]:
 class Group:
     label: str
     runs: list[Run]
+    repeats: int = 0  # exact repeats of a run (same config and seed) left out
 
     def statuses(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
@@ -156,11 +175,22 @@ class Group:
 
 
 def group_runs(runs: list[Run]) -> tuple[list[str], list[Group]]:
+    """Runs grouped by the factors that vary; exact repeats (same config, same seed) collapse
+    to the newest, so they are never counted as independent seeds (``Group.repeats``)."""
     keys = varying_keys(runs)
     groups: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         groups[group_label(r, keys)].append(r)
-    return keys, [Group(label, rs) for label, rs in sorted(groups.items())]
+    return keys, [_collapse(label, rs) for label, rs in sorted(groups.items())]
+
+
+def _collapse(label: str, runs: list[Run]) -> Group:
+    newest: dict[str, Run] = {}
+    for r in sorted(runs, key=lambda r: r.summary.get("run_dir", str(r.dir))):
+        key = json.dumps({k: v for k, v in r.config.items() if k not in IGNORED_KEYS - {"seed"}},
+                         sort_keys=True, default=str) if r.config else str(r.dir)
+        newest[key] = r
+    return Group(label, list(newest.values()), repeats=len(runs) - len(newest))
 
 
 def fmt(stat: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
@@ -189,18 +219,48 @@ def results_rows(groups: list[Group]) -> list[dict[str, Any]]:
 def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
     """Aggregate the runs under ``paths`` into ``out`` (report.md, results.csv, figures/);
     returns what was found, for the CLI to print."""
+    runs, problems = find_runs(paths)
+    if not runs:
+        raise BnexpError(f"No runs found under {', '.join(map(str, paths))}: a run directory "
+                         "holds summary.json (made by `bnexp train`). Pass run or sweep "
+                         f"directories, e.g. outputs/sweeps/<dir>. Nothing in {out} was changed.")
+    keys, groups = group_runs(runs)
+    with staging(out, ("report.md", "results.csv", "figures")) as tmp:
+        made = _write_report_files(paths, tmp, runs, problems, keys, groups)
+    made = {title: out / path.relative_to(tmp) for title, path in made.items()}
+    return {"runs": runs, "groups": groups, "keys": keys, "problems": problems,
+            "figures": made, "out": out}
+
+
+@contextmanager
+def staging(out: Path, names: tuple[str, ...]) -> Iterator[Path]:
+    """A temporary folder inside ``out`` to write ``names`` into; they replace the old ones only
+    when the block completes, so a failure leaves the previous results as they were."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        yield tmp
+        for name in names:
+            target = out / name
+            if (tmp / name).exists():
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(tmp / name, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_report_files(paths: list[Path], out: Path, runs: list[Run], problems: list,
+                        keys: list[str], groups: list[Group]) -> dict[str, Path]:
     from bnexp import figures
 
-    runs, problems = find_runs(paths)
-    out.mkdir(parents=True, exist_ok=True)
-    keys, groups = group_runs(runs)
     rows = results_rows(groups)
     columns = sorted({c for r in rows for c in r}, key=lambda c: (c not in ("group", "runs"), c))
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    made = figures.all_figures(groups, out / "figures") if runs else {}
+    made = figures.all_figures(groups, out / "figures")
     lines = ["# bnexp report", "", f"{len(runs)} runs from {', '.join(map(str, paths))}; "
              f"grouped by: {', '.join(keys) or '(nothing varies)'}.", "",
              "Values: mean [95% t-interval] (n seeds) over completed runs.", "",
@@ -208,6 +268,8 @@ def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
              "step ms | samples/s |", "|---|---|---|---|---|---|---|"]
     for g in groups:
         status = ", ".join(f"{v} {k}" for k, v in sorted(g.statuses().items()))
+        if g.repeats:
+            status += f"; {g.repeats} exact repeats not counted"
         lines.append(f"| {g.label} | {len(g.runs)} ({status}) | {fmt(g.stat('test/acc'), 100)} | "
                      f"{fmt(g.stat('test/loss'), 1, 4)} | {fmt(g.stat('gap/acc'), 100)} | "
                      f"{fmt(g.stat('time/step_ms'))} | {fmt(g.stat('samples_per_s'), 1, 0)} |")
@@ -226,5 +288,4 @@ def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
         for title, path in made.items():
             lines += [f"### {title}", "", f"![{title}]({path.relative_to(out)})", ""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return {"runs": runs, "groups": groups, "keys": keys, "problems": problems,
-            "figures": made, "out": out}
+    return made

@@ -137,6 +137,9 @@ def run_job(cfg: Any) -> str:
         validate(cfg)
         summary = import_trainer().train(cfg, overrides, run_dir=job_dir)
         status = summary["status"]
+    except KeyboardInterrupt:  # Ctrl-C: this job is interrupted, the rest of the grid not run
+        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": "interrupted"}})
+        raise
     except Exception as exc:  # the sweep goes on; the job's own summary says what happened
         status = "failed"
         if not (job_dir / "summary.json").exists():
@@ -172,13 +175,14 @@ def _set_aside_previous_attempt(job_dir: Path) -> None:
 
 def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
     """Jobs in number order with their status from each job's own summary.json, and the
-    number of failed jobs (diverged is a result, not a failure)."""
+    number of failed jobs (diverged is a result, not a failure; interrupted and planned jobs
+    did not fail, they did not run to the end)."""
     manifest = read_manifest(sweep_dir)
     rows = []
     for num, job in sorted(manifest.get("jobs", {}).items(), key=lambda kv: int(kv[0])):
-        summary_path = sweep_dir / job["dir"] / "summary.json"
+        summary_path = sweep_dir / (job.get("dir") or "-") / "summary.json"
         summary = {}
-        if summary_path.exists():
+        if job.get("dir") and summary_path.exists():
             try:
                 summary = json.loads(summary_path.read_text())
             except ValueError:
@@ -186,7 +190,7 @@ def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
         status = summary.get("status", job.get("status", "unknown"))
         acc = summary.get("final", {}).get("test/acc")
         rows.append({"num": int(num), "overrides": job["overrides"], "status": status,
-                     "test_acc": acc, "resumed": job.get("resumed"), "dir": job["dir"],
+                     "test_acc": acc, "resumed": job.get("resumed"), "dir": job.get("dir"),
                      "error": summary.get("error")})
     values: dict[str, set[str]] = {}
     for r in rows:
@@ -195,7 +199,7 @@ def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
             values.setdefault(key, set()).add(value)
     for r in rows:  # the overrides that tell the jobs apart
         r["varied"] = " ".join(o for o in r["overrides"] if len(values[o.partition("=")[0]]) > 1)
-    failed = sum(r["status"] not in FINISHED for r in rows)
+    failed = sum(r["status"] == "failed" for r in rows)
     return rows, failed
 
 
@@ -256,22 +260,64 @@ def _release_joblib_workers() -> None:
         executor.shutdown(wait=False, kill_workers=True)
 
 
+def planned_jobs(grid: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """Every job of the grid, numbered as Hydra numbers them (the product in the grid's key
+    order), with status ``planned``; empty when a sweep only Hydra can expand (glob)."""
+    import itertools
+
+    if not grid or any(not v for v in grid.values()):
+        return {}
+    combos = itertools.product(*[[f"{k}={v}" for v in vs] for k, vs in grid.items()])
+    return {str(i): {"num": i, "overrides": list(c), "dir": None, "status": "planned"}
+            for i, c in enumerate(combos)}
+
+
+def resume_args(resume: Path, overrides: list[str]) -> list[str]:
+    """The overrides of the sweep in ``resume`` (from its sweep.json). Given again, they must
+    be the same: a resumed sweep is never turned into another one."""
+    manifest = read_manifest(resume)
+    if not manifest:
+        raise BnexpError(f"--resume {resume}: no sweep.json there. Pass the directory of an "
+                         "earlier sweep (outputs/sweeps/<...>), as printed when it started.")
+    saved = manifest.get("args")
+    if saved is None:  # written before sweep.json kept the arguments: the command has them
+        saved = [o for o in manifest.get("command", [])[3:] if not o.startswith("sweep.resume=")]
+    if overrides and sorted(overrides) != sorted(saved):
+        raise BnexpError(f"--resume {resume}: that sweep was started with `{' '.join(saved)}`, "
+                         f"not `{' '.join(overrides)}`. Resume it with no overrides (its own "
+                         "are used), or start a new sweep without --resume.")
+    return saved
+
+
 def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None = None,
-              on_start: Any = None) -> tuple[Path, list[dict[str, Any]], int]:
+              on_start: Any = None, resume: Path | None = None
+              ) -> tuple[Path, list[dict[str, Any]], int]:
     """Plan (validate every value), record, launch through Hydra and summarise a sweep.
 
-    Returns the sweep directory, the job rows of ``status_table`` and the number of failed
-    jobs. ``on_start(sweep_dir)`` is called once the directory is known, before any job runs.
+    ``resume``: an earlier sweep's directory; its own overrides are used (from sweep.json) and
+    only jobs without a finished summary.json run. A ``sweep_dir`` that already holds a sweep
+    is resumed the same way (``bnexp claims`` reuses its sweeps so). Returns the sweep
+    directory, the job rows of ``status_table`` and the number of failed jobs.
+    ``on_start(sweep_dir)`` is called once the directory is known, before any job runs.
     """
     from bnexp.hydra_app import launch_multirun, plan_multirun
 
+    if resume is None and sweep_dir is not None and (sweep_dir / MANIFEST).exists():
+        resume = sweep_dir
+    if resume is not None:
+        overrides, sweep_dir = resume_args(resume, overrides), resume
     warm = _prewarm_joblib_workers(overrides)
     try:
-        resume = (sweep_dir is not None and (sweep_dir / MANIFEST).exists())
-        sweep_dir, hydra_overrides, grid = plan_multirun(
-            overrides + ([f"sweep.resume={sweep_dir}"] if resume else []), sweep_dir=sweep_dir)
-        update_manifest(sweep_dir, command=command, overrides=hydra_overrides, grid=grid,
-                        directory=str(sweep_dir))
+        sweep_dir, hydra_overrides, grid = plan_multirun(overrides, sweep_dir=sweep_dir)
+        if resume is None:
+            update_manifest(sweep_dir, command=command, args=overrides, overrides=hydra_overrides,
+                            grid=grid, directory=str(sweep_dir), jobs=planned_jobs(grid))
+        else:
+            saved = read_manifest(sweep_dir).get("grid")
+            if saved is not None and saved != grid:
+                raise BnexpError(f"{sweep_dir}: its sweep.json has the grid {saved}, the "
+                                 f"overrides now give {grid}. Use a new directory for a new grid.")
+            update_manifest(sweep_dir, finished=False, resumed_with=command)
         if on_start is not None:
             on_start(sweep_dir)
         launch_multirun(hydra_overrides, sweep_dir)

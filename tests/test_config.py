@@ -62,3 +62,24 @@ def test_bad_overrides_raise_user_errors(overrides: list[str], needle: str) -> N
     with pytest.raises(BnexpError) as info:
         compose_config(overrides)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("override,needle,suggestion", [
+    ("+trainer.epoch=5", "trainer.epoch", "trainer.epochs"),
+    ("+trainer.foo=1", "trainer.foo", None),
+    ("+lr=0.1", "`lr`", None),
+    ("+optim.momentun=0.5", "optim.momentun", "optim.momentum"),
+])
+def test_keys_added_with_plus_are_rejected(override: str, needle: str, suggestion) -> None:
+    """Hydra's + adds keys even to a structured config: bnexp refuses any key the schema lacks."""
+    with pytest.raises(BnexpError) as info:
+        compose_config([override])
+    text = str(info.value)
+    assert needle in text and "\n" not in text
+    assert suggestion is None or f"Did you mean `{suggestion}`" in text
+
+
+def test_plus_groups_and_hydra_keys_still_work(cli) -> None:
+    assert compose_config(["+reg=bn_dropout"]).model.dropout == 0.3
+    result = cli("train", "-m", "+trainer.foo=1,2", "trainer.epochs=1")
+    assert result.exit_code == 2 and "trainer.foo" in result.output and "Traceback" not in result.output

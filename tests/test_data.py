@@ -283,3 +283,27 @@ def test_data_commands_through_the_cli(cli, tmp_path: Path, monkeypatch) -> None
 
     result = cli("data", "get", "imagenet", "--root", str(root))
     assert result.exit_code == 2 and "Known datasets" in result.output
+
+
+def test_a_corrupted_tensor_cache_is_detected(cli, mnist_root: Path, monkeypatch) -> None:
+    """Bytes overwritten inside .bnexp-cache.pt (inside a tensor's storage, where torch.load
+    does not notice): training parses the files again, and `bnexp data verify` says so."""
+    cpu = torch.device("cpu")
+    raw = mnist_root / "MNIST" / "raw"
+    monkeypatch.setitem(data.RAW_MD5, "mnist", {f.name: data.md5sum(f) for f in raw.iterdir()
+                                                if not f.name.endswith(".gz")})
+    first = data.load_splits(data_cfg(mnist_root), 0, cpu)
+    cache = mnist_root / "MNIST" / ".bnexp-cache.pt"
+    assert cli("data", "verify", "mnist", "--root", str(mnist_root)).exit_code == 0
+    blob = bytearray(cache.read_bytes())
+    pixels = first.test[0][:2].numpy().tobytes()  # where some test pixels are stored
+    at = bytes(blob).find(pixels)
+    assert at > 0
+    blob[at:at + 64] = bytes(255 - b for b in blob[at:at + 64])
+    cache.write_bytes(bytes(blob))
+    result = cli("data", "verify", "mnist", "--root", str(mnist_root))
+    assert result.exit_code == 2 and "checksum" in result.output and "Traceback" not in result.output
+    with pytest.warns(UserWarning, match="checksum"):
+        again = data.load_splits(data_cfg(mnist_root), 0, cpu)
+    assert torch.equal(again.test[0], first.test[0])  # parsed from the files, not the bad cache
+    assert cli("data", "verify", "mnist", "--root", str(mnist_root)).exit_code == 0  # rebuilt

@@ -128,6 +128,27 @@ def test_report_of_nothing_is_a_user_error(cli, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "No runs found" in result.output
 
 
+def test_a_failed_report_leaves_the_previous_one_untouched(cli, runs_root: Path, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    out = tmp_path / "report"
+    assert cli("report", str(runs_root), "--out", str(out)).exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("report", str(empty), "--out", str(out))
+    assert result.exit_code == 2 and "Nothing in" in result.output
+    from bnexp import figures
+
+    def broken(*_args, **_kw):
+        raise RuntimeError("a figure failed half-way")
+
+    monkeypatch.setattr(figures, "all_figures", broken)
+    with pytest.raises(RuntimeError):
+        write_report([runs_root], out)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # report.md, results.csv and figures exactly as they were
+
+
 def test_claims_end_to_end_on_generated_data(cli, mnist_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "claims"
     args = ["claims", "--budget", "test", "--out", str(out), f"data.root={mnist_root}",
@@ -185,3 +206,20 @@ def test_claims_on_cifar_layout(cli, cifar_root: Path, tmp_path: Path) -> None:
     config = yaml.safe_load(next((out / "sweeps" / "cost-test-cifar10").rglob("config.yaml"))
                             .read_text())
     assert config["data"]["name"] == "cifar10" and config["model"]["arch"] == "cnn"
+
+
+def test_default_groups_are_labelled_by_their_config_and_repeats_are_not_seeds(tmp_path) -> None:
+    """A run that used the default norm is labelled norm=torch (its config), not norm=None; an
+    exact repeat of a run (same config and seed) is not a second seed."""
+    root = tmp_path / "runs"
+    fake_run(root, "explicit-none", "none", 0, 0.9, 0.01)
+    d = fake_run(root, "default-torch", "torch", 0, 0.95, 0.01)
+    (d / "overrides.yaml").write_text("- seed=0\n- optim.lr=0.1\n")  # norm from the default
+    for i in range(3):
+        fake_run(root, f"repeat-{i}", "none", 1, 0.91, 0.01)
+    runs, _ = find_runs([root])
+    keys, groups = group_runs(runs)
+    labels = {g.label: g for g in groups}
+    assert set(labels) == {"norm=none", "norm=torch"}
+    assert len(labels["norm=none"].runs) == 2 and labels["norm=none"].repeats == 2
+    assert labels["norm=none"].stat("test/acc")["n"] == 2

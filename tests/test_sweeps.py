@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bnexp.hydra_app import compose_config, config_dir, plan_multirun
+from bnexp.sweep import planned_jobs
 from tests.conftest import TINY
 
 FAST = [*TINY, "trainer.epochs=1", "model=mlp", "probe=off", "trainer.checkpoint=false"]
@@ -65,7 +66,7 @@ def test_failing_job_is_recorded_and_resume_reruns_only_it(cli, mnist_root, tmp_
     missing = tmp_path / "missing"
     result = sweep(cli, mnist_root, out, "data.download=false", f"data.root={mnist_root},{missing}")
     assert result.exit_code == 1, result.output
-    assert "failed" in result.output and "sweep.resume=" in result.output
+    assert "failed" in result.output and "--resume" in result.output
     sweep_dir = only_sweep(out)
     ok, bad = job_dirs(sweep_dir)
     assert json.loads((ok / "summary.json").read_text())["status"] == "completed"
@@ -107,6 +108,61 @@ def test_bad_value_in_a_sweep_is_caught_before_any_job(cli, mnist_root, tmp_path
 def test_resume_needs_a_sweep_directory(cli, mnist_root, tmp_path) -> None:
     result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1", f"sweep.resume={tmp_path}")
     assert result.exit_code == 2 and "no sweep.json" in result.output
+    result = cli("train", "-m", "--resume", str(tmp_path))
+    assert result.exit_code == 2 and "no sweep.json" in result.output
+
+
+def test_interrupt_then_resume_from_sweep_json_alone(cli, mnist_root, tmp_path, monkeypatch) -> None:
+    """Ctrl-C in the second of three jobs: sweep.json lists every planned job, the interrupted
+    one as `interrupted`; `bnexp train -m --resume DIR` with no grid takes the grid from
+    sweep.json, runs only the unfinished jobs, and never rewrites the manifest into another
+    sweep; a different grid is refused."""
+    import bnexp.train
+
+    real_train, calls = bnexp.train.train, []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(bnexp.train, "train", interrupt_second)
+        result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1,2")
+    assert result.exit_code == 130 and "--resume" in result.output
+    sweep_dir = only_sweep(tmp_path / "out")
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [j["status"] for _, j in sorted(manifest["jobs"].items())] == [
+        "completed", "interrupted", "planned"]
+    command, grid = manifest["command"], manifest["grid"]
+
+    result = cli("train", "-m", "--resume", str(sweep_dir), "seed=0,1,2,3")
+    assert result.exit_code == 2 and "started with" in result.output
+    assert json.loads((sweep_dir / "sweep.json").read_text())["grid"] == grid
+
+    result = cli("train", "-m", "--resume", str(sweep_dir))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert manifest["command"] == command and manifest["grid"] == grid == {"seed": ["0", "1", "2"]}
+    assert [j["status"] for _, j in sorted(manifest["jobs"].items())] == ["completed"] * 3
+    assert manifest["jobs"]["0"]["resumed"] == "skipped" and manifest["failed"] == 0
+    assert len(job_dirs(sweep_dir)) == 3 and not (sweep_dir / "0_job").exists()
+
+
+def test_planned_job_numbers_follow_hydras_order(cli, mnist_root, tmp_path) -> None:
+    """A preset's keys come first in Hydra's product, with command-line values in their place."""
+    result = sweep(cli, mnist_root, tmp_path / "out", "experiment=small_batch", "norm=torch,seed",
+                   "trainer.batch_size=8,16", "seed=0", "trainer.eval_single=0")
+    assert result.exit_code == 0, result.output
+    sweep_dir = only_sweep(tmp_path / "out")
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert manifest["grid"] == {"norm": ["torch", "seed"], "trainer.batch_size": ["8", "16"]}
+    planned = planned_jobs(manifest["grid"])
+    assert len(planned) == len(manifest["jobs"]) == 4
+    for num, job in manifest["jobs"].items():  # what ran as job N is what was planned as N
+        swept = [o for o in job["overrides"] if o.split("=")[0] in manifest["grid"]]
+        assert sorted(swept) == sorted(planned[num]["overrides"]), num
 
 
 def test_joblib_launcher_two_jobs(cli, mnist_root, tmp_path) -> None:
@@ -194,7 +250,9 @@ def test_every_preset_composes_and_declares_its_grid(preset: str, tmp_path) -> N
 
 def test_preset_grid_runs_through_multirun(cli, mnist_root, tmp_path) -> None:
     result = sweep(cli, mnist_root, tmp_path / "out", "experiment=deep_relu_init",
-                   "model.depth=2", "trainer.steps=3")  # the command line wins over the preset
-    assert result.exit_code == 0, result.output
-    dirs = job_dirs(only_sweep(tmp_path / "out"))
+                   "model.depth=3", "trainer.steps=3", "model.init_gain=1.0", "seed=0")
+    assert result.exit_code == 0, result.output  # the command line wins over the preset,
+    dirs = job_dirs(only_sweep(tmp_path / "out"))  # a single value replaces a preset's grid
     assert len(dirs) == 2 and all("norm=" in d.name for d in dirs)
+    manifest = json.loads((only_sweep(tmp_path / "out") / "sweep.json").read_text())
+    assert manifest["grid"] == {"norm": ["none", "torch"]} and len(manifest["jobs"]) == 2
