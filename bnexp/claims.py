@@ -864,7 +864,8 @@ def _section(claim: dict[str, Any], budget: str, args: list[str], runs: list[Run
     word = "Preliminary verdict" if budget in PREVIEW_BUDGETS else "Verdict"
     verb = "time" if "timing" in spec["sweeps"][claim["sweep"]] else "train -m"
     seeds = sorted({_seed(r) for r in runs})
-    lines = [f"## {claim['title']}", "", f"**{word}: {v.verdict}.** {v.reason}.", ""]
+    reason = v.reason[:1].upper() + v.reason[1:]
+    lines = [f"## {claim['title']}", "", f"**{word}: {v.verdict}.** {reason}.", ""]
     if plain(claim, v):
         lines += [plain(claim, v), ""]
     if v.verdict == NOT_SUPPORTED and claim.get("if_not_supported"):

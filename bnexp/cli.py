@@ -244,6 +244,14 @@ def config(overrides: Overrides = None) -> None:
         typer.echo(OmegaConf.to_yaml(compose_config(overrides or [])), nl=False)
 
 
+def _known_dataset(name: str) -> None:
+    from bnexp.config import DATASETS
+
+    if name not in DATASETS:
+        raise BnexpError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS)} "
+                         "(e.g. `bnexp data get mnist`).")
+
+
 @data_app.command("list")
 def data_list(root: DataRoot = None) -> None:
     """Show the datasets bnexp knows and whether each is installed under the data folder."""
@@ -269,6 +277,7 @@ def data_get(
 ) -> None:
     """Download NAME (or install it from --from DIR) into the data folder, checking MD5s."""
     with user_errors():
+        _known_dataset(name)  # before importing torch: a typo answers at once
         from bnexp import data
 
         root = _root(root)
@@ -289,13 +298,15 @@ def data_verify(
 ) -> None:
     """Check the installed files of NAME against the official MD5s."""
     with user_errors():
+        _known_dataset(name)
         from bnexp import data
 
         root = _root(root)
         problems = data.check_files(name, root)
         if problems:
             raise BnexpError(f"{name} in {root} failed verification: {'; '.join(problems)}. "
-                             f"Delete the files and run `bnexp data get {name}`.")
+                             f"Delete the files and run `bnexp data get {name}"
+                             f"{data.root_flag(root)}`.")
         problems = data.cache_problems(name, root)
         if problems:
             raise BnexpError(f"{name} in {root}: the files match the official MD5s, but "
@@ -320,14 +331,17 @@ def tb(
         if not logdir.is_dir():
             raise BnexpError(f"{logdir} is not a folder. Pass the folder that holds your runs "
                              "(default: outputs/, created by `bnexp train`).")
-    if port == 0:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
+    with user_errors():
+        try:
+            with socket.socket() as s:  # taken (another TensorBoard?): say so, do not guess
+                s.bind((host, port))
+                port = s.getsockname()[1]
+        except OSError as exc:
+            raise BnexpError(f"Cannot listen on {host}:{port} ({exc.strerror}): another program "
+                             "(perhaps another TensorBoard) uses that port. Pass another one, "
+                             "e.g. --port 6007, or --port 0 for any free port.") from None
     cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
            "--port", str(port), "--host", host, "--reload_interval", "5"]
-    typer.echo(f"TensorBoard on {logdir}: http://{host}:{port}/  (Ctrl-C to stop)", err=False)
-    sys.stdout.flush()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def stop(_signum: int, _frame: object) -> None:  # `kill`/a scheduler: stop TensorBoard too
@@ -335,6 +349,9 @@ def tb(
 
     signal.signal(signal.SIGTERM, stop)
     try:
+        if _wait_for_port(proc, host, port):  # the URL only once it answers
+            typer.echo(f"TensorBoard on {logdir}: http://{host}:{port}/  (Ctrl-C to stop)")
+            sys.stdout.flush()
         _, err = proc.communicate()
     except KeyboardInterrupt:
         proc.terminate()
@@ -345,6 +362,21 @@ def tb(
                     f"{err.strip().splitlines()[-1] if err.strip() else ''}. If the port is "
                     "taken, pass --port 0.", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+
+
+def _wait_for_port(proc: object, host: str, port: int, timeout: float = 60.0) -> bool:
+    """True once ``host:port`` accepts a connection; False if the process ended first."""
+    import socket
+    import time as clock
+
+    deadline = clock.monotonic() + timeout
+    while clock.monotonic() < deadline and proc.poll() is None:  # type: ignore[attr-defined]
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            clock.sleep(0.2)
+    return False
 
 
 if __name__ == "__main__":

@@ -116,6 +116,19 @@ class BnexpConfig:
     output_dir: str = "outputs"
 
 
+def optional_keys() -> set[str]:
+    """Flat keys (``data.train_size``) whose schema type allows null."""
+    import dataclasses
+
+    out = set()
+    for top in dataclasses.fields(BnexpConfig):
+        default = top.default_factory() if callable(top.default_factory) else None
+        if dataclasses.is_dataclass(default):
+            out |= {f"{top.name}.{f.name}" for f in dataclasses.fields(default)
+                    if "None" in str(f.type)}
+    return out
+
+
 def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
     if value not in allowed:
         raise BnexpError(

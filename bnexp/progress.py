@@ -32,14 +32,16 @@ class Progress:
         if self._bar is not None:
             self._bar.__exit__(exc_type, exc, tb)
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int, steps: int | None = None) -> None:
+        """``steps``: this epoch's steps (the last may be cut short by trainer.steps)."""
         if self._bar is not None:
             self._task = self._bar.add_task(f"epoch {epoch}/{self.total_epochs}",
-                                            total=self.steps_per_epoch, info="")
+                                            total=steps or self.steps_per_epoch, info="")
 
-    def advance(self, steps: int, loss: float) -> None:
+    def update(self, done: int, loss: float) -> None:
+        """``done`` steps of the epoch are finished (absolute, so the bar never overshoots)."""
         if self._bar is not None:
-            self._bar.update(self._task, advance=steps, info=f"loss {loss:.4f}")
+            self._bar.update(self._task, completed=done, info=f"loss {loss:.4f}")
 
     def end_epoch(self, line: str) -> None:
         if self._bar is not None:

@@ -46,6 +46,20 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _trial_named(ssi: Summary, run_name: str) -> Summary:
+    """The HParams table names a trial by its run's path, and every run directory starts with
+    the same date, so the column showed one prefix for all; name it "<uid> <name>" instead."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    parts = run_name.split("_")
+    if len(parts) >= 4 and re.fullmatch(r"\d{4}-\d\d-\d\d", parts[0]):  # a single run's dir
+        run_name = f"{parts[-1]} {'_'.join(parts[2:-1])}"  # sweep jobs' "3_norm=..." stay
+    data = HParamsPluginData.FromString(ssi.value[0].metadata.plugin_data.content)
+    data.session_start_info.group_name = run_name
+    ssi.value[0].metadata.plugin_data.content = data.SerializeToString()
+    return ssi
+
+
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -81,7 +95,7 @@ class RunLog:
         # them into this run's own writer (unlike add_hparams) keeps one run per training run.
         exp, ssi, self._sei = hparams(self._hparams, {m: 0.0 for m in HPARAM_METRICS})
         self.tb.file_writer.add_summary(exp)
-        self.tb.file_writer.add_summary(ssi)
+        self.tb.file_writer.add_summary(_trial_named(ssi, self.dir.name))
 
     def scalars(self, step: int, values: dict[str, float], **extra: Any) -> None:
         """Log scalars to TensorBoard and the same record to metrics.jsonl.

@@ -35,6 +35,7 @@ from bnexp.models import batch_statistics, build_model
 from bnexp.probes import Probes, probe_layout
 from bnexp.progress import Progress
 from bnexp.runlog import RunLog, git_sha, new_run_dir
+from bnexp.threads import ThreadShare
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,16 +156,27 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The config as flat ``a.b: value`` pairs of the types the HParams dashboard accepts."""
+    """The config as flat ``a.b: value`` pairs of the types the HParams dashboard accepts, one
+    type per key in every run: booleans as "true"/"false" (torch's hparams() would turn them
+    into 0/1), and keys that may be null (data.train_size, trainer.steps, ...) always as text,
+    so that one column does not mix 2000.0, 10000 and "None"."""
+    from bnexp.config import optional_keys
+
     out: dict[str, Any] = {}
+    nullable = optional_keys()
 
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(f"{prefix}{k}.", v)
+            return
+        key = prefix[:-1]
+        if isinstance(node, bool):
+            out[key] = "true" if node else "false"
+        elif node is None or key in nullable or not isinstance(node, (int, float, str)):
+            out[key] = "null" if node is None else str(node)
         else:
-            key = prefix[:-1]
-            out[key] = node if isinstance(node, (int, float, str, bool)) else str(node)
+            out[key] = node
 
     walk("", OmegaConf.to_container(cfg, resolve=True))
     return out
@@ -181,8 +193,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
     t_start = time.perf_counter()
     tc, oc = cfg.trainer, cfg.optim
     device = resolve_device(tc.device)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    share = ThreadShare(tc.threads)  # this run's share of the cores (bnexp/threads.py)
+    share.apply()
     if tc.keep_memory:
         keep_freed_memory()
     seed_everything(cfg.seed)
@@ -255,12 +267,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
     }
     final: dict[str, float] = {}
     best: dict[str, float] = {}
-    step, epoch, train_time = 0, 0, 0.0
+    step, epoch, train_time, timed_steps = 0, 0, 0.0, 0  # time and steps of finished epochs
     try:
         with Progress(tc.progress, epochs, steps_per_epoch) as progress:
             while step < total_steps:
                 epoch += 1
-                progress.start_epoch(epoch)
+                progress.start_epoch(epoch, min(steps_per_epoch, total_steps - step))
                 epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
                 win_loss, win_correct, win_seen = 0.0, 0, 0
                 t_epoch, first_step, t_steady = time.perf_counter(), step, None
@@ -304,11 +316,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
                         if window_start - first_step >= STEADY_AFTER:  # after one-off costs
                             window_ms.append(ms)
                         t_window, window_start = t_now, step
+                        share.apply(step)  # a training started or ended beside this one
                         log.scalars(step, {"train/loss": win_loss / win_seen,
                                            "train/acc": win_correct / win_seen,
                                            "opt/lr": scheduler.get_last_lr()[0]},
                                     epoch=epoch, kind="step", window_step_ms=ms)
-                        progress.advance(log_every, win_loss / win_seen)
+                        progress.update(step - first_step, win_loss / win_seen)
                         epoch_loss, epoch_correct = epoch_loss + win_loss, epoch_correct + win_correct
                         epoch_seen += win_seen
                         win_loss, win_correct, win_seen = 0.0, 0, 0
@@ -320,7 +333,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
                     torch.cuda.synchronize()
                 t_end = time.perf_counter()
                 epoch_time = t_end - t_epoch
-                train_time += epoch_time
+                train_time, timed_steps = train_time + epoch_time, step
                 steady_steps = step - first_step - STEADY_AFTER
                 metrics = {"train/loss": epoch_loss / epoch_seen,
                            "train/acc": epoch_correct / epoch_seen,
@@ -360,6 +373,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
+        share.close()
+        if share.changes:
+            summary["thread_changes"] = share.changes  # [step, threads] after the first
         if tc.checkpoint and summary["status"] in ("completed", "interrupted"):
             log.checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "config": OmegaConf.to_container(cfg, resolve=True),
@@ -368,7 +384,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
             steps=step, epochs_completed=epoch if summary["status"] == "completed" else epoch - 1,
             final=final, best=best, wall_time_s=time.perf_counter() - t_start,
             train_time_s=train_time,
-            samples_per_s=(step * tc.batch_size / train_time) if train_time else None,
+            samples_per_s=(timed_steps * tc.batch_size / train_time) if train_time else None,
         )
         log.finish(summary)
     return summary
@@ -385,9 +401,9 @@ class _Stop(Exception):
 
 
 def _epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
-    parts = [f"epoch {epoch}/{epochs}", f"train loss {m['train/loss']:.4f}",
-             f"acc {100 * m['train/acc']:.2f}%"]
+    """One line per epoch, under 80 columns."""
+    parts = [f"epoch {epoch}/{epochs}: loss {m['train/loss']:.3f} acc {100 * m['train/acc']:.1f}%"]
     if "test/acc" in m:
-        parts.append(f"test loss {m['test/loss']:.4f} acc {100 * m['test/acc']:.2f}%")
-    parts.append(f"{m['time/epoch_s']:.1f}s {m['time/samples_per_s']:.0f} samples/s")
+        parts.append(f"test loss {m['test/loss']:.3f} acc {100 * m['test/acc']:.2f}%")
+    parts.append(f"{m['time/epoch_s']:.1f}s {m['time/samples_per_s']:.0f}/s")
     return " | ".join(parts)

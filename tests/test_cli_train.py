@@ -253,3 +253,73 @@ def test_val_every_steps_and_median_step_time(cli, mnist_root, tmp_path) -> None
     assert all(0 <= r["val/acc"] <= 1 for r in records if r["kind"] == "val")
     final = json.loads((run / "summary.json").read_text())["final"]
     assert 0 < final["time/step_ms_median"] < 1000 * final["time/epoch_s"] / 10
+
+
+def test_progress_bar_never_overshoots(cli, mnist_root, tmp_path, monkeypatch) -> None:
+    """Log points every 3 steps do not line up with 11-step epochs: the bar is set to the steps
+    done in the epoch, never advanced past its total (it showed 350/312)."""
+    from bnexp.progress import Progress
+
+    seen, real_update = [], Progress.update
+
+    def record(self, done, loss):
+        real_update(self, done, loss)
+        task = self._bar.tasks[0]
+        seen.append((task.completed, task.total))
+
+    monkeypatch.setattr(Progress, "update", record)
+    result = train(cli, mnist_root, tmp_path / "out", "model=mlp", "trainer.progress=bar",
+                   "trainer.log_every=3", "trainer.epochs=3")
+    assert result.exit_code == 0, result.output
+    assert seen and all(done <= total for done, total in seen)
+    assert (11, 11) in seen  # each epoch ends full
+
+
+def test_hparams_have_one_type_per_key_and_readable_trial_names(cli, mnist_root, tmp_path) -> None:
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    out = tmp_path / "out"
+    result = train(cli, mnist_root, out, "model=mlp", "data.train_size=200")
+    assert result.exit_code == 0, result.output
+    run = only_run(out)
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = HParamsPluginData.FromString(content).session_start_info
+    hp = start.hparams
+    assert hp["trainer.checkpoint"].string_value == "true"  # not 0/1
+    assert hp["data.train_size"].string_value == "200"  # may be null: always text
+    assert hp["trainer.steps"].string_value == "null"
+    assert hp["optim.lr"].number_value == pytest.approx(0.1)
+    uid = run.name.split("_")[-1]
+    assert start.group_name.startswith(uid)  # distinct trial ids, not the shared date prefix
+
+
+def test_interrupted_samples_per_s_counts_only_timed_epochs(cli, mnist_root, tmp_path,
+                                                            monkeypatch) -> None:
+    """Ctrl-C three steps into epoch 2: samples/s is epoch 1's samples over epoch 1's time (it
+    was all 14 steps over epoch 1's time)."""
+    calls, loss_fn = [], torch.nn.functional.cross_entropy
+
+    def interrupt_mid_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 15 and args[0].requires_grad:  # training forward of step 15
+            raise KeyboardInterrupt
+        return loss_fn(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", interrupt_mid_epoch)
+    out = tmp_path / "out"
+    result = train(cli, mnist_root, out, "model=mlp", "trainer.train_eval_size=0",
+                   "data.val_size=40", "trainer.eval_every=5")
+    assert result.exit_code == 130
+    summary = json.loads((only_run(out) / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] > 11
+    assert summary["samples_per_s"] == pytest.approx(11 * 32 / summary["train_time_s"])
+
+
+def test_epoch_line_fits_80_columns() -> None:
+    from bnexp.train import _epoch_line
+
+    m = {"train/loss": 0.123456, "train/acc": 0.9876, "test/loss": 2.3456, "test/acc": 0.99991,
+         "time/epoch_s": 999.9, "time/samples_per_s": 99999.0}  # up to 99 epochs, 99,999/s
+    assert len(_epoch_line(99, 99, m)) <= 80

@@ -307,3 +307,19 @@ def test_a_corrupted_tensor_cache_is_detected(cli, mnist_root: Path, monkeypatch
         again = data.load_splits(data_cfg(mnist_root), 0, cpu)
     assert torch.equal(again.test[0], first.test[0])  # parsed from the files, not the bad cache
     assert cli("data", "verify", "mnist", "--root", str(mnist_root)).exit_code == 0  # rebuilt
+
+
+def test_failed_download_is_one_paragraph_and_leaves_no_folder(cli, tmp_path, monkeypatch) -> None:
+    import torchvision.datasets
+
+    def unreachable(*_args, **_kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n"
+                           "Tried https://mirror/, got:\n<urlopen error [Errno -3]>\n")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", unreachable)
+    root = tmp_path / "new-root"
+    result = cli("data", "get", "fashion_mnist", "--root", str(root))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    message = result.output.strip()
+    assert "\n" not in message and f"--root {root}" in message  # the user's folder in the fix
+    assert not root.exists()  # nothing half-made is left behind

@@ -37,6 +37,7 @@ def fake_run(root: Path, name: str, norm: str, seed: int, test_acc: float, gap: 
                         "train/acc": 0.5})
         records.append({"step": step, "kind": "probe", "grad/fc1/weight": 2.0 + seed,
                         "grad/fc2/weight": 1.0, "grad/head/weight": 0.5,
+                        "grad/fc1/input": 0.1, "grad/fc2/input": 0.2 + seed, "grad/head/input": 0.4,
                         "act/fc2/norm/p15": -1.0 + step / 100, "act/fc2/norm/p50": 0.0,
                         "act/fc2/norm/p85": 1.0})
     records.append({"step": 20, "kind": "epoch", "epoch": 1, "test/loss": 1 - test_acc,
@@ -93,7 +94,8 @@ def test_report_writes_table_csv_and_every_figure(cli, runs_root: Path, tmp_path
     rows = list(__import__("csv").DictReader(open(out / "results.csv")))
     none = next(r for r in rows if r["group"] == "norm=none")
     assert float(none["test/acc:mean"]) == pytest.approx(0.91) and none["test/acc:n"] == "3"
-    for name in ("learning_curves", "gap", "grad_norms", "figure1_percentiles", "step_time"):
+    for name in ("learning_curves", "gap", "grad_norms", "input_grad_norms", "figure1_percentiles",
+                 "step_time"):
         png = out / "figures" / f"{name}.png"
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
 

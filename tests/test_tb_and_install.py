@@ -36,6 +36,7 @@ def test_tb_serves_the_runs_scalars(cli, mnist_root, tmp_path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert f"http://127.0.0.1:{port}/" in proc.stdout.readline()
+        assert _listening(port)  # the URL is printed only once the server answers
         tags, deadline = {}, time.time() + 90
         while time.time() < deadline:
             try:
@@ -61,6 +62,14 @@ def test_tb_serves_the_runs_scalars(cli, mnist_root, tmp_path) -> None:
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_tb_on_a_taken_port_is_a_clear_error(cli, tmp_path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        result = cli("tb", str(tmp_path), "--port", str(s.getsockname()[1]), "--host", "127.0.0.1")
+    assert result.exit_code == 2 and "--port 0" in result.output and "http://" not in result.output
 
 
 def test_tb_missing_dir_is_a_user_error(cli, tmp_path) -> None:
