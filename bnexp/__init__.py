@@ -11,11 +11,3 @@ def user_cache_dir() -> Path:
     $XDG_CACHE_HOME/bnexp, else ~/.cache/bnexp."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnexp"
 
-
-def _openmp_defaults() -> None:
-    from bnexp.threads import set_openmp_defaults
-
-    set_openmp_defaults()
-
-
-_openmp_defaults()  # before anything imports torch: libgomp reads its settings when loaded

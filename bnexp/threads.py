@@ -1,36 +1,29 @@
 """How many CPU threads a training uses, so that trainings sharing a machine do not starve.
 
-torch runs its CPU kernels on an OpenMP thread pool (GNU libgomp), one thread per core. Its
-threads spin while they wait for each other (up to 300,000 spins: fast when a process has the
-cores to itself); two such processes on the same cores spin against each other's descheduled
-threads, and each runs 30-100x slower (scripts/bench_contention.py measures it). bnexp therefore
+torch runs its CPU kernels on an OpenMP thread pool (GNU libgomp), one thread per core, whose
+threads spin while they wait for each other (fast when a process has the cores to itself). Two
+such processes on the same cores spin against each other's descheduled threads, and each runs
+several times slower (scripts/bench_contention.py measures it). So bnexp shares the cores among
+this user's bnexp trainings on this machine: each registers a file named by its pid in
+``<user cache>/running/`` and uses ``cores // trainings`` threads, looked at again every log
+window (``torch.set_num_threads``): a training started alone gives cores back when a second one
+starts, and takes them again when it ends. bnexp's own C kernels run in torch's OpenMP runtime
+(the same libgomp, tested), so they follow the same thread count.
 
-* lowers libgomp's spin count before torch is loaded (``GOMP_SPINCOUNT``, see ``SPINCOUNT``),
-  unless the user set it or ``OMP_WAIT_POLICY``: a waiting thread soon sleeps instead of holding
-  a core that another process needs;
-* shares the cores among this user's bnexp trainings on this machine: each registers a file
-  named by its pid in ``<user cache>/running/`` and uses ``cores // trainings`` threads, looked
-  at again every log window (``torch.set_num_threads``), so a training started alone gives
-  cores back when a second one starts and takes them again when it ends.
+Lowering libgomp's spin count instead (``GOMP_SPINCOUNT``) was measured and left alone: 10,000
+spins did not help two trainings at all, 1,000 helped them but made a lone run up to 2x slower
+on this machine. ``OMP_*``/``GOMP_*`` variables the user sets still reach libgomp untouched.
 
-``trainer.threads=N`` fixes N threads (and exact reproducibility: results can depend on the
-thread count); ``BNEXP_THREADS=off`` keeps torch's own defaults and no coordination.
+``trainer.threads=N`` fixes N threads: results can depend on the thread count (reductions split
+differently), so a run reproduces exactly only at the same thread count, and a run that shared
+the cores records its changes in summary.json (``thread_changes``). ``BNEXP_THREADS=off`` keeps
+torch's defaults and no coordination.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-SPINCOUNT = "10000"  # ~10 us of spinning before a waiting thread sleeps (libgomp: 300,000)
-
-
-def set_openmp_defaults() -> None:
-    """Called on importing bnexp, before torch is: libgomp reads these when it is loaded."""
-    if os.environ.get("BNEXP_THREADS") == "off":
-        return
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", SPINCOUNT)
 
 
 def available_cores() -> int:
