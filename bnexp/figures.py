@@ -165,14 +165,18 @@ def figure1_percentiles(groups: list[Group], path: Path) -> Path | None:
     if not last:
         return None
     shown = [g for g in groups if g.label in last]
-    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.6), squeeze=False)
-    for ax, g in zip(axes[0], shown, strict=True):
+    cols = min(4, len(shown))  # a grid, not one long row, for many groups
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows + 0.6), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    for ax, g in zip(axes.flat, shown, strict=False):
         layer = last[g.label]
         for q, style in (("p15", ":"), ("p50", "-"), ("p85", ":")):
             steps, mean, _ = _band(g.runs[:1], f"act/{layer}/norm/{q}", "probe")
             ax.plot(steps, mean, style, color="tab:blue", label=q)
         ax.set(title=g.label, xlabel="optimizer step", ylabel=f"{layer} nonlinearity input")
-    axes[0][0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
     fig.suptitle("15/50/85th percentiles of the last hidden layer's nonlinearity input "
                  "(BN paper, Fig. 1)")
     return _save(fig, path)
