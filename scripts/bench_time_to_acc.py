@@ -32,7 +32,7 @@ CONFIGS = {
         ["model=mlp", "model.activation=sigmoid", "trainer.batch_size=60", "norm=torch",
          "optim.lr=1.0", "trainer.epochs=3"], 0.970, 10.0),
 }
-EPOCH = re.compile(r"^epoch (\d+)/(\d+) .*test loss [\d.]+ acc ([\d.]+)%")
+EPOCH = re.compile(r"^epoch (\d+)/(\d+)\b.*test loss [\d.]+ acc ([\d.]+)%")
 
 
 def first_step_watcher(out: Path, t0: float, result: dict) -> None:
