@@ -350,7 +350,13 @@ def tb(
     signal.signal(signal.SIGTERM, stop)
     try:
         if _wait_for_port(proc, host, port):  # the URL only once it answers
-            typer.echo(f"TensorBoard on {logdir}: http://{host}:{port}/  (Ctrl-C to stop)")
+            from urllib.parse import quote
+
+            # The Time Series page groups tags alphabetically, so act/ (hundreds of probe
+            # charts) came first; the link opens on the learning curves (its tag filter).
+            curves = quote(r"^(train|train_eval|val|test|gap)/", safe="")
+            typer.echo(f"TensorBoard on {logdir}: http://{host}:{port}/?tagFilter={curves}  "
+                       f"(loss and accuracy; every chart: http://{host}:{port}/; Ctrl-C to stop)")
             sys.stdout.flush()
         _, err = proc.communicate()
     except KeyboardInterrupt:

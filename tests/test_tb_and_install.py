@@ -35,7 +35,8 @@ def test_tb_serves_the_runs_scalars(cli, mnist_root, tmp_path) -> None:
     proc = subprocess.Popen([*BNEXP, "tb", str(out), "--port", str(port), "--host", "127.0.0.1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert f"http://127.0.0.1:{port}/" in proc.stdout.readline()
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/?tagFilter=" in line and "train" in line  # curves first
         assert _listening(port)  # the URL is printed only once the server answers
         tags, deadline = {}, time.time() + 90
         while time.time() < deadline:
