@@ -25,7 +25,7 @@ import yaml
 
 from bnexp.errors import BnexpError
 from bnexp.report import Group, Run, factor_value, find_runs, fmt, group_runs, staging
-from bnexp.stats import Estimate, InsufficientData, censored, holm, paired, sign_test, welch
+from bnexp.stats import Estimate, InsufficientData, censored, holm, paired, sign_test_greater, welch
 from bnexp.stats import one_sample as one_sample_test
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -109,7 +109,7 @@ def _seed(run: Run) -> int:
 
 def _label(metric: str) -> tuple[float, str]:
     """Display scale and unit: accuracies in percentage points."""
-    return (100.0, " points") if metric.endswith("acc") else (1.0, "")
+    return (100.0, " point(s)") if metric.endswith("acc") else (1.0, "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,28 +204,30 @@ def _compare_level(ra: list[Run], rb: list[Run], rule: dict[str, Any]) -> tuple[
 
 
 def _directional(est: Estimate, rule: dict[str, Any]) -> tuple[float, float, float]:
-    """(oriented effect, p for the claim, p against it): oriented so that positive is the
-    claimed direction; against = the effect is smaller than the threshold (one-sided)."""
+    """(oriented effect, p for the claim, p against it), oriented so that positive is the
+    claimed direction. Both are one-sided tests against the threshold itself: for = the effect
+    exceeds it (a minimum-effect test, so 'supported' means the whole claimed size is shown,
+    not just a non-zero effect); against = the effect falls short of it (smaller, zero or
+    reversed). At most one of the two can be significant."""
     thr, _ = _threshold(rule)
     if rule["expect"] == "higher":
-        return est.effect, est.p, est.p_less(thr)
-    return -est.effect, est.p, est.p_greater(-thr)
+        return est.effect, est.p_greater(thr), est.p_less(thr)
+    return -est.effect, est.p_less(-thr), est.p_greater(-thr)
 
 
 def _decide_one(oriented: float, thr: float, p_for: float, p_against: float, alpha: float,
                 shown: str) -> tuple[str, str]:
-    if p_for < alpha and oriented >= thr:
-        return SUPPORTED, (f"the effect is significant after Holm (p = {p_for:.2g} < {alpha}) and "
-                           f"reaches the declared threshold ({shown})")
-    if p_against < alpha:
-        return NOT_SUPPORTED, (f"the effect is shown to fall short of the declared threshold "
-                               f"({shown}; one-sided p = {p_against:.2g} after Holm)")
     if p_for < alpha:
-        return INCONCLUSIVE, (f"the effect is significant (Holm p = {p_for:.2g}) but below the "
-                              f"declared threshold ({shown}), and not yet shown to fall short "
-                              f"of it (Holm p = {p_against:.2g})")
-    return INCONCLUSIVE, (f"neither direction is significant after Holm (for: p = {p_for:.2g}, "
-                          f"against: p = {p_against:.2g}); more seeds would narrow the interval")
+        return SUPPORTED, (f"the effect is shown to reach the declared threshold ({shown}; "
+                           f"one-sided p = {p_for:.2g} after Holm)")
+    if p_against < alpha:
+        return NOT_SUPPORTED, (f"the effect is shown not to reach the declared threshold "
+                               f"({shown}): it is smaller, zero or reversed (one-sided p = "
+                               f"{p_against:.2g} after Holm)")
+    where = "above" if oriented >= thr else "below"
+    return INCONCLUSIVE, (f"the estimate lies {where} the declared threshold ({shown}) but "
+                          f"neither side is shown after Holm (reaches it: p = {p_for:.2g}; falls "
+                          f"short: p = {p_against:.2g}); more seeds would narrow the interval")
 
 
 def _shown_threshold(rule: dict[str, Any]) -> str:
@@ -396,8 +398,8 @@ def rule_growth_at_init(runs: list[Run], factor: str, rule: dict[str, Any]) -> O
               f"ratio {rule['a']}/{rule['b']}: {describe(diff, 'log', '')}, p = {diff.p:.2g}; "
               f"after training (last probe) the {rule['a']} rate relaxes to "
               f"{math.exp(float(np.mean(np.log(list(relaxed.values()))))):.3f}")
-    tests = {"own|for": own.p, "own|against": own.p_less(thr),
-             "diff|for": diff.p, "diff|against": diff.p_less(thr)}
+    tests = {"own|for": own.p_greater(thr), "own|against": own.p_less(thr),
+             "diff|for": diff.p_greater(thr), "diff|against": diff.p_less(thr)}
     numbers = {"threshold": rule["threshold"], "theory": theory, "rate": _est_json(own, "log"),
                "ratio_to_b": _est_json(diff, "log"), "relative_error_vs_theory": rate / theory - 1,
                "rate_b": {s: v for s, v in b.items()}, "rate_last": relaxed}
@@ -438,8 +440,8 @@ def rule_max_stable_lr(runs: list[Run], factor: str, rule: dict[str, Any]) -> Ou
     effect = (f"highest stable lr per seed (completed, test acc >= {rule['min_acc']:.0%}): "
               f"{factor}={rule['a']}: {_lr_text(la, grid)}; {factor}={rule['b']}: "
               f"{_lr_text(lb, grid)}; "
-              f"diverged at lr {diverged[rule['a']] or 'none'} ({rule['a']}) and "
-              f"{diverged[rule['b']] or 'none'} ({rule['b']}); best test acc "
+              f"lrs with a diverged run: {rule['a']}: {diverged[rule['a']] or 'none'}, "
+              f"{rule['b']}: {diverged[rule['b']] or 'none'}; best test acc "
               f"{rule['a']}: {best[rule['a']]}, {rule['b']}: {best[rule['b']]}")
     numbers = {"grid": grid, "grid_step_log10": step, "max_stable_index": {"a": la, "b": lb},
                "diverged_lrs": diverged, "best_test_acc": best, "threshold_steps": rule["threshold"]}
@@ -449,19 +451,24 @@ def rule_max_stable_lr(runs: list[Run], factor: str, rule: dict[str, Any]) -> Ou
     if all(v == top for v in (*la.values(), *lb.values())):
         return Outcome(effect, numbers=numbers, reason=f"both are stable up to the largest lr "
                        f"tested ({grid[-1]:g}) for every seed: the grid cannot tell them apart")
-    est = estimate({s: float(v) for s, v in la.items()}, {s: float(v) for s, v in lb.items()},
-                   "linear", rule.get("paired", True))
-    diffs = [float(la[s] - lb[s]) for s in la if s in lb]
-    numbers.update(est=_est_json(est, "linear"), sign_test_p=sign_test(diffs))
-    effect += (f"; {rule['a']} minus {rule['b']}: {est.effect:+.2f} grid steps (95% CI "
-               f"{est.lo:+.2f} to {est.hi:+.2f}; {_test_text(est)}, p = {est.p:.2g}; sign test "
-               f"p = {sign_test(diffs):.2g})")
+    if set(la) != set(lb) or len(la) < 2:
+        raise Undecidable(f"seeds do not pair up or are too few ({sorted(la)} vs {sorted(lb)})")
+    diffs = [float(la[s] - lb[s]) for s in sorted(la)]
     thr = float(rule["threshold"])
-    tests = {"for": est.p, "against": est.p_less(thr)}
+    # The outcome is a grid index, so every seed can give the same difference (a t test's
+    # variance would be zero): exact one-sided sign tests against the threshold instead.
+    p_for = sign_test_greater(diffs, thr - 0.5)  # at least thr steps higher
+    p_against = sign_test_greater([-d for d in diffs], -thr)  # fewer than thr steps higher
+    numbers.update(differences_steps=diffs, mean_difference_steps=float(np.mean(diffs)),
+                   sign_test_for=p_for, sign_test_against=p_against, n=len(diffs))
+    effect += (f"; {rule['a']} minus {rule['b']} per seed: {diffs} grid steps (mean "
+               f"{np.mean(diffs):+.2f}); exact sign tests over {len(diffs)} seeds: at least "
+               f"{thr:g} step(s) higher p = {p_for:.2g}, fewer p = {p_against:.2g}")
+    tests = {"for": p_for, "against": p_against}
 
     def decide(adj: dict[str, float], alpha: float) -> tuple[str, str]:
-        return _decide_one(est.effect, thr, adj["for"], adj["against"], alpha,
-                           f"{thr:g} grid step(s) higher")
+        return _decide_one(float(np.mean(diffs)), thr, adj["for"], adj["against"], alpha,
+                           f"{thr:g} grid step(s) higher, for most seeds")
 
     return Outcome(effect, tests, decide, numbers)
 
@@ -506,9 +513,11 @@ def tune(runs: list[Run], factor: str, variants: list[str], spec: dict[str, Any]
             vals = [r.metric(on) for r in vruns if float(_value(r, key)) == x]
             scores[x] = float(np.mean([worst if m is None or not math.isfinite(m) else m
                                        for m in vals]))
-        pick = (max if best == "max" else min)(grid, key=lambda x: scores[x])
+        top = (max if best == "max" else min)(scores.values())
+        tied = [x for x in grid if scores[x] == top]
+        pick = max(tied)  # declared tie-break: the larger value (flagged in claims.md)
         kept += [r for r in vruns if float(_value(r, key)) == pick]
-        chosen[v] = {"value": pick, "scores": scores,
+        chosen[v] = {"value": pick, "scores": scores, "tied": tied if len(tied) > 1 else [],
                      "edge": len(grid) > 1 and pick in (grid[0], grid[-1])}
     return kept, chosen
 
@@ -787,13 +796,14 @@ def _header(budget: str, spec: dict[str, Any], claims: list[dict[str, Any]],
     lines += [
         f"Budget **{budget}**, dataset **{prov['dataset']}**. Each verdict comes from the rule "
         "declared in `configs/claims/claims.yaml` before the runs, applied by "
-        "`bnexp/claims.py`; none is written by hand. Every claim has a test for it and a test "
-        "against it (the effect is smaller than the declared threshold); all "
+        "`bnexp/claims.py`; none is written by hand. Every claim has an effect-size threshold "
+        "and two one-sided tests against it: that the effect reaches it (for) and that it "
+        "falls short (against); all "
         f"{sum(len(v.numbers.get('p_values', {})) for v in verdicts.values())} p-values of "
         f"this call are Holm-adjusted together at alpha = {spec.get('alpha', 0.05)}. "
-        "'Supported' needs a significant effect at least as large as the threshold, 'not "
-        "supported' a significant effect smaller than it (or the opposite); anything else is "
-        "'inconclusive', with the reason.", "",
+        "'Supported' means the whole declared effect is shown, 'not supported' that the effect "
+        "is shown to be smaller (or zero, or reversed); anything else is 'inconclusive', with "
+        "the reason.", "",
         f"| claim | {word.lower()} |", "|---|---|",
         *[f"| {c['title']} | **{verdicts[c['id']].verdict}** |" for c in claims], "",
         f"Produced by bnexp {prov['bnexp']} (git {prov['git_sha'] or 'unknown'}), torch "
@@ -831,22 +841,32 @@ def plain(claim: dict[str, Any], v: Verdict) -> str:
             parts.append(f"{where}{what} with {a} minus that with {b} was "
                          f"{k * est['effect']:+.2f}{unit} (95% CI {k * lo:+.2f} to {k * hi:+.2f}")
         key = "" if level == "all" else level
-        p_for = holm_p.get(f"{key}|for")
+        p_for, p_against = holm_p.get(f"{key}|for"), holm_p.get(f"{key}|against")
         parts[-1] += f"; {est['test']} over {est['n'][0]} seeds"
-        parts[-1] += f", Holm-adjusted p = {p_for:.2g})" if p_for is not None else ")"
+        if p_for is None:
+            parts[-1] += ")"
+        elif "margin" in rule:
+            parts[-1] += (f"; Holm-adjusted p that they agree within the margin {p_for:.2g}, "
+                          f"that they differ by more {p_against:.2g})")
+        else:
+            parts[-1] += (f"; Holm-adjusted p that it reaches the threshold {p_for:.2g}, that "
+                          f"it falls short {p_against:.2g})")
     if "rate" in numbers:  # growth_at_init
         r, d = numbers["rate"], numbers["ratio_to_b"]
         parts.append(f"With {a} the gradient norm grew {r['effect']:.3f}x per layer toward the "
                      f"input (95% CI {r['interval'][0]:.3f} to {r['interval'][1]:.3f}; mean-field "
                      f"theory {numbers['theory']:.4f}), {d['effect']:.3f}x the rate with {b} "
                      f"(95% CI {d['interval'][0]:.3f} to {d['interval'][1]:.3f}), over "
-                     f"{r['n'][0]} seeds")
-    if "est" in numbers:  # max_stable_lr
-        e = numbers["est"]
-        parts.append(f"The highest stable learning rate with {a} was {e['effect']:+.2f} grid "
-                     f"steps (of {numbers['grid_step_log10']:.2f} decades) from {b}'s (95% CI "
-                     f"{e['interval'][0]:+.2f} to {e['interval'][1]:+.2f}, {e['test']} over "
-                     f"{e['n'][0]} seeds)")
+                     f"{r['n'][0]} seeds (Holm-adjusted p that each reaches the threshold: "
+                     f"{holm_p.get('own|for', math.nan):.2g} and "
+                     f"{holm_p.get('diff|for', math.nan):.2g})")
+    if "differences_steps" in numbers:  # max_stable_lr
+        diffs = numbers["differences_steps"]
+        parts.append(f"The highest stable learning rate with {a} was {diffs} grid steps (of "
+                     f"{numbers['grid_step_log10']:.2f} decades) above {b}'s, seed by seed "
+                     f"(exact sign tests over {len(diffs)} seeds; Holm-adjusted p that it is "
+                     f"at least the threshold {holm_p.get('for', math.nan):.2g}, that it is "
+                     f"less {holm_p.get('against', math.nan):.2g})")
     if not parts:
         return ""
     bound = (f"±{rule['margin'] * 100:g} points" if "margin" in rule
@@ -877,7 +897,10 @@ def _section(claim: dict[str, Any], budget: str, args: list[str], runs: list[Run
                      f"{claim['tune']['metric']}): " + ", ".join(
                          f"{claim['factor']}={k}: {c['value']:g}"
                          + (" (at the edge of the grid: the best may lie beyond it)"
-                            if c["edge"] else "") for k, c in tuned.items()) + ".")
+                            if c["edge"] else "")
+                         + (f" (tied with {', '.join(f'{x:g}' for x in c['tied'] if x != c['value'])}"
+                            ": the larger wins, as declared)" if c.get("tied") else "")
+                         for k, c in tuned.items()) + ".")
         lines.append("")
     lines += [f"- Measured: {v.effect}.",
               f"- Decision rule (declared before the runs): {claim['decision']}",

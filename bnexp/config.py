@@ -79,7 +79,7 @@ class TrainerConfig:
     eval_every: int = 1  # epochs between val/test evaluations (the last epoch always evaluates)
     eval_batch_stats: bool = False  # also test with BN on batch statistics (test_batchstats/*)
     eval_single: int = 0  # test images also evaluated one at a time in eval mode (test_single/*)
-    val_every_steps: int = 0  # also evaluate the val split every this many steps (0: per epoch only)
+    val_every_steps: int = 0  # also evaluate val and test every this many steps (0: per epoch only)
     train_eval_size: int = 5000  # training images evaluated like the test set: train_eval/*, gap/*
     log_every: int = 50  # steps between train/loss points
     device: str = "auto"

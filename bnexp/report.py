@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections import defaultdict
@@ -181,7 +182,14 @@ def group_runs(runs: list[Run]) -> tuple[list[str], list[Group]]:
     groups: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         groups[group_label(r, keys)].append(r)
-    return keys, [_collapse(label, rs) for label, rs in sorted(groups.items())]
+    return keys, [_collapse(label, rs) for label, rs in sorted(groups.items(),
+                                                               key=lambda kv: natural(kv[0]))]
+
+
+def natural(text: str) -> list[Any]:
+    """Sort key that orders numbers by value: lr=3.0 before lr=10.0, batch 4 before 16."""
+    return [(0, float(t), "") if re.fullmatch(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", t) else (1, 0.0, t)
+            for t in re.split(r"([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)", text) if t]
 
 
 def _collapse(label: str, runs: list[Run]) -> Group:
@@ -196,9 +204,12 @@ def _collapse(label: str, runs: list[Run]) -> Group:
 def fmt(stat: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
     if stat["mean"] is None:
         return "-"
-    text = f"{stat['mean'] * scale:.{digits}f}"
+    # Tiny values (a first-to-last gradient ratio of 1e-9) would print as 0.0000.
+    small = 0 < abs(stat["mean"] * scale) < 10 ** -digits
+    form = f".{digits}e" if small else f".{digits}f"
+    text = f"{stat['mean'] * scale:{form}}"
     if stat["lo"] is not None:
-        text += f" [{stat['lo'] * scale:.{digits}f}, {stat['hi'] * scale:.{digits}f}]"
+        text += f" [{stat['lo'] * scale:{form}}, {stat['hi'] * scale:{form}}]"
     return f"{text} (n={stat['n']})"
 
 

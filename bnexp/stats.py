@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["Estimate", "InsufficientData", "holm", "mean_ci", "one_sample", "paired", "sign_test", "welch"]
+__all__ = ["Estimate", "InsufficientData", "holm", "mean_ci", "one_sample", "paired", "sign_test",
+           "sign_test_greater", "welch"]
 
 
 class InsufficientData(ValueError):
@@ -89,14 +90,12 @@ class Estimate:
         return max(self.p_greater(-margin), self.p_less(margin))
 
     def p_beyond(self, margin: float) -> float:
-        """One-sided p that the effect lies beyond ``margin`` on the side of the point estimate.
-
-        The side is chosen by the data, so this answers "is the effect at least this large" for
-        a claim that does not fix the direction; use p_greater/p_less when the claim does.
-        """
+        """p that the effect lies outside ``[-margin, margin]``, either side: the smaller
+        one-sided p, doubled (Bonferroni over the two sides), since the side is not fixed in
+        advance but read off the data."""
         if not margin >= 0:
             raise ValueError(f"margin must be >= 0, got {margin!r}")
-        return self.p_greater(margin) if self.effect >= 0 else self.p_less(-margin)
+        return min(1.0, 2 * min(self.p_greater(margin), self.p_less(-margin)))
 
     def interval(self, level: float) -> tuple[float, float]:
         """Two-sided confidence interval at another level (e.g. 0.90, the interval TOST at 5% uses)."""
@@ -215,6 +214,14 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
         running = max(running, min(1.0, (m - i) * p))
         adjusted[key] = running
     return {key: adjusted.get(key, math.nan) for key in pvalues}
+
+
+def sign_test_greater(differences: Iterable[float], bound: float = 0.0) -> float:
+    """Exact one-sided sign test of H0 "the median difference is at most ``bound``": the binomial
+    tail of the number of differences above ``bound`` (ties at the bound count against).
+    For discrete outcomes (a grid index), where a t test's variance can be zero."""
+    d = _values(differences, "differences")
+    return float(_st.binomtest(int(np.sum(d > bound)), len(d), 0.5, alternative="greater").pvalue)
 
 
 def sign_test(differences: Iterable[float]) -> float:

@@ -125,6 +125,17 @@ def evaluate(model: nn.Module, loader: TensorLoader, batch_stats: bool = False,
     return loss_sum.item() / n, correct.item() / n
 
 
+def evaluate_splits(model: nn.Module, loaders: dict[str, TensorLoader], splits: tuple[str, ...],
+                    precision: str) -> dict[str, float]:
+    """``<split>/loss`` and ``<split>/acc`` for those of ``splits`` that exist."""
+    out = {}
+    for split in splits:
+        if split in loaders:
+            out[f"{split}/loss"], out[f"{split}/acc"] = evaluate(model, loaders[split], False,
+                                                                 precision)
+    return out
+
+
 def evaluate_single(model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], n: int, spec: Any,
                     channels_last: bool) -> dict[str, float]:
     """The first ``n`` test images, each on its own, in eval mode: how a deployed model sees
@@ -305,10 +316,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
                     win_loss += loss_value * len(y)
                     win_correct += correct
                     win_seen += len(y)
-                    if val_every and step % val_every == 0 and "val" in eval_loaders:
+                    if val_every and step % val_every == 0:
                         t_val = time.perf_counter()  # not training: left out of the step time
-                        val_loss, val_acc = evaluate(model, eval_loaders["val"], False, precision)
-                        log.scalars(step, {"val/loss": val_loss, "val/acc": val_acc}, kind="val")
+                        log.scalars(step, evaluate_splits(model, eval_loaders, ("val", "test"),
+                                                          precision), kind="val")
                         t_window += time.perf_counter() - t_val
                     if step % log_every == 0 or step == total_steps:
                         t_now = time.perf_counter()

@@ -250,7 +250,8 @@ def test_val_every_steps_and_median_step_time(cli, mnist_root, tmp_path) -> None
     run = only_run(out)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "val"] == [20, 40, 60]
-    assert all(0 <= r["val/acc"] <= 1 for r in records if r["kind"] == "val")
+    assert all(0 <= r["val/acc"] <= 1 and 0 <= r["test/acc"] <= 1
+               for r in records if r["kind"] == "val")
     final = json.loads((run / "summary.json").read_text())["final"]
     assert 0 < final["time/step_ms_median"] < 1000 * final["time/epoch_s"] / 10
 

@@ -144,14 +144,16 @@ def test_tost_agrees_with_the_90_percent_interval() -> None:
             e.tost(bad)
 
 
-def test_p_beyond_takes_the_side_of_the_estimate() -> None:
+def test_p_beyond_doubles_the_data_chosen_side() -> None:
+    """The side is read off the data, so the one-sided p is doubled (at margin 0 it is the
+    two-sided p)."""
     up = paired(TOST_DIFFS, [0.0] * 5)
     down = paired([-d for d in TOST_DIFFS], [0.0] * 5)
-    assert up.p_beyond(0.0) == pytest.approx(1 - t4_cdf(0.1 / TOST_SE), rel=1e-6)
-    assert up.p_beyond(0.05) == pytest.approx(up.p_greater(0.05))
-    assert down.p_beyond(0.05) == pytest.approx(down.p_less(-0.05))
+    assert up.p_beyond(0.0) == pytest.approx(2 * (1 - t4_cdf(0.1 / TOST_SE)), rel=1e-6)
+    assert up.p_beyond(0.05) == pytest.approx(2 * up.p_greater(0.05))
+    assert down.p_beyond(0.05) == pytest.approx(2 * down.p_less(-0.05))
     assert down.p_beyond(0.05) == pytest.approx(up.p_beyond(0.05))
-    assert up.p_beyond(0.0) == pytest.approx(up.p / 2)
+    assert up.p_beyond(0.0) == pytest.approx(up.p)
     with pytest.raises(ValueError, match="margin"):
         up.p_beyond(-0.1)
 
@@ -260,3 +262,12 @@ def test_estimate_is_frozen() -> None:
     assert isinstance(e, Estimate)
     with pytest.raises(AttributeError):
         e.effect = 0.0  # type: ignore[misc]
+
+
+def test_one_sided_sign_test_against_a_bound() -> None:
+    from bnexp.stats import sign_test_greater
+
+    assert sign_test_greater([2, 2, 2, 2, 2], 1) == pytest.approx(1 / 32)  # 5 of 5 above
+    assert sign_test_greater([2] * 10, 1) == pytest.approx(1 / 1024)
+    assert sign_test_greater([1, 2, 2, 2, 2], 1) == pytest.approx(6 / 32)  # a tie counts against
+    assert sign_test_greater([0, 0, 0], 1) == 1.0
