@@ -280,8 +280,11 @@ def resume_args(resume: Path, overrides: list[str]) -> list[str]:
         raise BnexpError(f"--resume {resume}: no sweep.json there. Pass the directory of an "
                          "earlier sweep (outputs/sweeps/<...>), as printed when it started.")
     saved = manifest.get("args")
-    if saved is None:  # written before sweep.json kept the arguments: the command has them
-        saved = [o for o in manifest.get("command", [])[3:] if not o.startswith("sweep.resume=")]
+    command = manifest.get("command", [])
+    if saved is None and command[:3] == ["bnexp", "train", "-m"]:  # an older sweep.json
+        saved = [o for o in command[3:] if not o.startswith("sweep.resume=")]
+    if saved is None:  # older, and not started by `bnexp train -m`: the grid check decides
+        return overrides
     if overrides and sorted(overrides) != sorted(saved):
         raise BnexpError(f"--resume {resume}: that sweep was started with `{' '.join(saved)}`, "
                          f"not `{' '.join(overrides)}`. Resume it with no overrides (its own "
