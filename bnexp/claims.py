@@ -72,10 +72,6 @@ class Verdict:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def _value(run: Run, key: str) -> Any:
-    return factor_value(run, key)
-
-
 def _same(a: Any, b: Any) -> bool:
     try:
         return math.isclose(float(a), float(b))
@@ -88,23 +84,29 @@ def select(runs: list[Run], where: dict[str, Any]) -> tuple[list[Run], str]:
     notes = []
     for key, which in where.items():
         if isinstance(which, list):
-            runs = [r for r in runs if any(_same(_value(r, key), w) for w in which)]
+            runs = [r for r in runs if any(_same(factor_value(r, key), w) for w in which)]
             notes.append(f"{key} in {{{', '.join(map(str, which))}}}")
             continue
-        values = [float(v) for r in runs if (v := _value(r, key)) is not None]
+        values = [float(v) for r in runs if (v := factor_value(r, key)) is not None]
         if values:
             target = max(values) if which == "max" else min(values)
-            runs = [r for r in runs if _value(r, key) is not None and float(_value(r, key)) == target]
+            runs = [r for r in runs
+                    if (v := factor_value(r, key)) is not None and float(v) == target]
             notes.append(f"{key}={target:g}")
     return runs, ", ".join(notes)
 
 
 def variant(runs: list[Run], factor: str, value: Any) -> list[Run]:
-    return [r for r in runs if str(_value(r, factor)) == str(value)]
+    return [r for r in runs if str(factor_value(r, factor)) == str(value)]
 
 
 def _seed(run: Run) -> int:
     return int(run.summary.get("seed", run.config.get("seed", -1)))
+
+
+def _geomean(values: Any) -> float:
+    """The geometric mean: the typical value of a ratio (a growth rate)."""
+    return math.exp(float(np.mean(np.log(list(values)))))
 
 
 def _label(metric: str) -> tuple[float, str]:
@@ -194,8 +196,7 @@ def _compare_level(ra: list[Run], rb: list[Run], rule: dict[str, Any]) -> tuple[
     b = run_values(rb, rule["metric"], worst)
     _, scale = _threshold(rule)
     if "b_above" in rule and b:
-        typical = (math.exp(float(np.mean(np.log(list(b.values()))))) if scale == "log"
-                   else float(np.mean(list(b.values()))))
+        typical = _geomean(b.values()) if scale == "log" else float(np.mean(list(b.values())))
         if not typical > float(rule["b_above"]):
             raise Undecidable(f"{rule['b']}'s {rule['metric']} is {typical:.3f}, not above "
                               f"{rule['b_above']}: the baseline does not show what the claim is "
@@ -242,8 +243,8 @@ def _shown_threshold(rule: dict[str, Any]) -> str:
 def _levels(runs: list[Run], key: str | None) -> list[tuple[str, list[Run]]]:
     if not key:
         return [("", runs)]
-    values = sorted({str(_value(r, key)) for r in runs}, key=lambda v: (_num(v), v))
-    return [(f"{key}={v}", [r for r in runs if str(_value(r, key)) == v]) for v in values]
+    values = sorted({str(factor_value(r, key)) for r in runs}, key=lambda v: (_num(v), v))
+    return [(f"{key}={v}", [r for r in runs if str(factor_value(r, key)) == v]) for v in values]
 
 
 def _num(value: str) -> float:
@@ -394,15 +395,15 @@ def rule_growth_at_init(runs: list[Run], factor: str, rule: dict[str, Any]) -> O
     effect = (f"per-layer growth toward the input with {factor}={rule['a']}: {rate:.3f} "
               f"(95% CI {math.exp(own.lo):.3f} to {math.exp(own.hi):.3f}; {_test_text(own)}, "
               f"p = {own.p:.2g}); theory {theory:.4f}, measured {100 * (rate / theory - 1):+.1f}%; "
-              f"with {factor}={rule['b']}: {math.exp(float(np.mean(np.log(list(b.values()))))):.3f}; "
+              f"with {factor}={rule['b']}: {_geomean(b.values()):.3f}; "
               f"ratio {rule['a']}/{rule['b']}: {describe(diff, 'log', '')}, p = {diff.p:.2g}; "
               f"after training (last probe) the {rule['a']} rate relaxes to "
-              f"{math.exp(float(np.mean(np.log(list(relaxed.values()))))):.3f}")
+              f"{_geomean(relaxed.values()):.3f}")
     tests = {"own|for": own.p_greater(thr), "own|against": own.p_less(thr),
              "diff|for": diff.p_greater(thr), "diff|against": diff.p_less(thr)}
     numbers = {"threshold": rule["threshold"], "theory": theory, "rate": _est_json(own, "log"),
                "ratio_to_b": _est_json(diff, "log"), "relative_error_vs_theory": rate / theory - 1,
-               "rate_b": {s: v for s, v in b.items()}, "rate_last": relaxed}
+               "rate_b": dict(b), "rate_last": relaxed}
 
     def decide(adj: dict[str, float], alpha: float) -> tuple[str, str]:
         shown = f"{rule['threshold']:g}x per layer"
@@ -418,7 +419,7 @@ def _max_stable(runs: list[Run], min_acc: float, grid: list[float]) -> dict[int,
     """Grid index of the largest stable lr per seed; stable nowhere: -1 (one step below)."""
     out: dict[int, int] = {}
     for seed in sorted({_seed(r) for r in runs}):
-        stable = [grid.index(float(_value(r, "optim.lr"))) for r in runs if _seed(r) == seed
+        stable = [grid.index(float(factor_value(r, "optim.lr"))) for r in runs if _seed(r) == seed
                   and r.status == "completed" and (r.metric("test/acc") or 0.0) >= min_acc]
         out[seed] = max(stable) if stable else -1
     return out
@@ -428,14 +429,14 @@ def rule_max_stable_lr(runs: list[Run], factor: str, rule: dict[str, Any]) -> Ou
     ra, rb = variant(runs, factor, rule["a"]), variant(runs, factor, rule["b"])
     if not ra or not rb:
         raise Undecidable(f"no runs for {factor}={rule['a'] if not ra else rule['b']}")
-    grid = sorted({float(_value(r, "optim.lr")) for r in ra + rb})
+    grid = sorted({float(factor_value(r, "optim.lr")) for r in ra + rb})
     if len(grid) < 2:
         raise Undecidable("the lr grid has fewer than 2 values")
     step = float(np.median(np.diff(np.log10(grid))))
     la, lb = (_max_stable(rs, rule["min_acc"], grid) for rs in (ra, rb))
     below, top = -1, len(grid) - 1
     best = {v: _best_acc(rs) for v, rs in ((rule["a"], ra), (rule["b"], rb))}
-    diverged = {v: sorted({float(_value(r, 'optim.lr')) for r in rs if r.status == 'diverged'})
+    diverged = {v: sorted({float(factor_value(r, 'optim.lr')) for r in rs if r.status == 'diverged'})
                 for v, rs in ((rule["a"], ra), (rule["b"], rb))}
     effect = (f"highest stable lr per seed (completed, test acc >= {rule['min_acc']:.0%}): "
               f"{factor}={rule['a']}: {_lr_text(la, grid)}; {factor}={rule['b']}: "
@@ -481,7 +482,7 @@ def _lr_text(by_seed: dict[int, int], grid: list[float]) -> str:
 def _best_acc(runs: list[Run]) -> str:
     by_lr: dict[float, list[float]] = {}
     for r in runs:
-        by_lr.setdefault(float(_value(r, "optim.lr")), []).append(
+        by_lr.setdefault(float(factor_value(r, "optim.lr")), []).append(
             (r.metric("test/acc") or 0.0) if r.status == "completed" else 0.0)
     lr, accs = max(by_lr.items(), key=lambda kv: float(np.mean(kv[1])))
     return f"{100 * float(np.mean(accs)):.2f}% at lr {lr:g}"
@@ -505,18 +506,18 @@ def tune(runs: list[Run], factor: str, variants: list[str], spec: dict[str, Any]
     kept, chosen = [], {}
     for v in variants:
         vruns = variant(runs, factor, v)
-        grid = sorted({float(_value(r, key)) for r in vruns})
+        grid = sorted({float(factor_value(r, key)) for r in vruns})
         if not grid:
             continue
         scores = {}
         for x in grid:
-            vals = [r.metric(on) for r in vruns if float(_value(r, key)) == x]
+            vals = [r.metric(on) for r in vruns if float(factor_value(r, key)) == x]
             scores[x] = float(np.mean([worst if m is None or not math.isfinite(m) else m
                                        for m in vals]))
         top = (max if best == "max" else min)(scores.values())
         tied = [x for x in grid if scores[x] == top]
         pick = max(tied)  # declared tie-break: the larger value (flagged in claims.md)
-        kept += [r for r in vruns if float(_value(r, key)) == pick]
+        kept += [r for r in vruns if float(factor_value(r, key)) == pick]
         chosen[v] = {"value": pick, "scores": scores, "tied": tied if len(tied) > 1 else [],
                      "edge": len(grid) > 1 and pick in (grid[0], grid[-1])}
     return kept, chosen
@@ -525,10 +526,10 @@ def tune(runs: list[Run], factor: str, variants: list[str], spec: dict[str, Any]
 def _same_setting(runs: list[Run], factor: str, rule: dict[str, Any], key: str) -> list[str]:
     """The comparison at every shared value of ``key`` (descriptive: raw p, no Holm)."""
     lines = []
-    shared = sorted({float(_value(r, key)) for r in variant(runs, factor, rule["a"])}
-                    & {float(_value(r, key)) for r in variant(runs, factor, rule["b"])})
+    shared = sorted({float(factor_value(r, key)) for r in variant(runs, factor, rule["a"])}
+                    & {float(factor_value(r, key)) for r in variant(runs, factor, rule["b"])})
     for x in shared:
-        at = [r for r in runs if float(_value(r, key)) == x]
+        at = [r for r in runs if float(factor_value(r, key)) == x]
         try:
             ra, rb = variant(at, factor, rule["a"]), variant(at, factor, rule["b"])
             _censoring(ra, rb, rule["metric"])

@@ -398,8 +398,9 @@ def tensor_checksum(tensors: Any) -> str:
     return f"crc32:{crc:08x}"
 
 
-def _cache_tensors(cached: dict[str, Any]) -> list[torch.Tensor]:
-    return [*cached["train"], *cached["test"]]
+def _intact(cached: dict[str, Any]) -> bool:
+    """Whether a loaded cache's tensors still match the checksum stored with them."""
+    return cached.get("checksum") == tensor_checksum([*cached["train"], *cached["test"]])
 
 
 def _load_cache(cache: Path, fingerprint: list) -> dict[str, Any] | None:
@@ -411,7 +412,7 @@ def _load_cache(cache: Path, fingerprint: list) -> dict[str, Any] | None:
         cached = torch.load(cache, weights_only=True)
         if cached["fingerprint"] != fingerprint:
             return None
-        if cached.get("checksum") != tensor_checksum(_cache_tensors(cached)):
+        if not _intact(cached):
             warnings.warn(f"{cache} does not match its checksum (corrupted): parsing the "
                           "dataset files again", stacklevel=2)
             return None
@@ -427,8 +428,7 @@ def cache_problems(name: str, root: Path | str) -> list[str]:
     if not cache.exists():
         return []
     try:
-        cached = torch.load(cache, weights_only=True)
-        ok = cached.get("checksum") == tensor_checksum(_cache_tensors(cached))
+        ok = _intact(torch.load(cache, weights_only=True))
     except Exception as exc:
         return [f"the tensor cache {cache} is unreadable ({type(exc).__name__})"]
     return [] if ok else [f"the tensor cache {cache} does not match its checksum (corrupted)"]

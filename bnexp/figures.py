@@ -82,6 +82,7 @@ def gap_bars(groups: list[Group], path: Path) -> Path | None:
     stats = [(g.label, g.stat("gap/acc"), g.stat("gap/loss")) for g in groups]
     if not any(s[1]["n"] for s in stats):
         return None
+    colors = _colors(groups)
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(groups) + 2.5))
     for ax, idx, name, scale in ((axes[0], 1, "train − test accuracy (pp)", 100),
                                  (axes[1], 2, "train − test loss", 1)):
@@ -89,8 +90,7 @@ def gap_bars(groups: list[Group], path: Path) -> Path | None:
         means = [(s[idx]["mean"] or 0) * scale for s in stats]
         errs = [((s[idx]["hi"] - s[idx]["mean"]) * scale) if s[idx]["hi"] is not None else 0
                 for s in stats]
-        ax.barh(labels, means, xerr=errs, color=[_colors(groups)[lbl] for lbl in labels],
-                capsize=3)
+        ax.barh(labels, means, xerr=errs, color=[colors[lbl] for lbl in labels], capsize=3)
         ax.set(title=f"{name}, mean with 95% interval", xlabel=name)
         ax.axvline(0, color="black", lw=0.8)
     return _save(fig, path)
@@ -227,8 +227,8 @@ def step_time(groups: list[Group], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(groups) + 2))
     means = [s[1]["mean"] or 0 for s in stats]
     errs = [(s[1]["hi"] - s[1]["mean"]) if s[1]["hi"] is not None else 0 for s in stats]
-    ax.barh([s[0] for s in stats], means, xerr=errs, capsize=3,
-            color=[_colors(groups)[s[0]] for s in stats])
+    colors = _colors(groups)
+    ax.barh([s[0] for s in stats], means, xerr=errs, capsize=3, color=[colors[s[0]] for s in stats])
     ax.set(xlabel="ms per training step (mean over epochs, 95% interval over seeds)",
            title="step time per variant")
     return _save(fig, path)

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.data import TensorLoader, load_splits
 from bnexp.jsonio import write_json_atomic
 from bnexp.models import build_model
-from bnexp.train import make_optimizer, resolve_device, seed_everything
+from bnexp.train import make_optimizer, resolve_device, seed_everything, use_channels_last
 
 
 def _variant_state(cfg: DictConfig, kind: str, spec: Any, device: torch.device,
@@ -70,8 +70,7 @@ def interleaved_step_times(cfg: DictConfig, kinds: list[str], rounds: int, windo
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     splits = load_splits(cfg.data, cfg.seed, device)
-    channels_last = cfg.model.arch == "cnn" and device.type in ("cuda", "cpu") and (
-        cfg.trainer.channels_last is not False)
+    channels_last = use_channels_last(cfg, device)
     loader = TensorLoader(*splits.train, cfg.trainer.batch_size, splits.spec, shuffle=True,
                           drop_last=True, generator=torch.Generator().manual_seed(cfg.seed),
                           channels_last=channels_last)

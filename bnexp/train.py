@@ -49,6 +49,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_channels_last(cfg: Any, device: torch.device) -> bool:
+    """The CNN's memory format: channels_last suits convolutions on CUDA (tensor cores) and on
+    CPU (oneDNN kernels; the default CNN trains ~1.45x faster on 2 cores:
+    scripts/bench_time_to_acc.py); trainer.channels_last overrides."""
+    choice = cfg.trainer.channels_last
+    return cfg.model.arch == "cnn" and (
+        choice if choice is not None else device.type in ("cuda", "cpu"))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -216,10 +225,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None,
     if n_train < tc.batch_size:
         raise BnexpError(f"trainer.batch_size={tc.batch_size} exceeds the {n_train} training "
                          "images; pass a smaller trainer.batch_size or a larger data.train_size.")
-    # channels_last suits convolutions on CUDA (tensor cores) and on CPU (oneDNN kernels; the
-    # default CNN trains ~1.45x faster on 2 cores: scripts/bench_time_to_acc.py).
-    channels_last = cfg.model.arch == "cnn" and (
-        tc.channels_last if tc.channels_last is not None else device.type in ("cuda", "cpu"))
+    channels_last = use_channels_last(cfg, device)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # own stream: probes can't disturb it
     train_loader = TensorLoader(*splits.train, tc.batch_size, spec, shuffle=True, drop_last=True,
                                 augment=cfg.data.augment, generator=shuffle_gen,
