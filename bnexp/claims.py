@@ -2,11 +2,12 @@
 
 Claims, sweeps, budgets, thresholds and decision rules live in ``configs/claims/claims.yaml``
 (its header documents every rule type); this module only runs the sweeps and evaluates the
-rules with the tests of ``bnexp.stats``. Evaluation has two phases: each rule measures its
-effect and names its p-values (one test for the claim, one against it); then all p-values of
-the call are Holm-adjusted together and each rule decides from the adjusted values. A rule that
-cannot be evaluated yields "inconclusive" with the reason. Sweeps live in
-``<out>/sweeps/<sweep>-<budget>-<dataset>/``, so a second call reuses completed runs.
+rules with the tests of ``bnexp.stats`` on the metrics named in ``bnexp.metrics``. Evaluation
+has two phases: each rule measures its effect and names its p-values (one test for the claim,
+one against it); then all p-values of the call are Holm-adjusted together and each rule decides
+from the adjusted values. A rule that cannot be evaluated yields "inconclusive" with the reason.
+Sweeps live in ``<out>/sweeps/<sweep>-<budget>-<dataset>/``, so a second call reuses completed
+runs.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bnexp import metrics
+from bnexp.dirnames import new_run_dir
 from bnexp.errors import BnexpError
-from bnexp.report import Group, Run, factor_value, find_runs, fmt, group_runs, staging
-from bnexp.stats import Estimate, InsufficientData, censored, holm, paired, sign_test_greater, welch
+from bnexp.jsonio import staging
+from bnexp.metrics import censored
+from bnexp.report import fmt
+from bnexp.runs import Group, Run, factor_value, find_runs, group_runs
+from bnexp.stats import Estimate, InsufficientData, holm, paired, sign_test_greater, welch
 from bnexp.stats import one_sample as one_sample_test
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -124,7 +130,7 @@ def run_values(runs: list[Run], metric: str, worst: float | None = None) -> dict
     values, missing = {}, []
     for r in runs:
         v = r.metric(metric)
-        if (v is None or not math.isfinite(v)) and r.status != "completed" and worst is not None:
+        if (v is None or not math.isfinite(v)) and r.status != metrics.COMPLETED and worst is not None:
             v = worst
         if v is None or not math.isfinite(v):
             missing.append(f"{r.dir.name} ({r.status})")
@@ -390,8 +396,7 @@ def rule_growth_at_init(runs: list[Run], factor: str, rule: dict[str, Any]) -> O
         raise Undecidable(f"too few runs for a test: {exc}") from None
     diff = estimate(a, b, "log", rule.get("paired", False))
     rate, theory = math.exp(own.effect), float(rule.get("theory", math.nan))
-    relaxed = run_values(variant(runs, factor, rule["a"]),
-                         rule["metric"].rsplit("@", 1)[0] + "@last")
+    relaxed = run_values(variant(runs, factor, rule["a"]), metrics.at_step(rule["metric"], "last"))
     effect = (f"per-layer growth toward the input with {factor}={rule['a']}: {rate:.3f} "
               f"(95% CI {math.exp(own.lo):.3f} to {math.exp(own.hi):.3f}; {_test_text(own)}, "
               f"p = {own.p:.2g}); theory {theory:.4f}, measured {100 * (rate / theory - 1):+.1f}%; "
@@ -420,7 +425,7 @@ def _max_stable(runs: list[Run], min_acc: float, grid: list[float]) -> dict[int,
     out: dict[int, int] = {}
     for seed in sorted({_seed(r) for r in runs}):
         stable = [grid.index(float(factor_value(r, "optim.lr"))) for r in runs if _seed(r) == seed
-                  and r.status == "completed" and (r.metric("test/acc") or 0.0) >= min_acc]
+                  and r.status == metrics.COMPLETED and (r.metric(metrics.TEST_ACC) or 0.0) >= min_acc]
         out[seed] = max(stable) if stable else -1
     return out
 
@@ -436,7 +441,8 @@ def rule_max_stable_lr(runs: list[Run], factor: str, rule: dict[str, Any]) -> Ou
     la, lb = (_max_stable(rs, rule["min_acc"], grid) for rs in (ra, rb))
     below, top = -1, len(grid) - 1
     best = {v: _best_acc(rs) for v, rs in ((rule["a"], ra), (rule["b"], rb))}
-    diverged = {v: sorted({float(factor_value(r, 'optim.lr')) for r in rs if r.status == 'diverged'})
+    diverged = {v: sorted({float(factor_value(r, "optim.lr")) for r in rs
+                           if r.status == metrics.DIVERGED})
                 for v, rs in ((rule["a"], ra), (rule["b"], rb))}
     effect = (f"highest stable lr per seed (completed, test acc >= {rule['min_acc']:.0%}): "
               f"{factor}={rule['a']}: {_lr_text(la, grid)}; {factor}={rule['b']}: "
@@ -483,7 +489,7 @@ def _best_acc(runs: list[Run]) -> str:
     by_lr: dict[float, list[float]] = {}
     for r in runs:
         by_lr.setdefault(float(factor_value(r, "optim.lr")), []).append(
-            (r.metric("test/acc") or 0.0) if r.status == "completed" else 0.0)
+            (r.metric(metrics.TEST_ACC) or 0.0) if r.status == metrics.COMPLETED else 0.0)
     lr, accs = max(by_lr.items(), key=lambda kv: float(np.mean(kv[1])))
     return f"{100 * float(np.mean(accs)):.2f}% at lr {lr:g}"
 
@@ -673,7 +679,7 @@ def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | N
     sweep_runs: dict[str, tuple[list[Run], list, Path, list[str]]] = {}
     for name in dict.fromkeys(c["sweep"] for c in claims):
         sweep = spec["sweeps"][name]
-        sweep_dir = out / "sweeps" / f"{name}-{budget}-{dataset}"
+        sweep_dir = new_run_dir(out, f"{name}-{budget}-{dataset}", "sweeps", unique=False)
         if "timing" in sweep:
             args = run_timing(sweep, budget, overrides, sweep_dir, echo)
         else:
@@ -781,7 +787,7 @@ def _claim_json(claim: dict[str, Any], v: Verdict, sweep: tuple) -> dict[str, An
             "runs": len(runs), "statuses": statuses,
             "not_completed": [{"dir": r.dir.name, "status": r.status,
                                "why": r.summary.get("error") or r.summary.get("diverged_step")}
-                              for r in runs if r.status != "completed"],
+                              for r in runs if r.status != metrics.COMPLETED],
             "unreadable": [{"dir": str(p), "why": why} for p, why in problems]}
 
 
@@ -912,16 +918,16 @@ def _section(claim: dict[str, Any], budget: str, args: list[str], runs: list[Run
         lines.append(f"- Same learning rate for both (descriptive, no Holm): {line}")
     for line in v.numbers.get("also", []):
         lines.append(f"- Also measured (not part of the verdict): {line}")
-    metrics = claim.get("report", [])
-    lines += ["", "| " + " | ".join(["group", "runs (status)", *metrics]) + " |",
-              "|" + "---|" * (2 + len(metrics))]
+    reported = claim.get("report", [])
+    lines += ["", "| " + " | ".join(["group", "runs (status)", *reported]) + " |",
+              "|" + "---|" * (2 + len(reported))]
     for g in groups:
         status = ", ".join(f"{n} {k}" for k, n in sorted(g.statuses().items()))
-        cells = [fmt(g.stat(m, statuses=("completed", "diverged")),
+        cells = [fmt(g.stat(m, statuses=metrics.FINISHED),
                      100 if m.endswith("acc") else 1, 2 if m.endswith("acc") else 4)
-                 for m in metrics]
+                 for m in reported]
         lines.append(f"| {g.label} | {len(g.runs)} ({status}) | " + " | ".join(cells) + " |")
-    not_done = [r for r in runs if r.status != "completed"]
+    not_done = [r for r in runs if r.status != metrics.COMPLETED]
     if not_done:
         lines += ["", f"Runs that did not complete ({len(not_done)}, counted above): "
                   + ", ".join(f"`{r.dir.name}` {r.status}" for r in not_done[:12])

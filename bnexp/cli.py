@@ -92,7 +92,7 @@ def _multirun(overrides: list[str], resume: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bnexp.sweep import run_sweep
+    from bnexp.sweep import UNFINISHED, run_sweep
 
     started: list[Path] = []
 
@@ -117,7 +117,7 @@ def _multirun(overrides: list[str], resume: Path | None) -> None:
         table.add_row(str(r["num"]), r["varied"], status, acc)
     Console(width=120).print(table)
     typer.echo(f"sweep: {sweep_dir} (sweep.json, one directory per job)")
-    unfinished = sum(r["status"] in ("interrupted", "planned", "running") for r in rows)
+    unfinished = sum(r["status"] in UNFINISHED for r in rows)
     if failed or unfinished:
         parts = [f"{failed} failed (see their summary.json)"] if failed else []
         parts += [f"{unfinished} did not finish"] if unfinished else []
@@ -195,14 +195,14 @@ def time(
     import statistics
 
     with user_errors():
-        from bnexp.config import NORMS
+        from bnexp.config import NormKind
         from bnexp.hydra_app import compose_config
 
         kinds = [k for k in variants.split(",") if k]
-        bad = [k for k in kinds if k not in NORMS]
+        bad = [k for k in kinds if k not in NormKind.__members__]
         if bad or not kinds:
             raise BnexpError(f"--variants {variants}: unknown norm kind(s) {', '.join(bad)}. "
-                             f"Use a comma-separated list of: {', '.join(NORMS)}.")
+                             f"Use a comma-separated list of: {', '.join(NormKind)}.")
         try:
             seed_list = [int(x) for x in seeds.split(",") if x]
         except ValueError:
@@ -245,10 +245,10 @@ def config(overrides: Overrides = None) -> None:
 
 
 def _known_dataset(name: str) -> None:
-    from bnexp.config import DATASETS
+    from bnexp.config import Dataset
 
-    if name not in DATASETS:
-        raise BnexpError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS)} "
+    if name not in Dataset.__members__:
+        raise BnexpError(f"Unknown dataset {name!r}. Known datasets: {', '.join(Dataset)} "
                          "(e.g. `bnexp data get mnist`).")
 
 

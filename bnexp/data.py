@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from bnexp import user_cache_dir
+from bnexp.config import Dataset
 from bnexp.errors import BnexpError
+from bnexp.jsonio import atomic_path
 
 # MD5s of the official uncompressed IDX files. Checking contents rather than the .gz archives
 # accepts re-compressed copies of the same bytes (Debian's dataset-fashion-mnist re-packs the
@@ -81,30 +83,32 @@ class DatasetSpec:
         return self.name in RAW_MD5
 
 
-REGISTRY: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        "mnist", "MNIST", "MNIST", 10, (1, 28, 28), (0.1307,), (0.3081,),
+# One spec per bnexp.config.Dataset (the choices live there); named by the enum's members so
+# that a misspelt name fails at import.
+REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec(
+        Dataset.mnist, "MNIST", "MNIST", 10, (1, 28, 28), (0.1307,), (0.3081,),
         "bnexp rebuilds MNIST from the Python package index when the mirrors fail",
     ),
-    "fashion_mnist": DatasetSpec(
-        "fashion_mnist", "FashionMNIST", "FashionMNIST", 10, (1, 28, 28), (0.2860,), (0.3530,),
+    DatasetSpec(
+        Dataset.fashion_mnist, "FashionMNIST", "FashionMNIST", 10, (1, 28, 28), (0.2860,), (0.3530,),
         "install Debian's dataset-fashion-mnist (`apt-get install -y dataset-fashion-mnist`; "
         "`dpkg -L dataset-fashion-mnist` shows its folder) and run "
         "`bnexp data get fashion_mnist --from THAT_FOLDER`",
     ),
-    "cifar10": DatasetSpec(
-        "cifar10", "CIFAR10", "cifar-10-batches-py", 10, (3, 32, 32),
+    DatasetSpec(
+        Dataset.cifar10, "CIFAR10", "cifar-10-batches-py", 10, (3, 32, 32),
         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
         "put the official cifar-10-python.tar.gz in a folder and run "
         "`bnexp data get cifar10 --from THAT_FOLDER`",
     ),
-    "cifar100": DatasetSpec(
-        "cifar100", "CIFAR100", "cifar-100-python", 100, (3, 32, 32),
+    DatasetSpec(
+        Dataset.cifar100, "CIFAR100", "cifar-100-python", 100, (3, 32, 32),
         (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
         "put the official cifar-100-python.tar.gz in a folder and run "
         "`bnexp data get cifar100 --from THAT_FOLDER`",
     ),
-}
+)}
 
 
 def spec_for(name: str) -> DatasetSpec:
@@ -441,8 +445,8 @@ def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[tor
     used only while the source files keep the sizes and modification times it was made from:
     ``<dataset folder>/.bnexp-cache.pt``, or under ``$XDG_CACHE_HOME/bnexp`` (``~/.cache/bnexp``)
     when that folder is read-only. The cache also records that those very files passed the MD5
-    check, so they are hashed once per version rather than on every run (~0.1 s for MNIST,
-    ~0.3 s for CIFAR); ``bnexp data verify`` always hashes.
+    check, so they are hashed once per version rather than on every run;
+    ``bnexp data verify`` always hashes.
     """
     cache = _cache_path(root / spec.folder)
     fingerprint = _fingerprint(spec, root)
@@ -462,14 +466,13 @@ def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[tor
                 f"Could not read {spec.name} from {root}: {exc}. Check the files with "
                 f"`bnexp data verify {spec.name}`, or delete them and fetch them again."
             ) from exc
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"fingerprint": fingerprint, "verified": verify, "train": train,
-                    "test": test, "checksum": tensor_checksum([*train, *test])}, tmp)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            torch.save({"fingerprint": fingerprint, "verified": verify, "train": train,
+                        "test": test, "checksum": tensor_checksum([*train, *test])}, tmp)
     except OSError:  # a read-only data folder: no cache, parse each time
-        tmp.unlink(missing_ok=True)
+        pass
     return train, test
 
 

@@ -4,7 +4,6 @@ and a legend naming the groups. A figure whose data is absent from the runs is n
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bnexp.report import Group, Run, factor_value, varying_keys  # noqa: E402
+from bnexp import metrics  # noqa: E402
+from bnexp.runs import Group, Run, factor_value, varying_keys  # noqa: E402
 
 
 def _colors(groups: list[Group]) -> dict[str, Any]:
@@ -54,10 +54,11 @@ def _band(runs: list[Run], tag: str, kind: str | None) -> tuple[list[int], list[
 
 
 def learning_curves(groups: list[Group], path: Path) -> Path | None:
-    panels = [("train/loss", "step", "train loss (per logged step)"),
-              ("test/loss", "epoch", "test loss (per epoch)"),
-              ("train/acc", "step", "train accuracy"), ("test/acc", "epoch", "test accuracy")]
-    if not any(r.series("test/loss") for g in groups for r in g.runs):
+    panels = [(metrics.TRAIN_LOSS, metrics.KIND_STEP, "train loss (per logged step)"),
+              (metrics.TEST_LOSS, metrics.KIND_EPOCH, "test loss (per epoch)"),
+              (metrics.TRAIN_ACC, metrics.KIND_STEP, "train accuracy"),
+              (metrics.TEST_ACC, metrics.KIND_EPOCH, "test accuracy")]
+    if not any(r.series(metrics.TEST_LOSS) for g in groups for r in g.runs):
         return None
     colors = _colors(groups)
     fig, axes = plt.subplots(2, 2, figsize=(11 if len(groups) <= 4 else 14, 7))
@@ -79,7 +80,7 @@ def learning_curves(groups: list[Group], path: Path) -> Path | None:
 
 
 def gap_bars(groups: list[Group], path: Path) -> Path | None:
-    stats = [(g.label, g.stat("gap/acc"), g.stat("gap/loss")) for g in groups]
+    stats = [(g.label, g.stat(metrics.GAP_ACC), g.stat(metrics.GAP_LOSS)) for g in groups]
     if not any(s[1]["n"] for s in stats):
         return None
     colors = _colors(groups)
@@ -96,53 +97,58 @@ def gap_bars(groups: list[Group], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _layers(runs: list[Run]) -> list[str]:
-    """Layer names in network order (fc1, fc2, ..., head) from the probe records."""
-    names = {m.group(1) for r in runs for rec in r.records if rec.get("kind") == "probe"
-             for k in rec if (m := re.match(r"grad/([^/]+)/weight$", k))}
-
-    def order(n: str) -> tuple[int, int]:
-        digits = re.sub(r"\D", "", n)
-        return (1, 0) if n == "head" else (0, int(digits) if digits else 0)
-
-    return sorted(names, key=order)
+def _layers(runs: list[Run], family: str, kind: str) -> list[str]:
+    """Layer names in network order (fc1, fc2, ..., head) with a ``family/<layer>/kind`` probe."""
+    return metrics.layers([rec for r in runs for rec in r.records], family, kind)
 
 
 def grad_norms(groups: list[Group], path: Path) -> Path | None:
-    return _grad_profile(groups, path, "weight")
+    return _grad_profile_figure(groups, path, "weight")
 
 
 def input_grad_norms(groups: list[Group], path: Path) -> Path | None:
-    """The backpropagated signal per layer, the quantity of vanishing and exploding gradients
-    (claims 2, 3 and 8): a straight line on the log axis is a constant growth per layer."""
-    return _grad_profile(groups, path, "input")
+    """The backpropagated signal per layer (``grad/<layer>/input``), the quantity of vanishing
+    and exploding gradients (claims 2, 3 and 8): a straight line on the log axis is a constant
+    growth per layer."""
+    return _grad_profile_figure(groups, path, "input")
 
 
-def _grad_profile(groups: list[Group], path: Path, kind: str) -> Path | None:
+def grad_profile(groups: list[Group], kind: str
+                 ) -> tuple[list[str], dict[str, dict[str, list[float]]]]:
+    """The data of a gradient-profile figure: the layers that have ``grad/<layer>/<kind>`` at
+    step 0, and per group the mean over its runs of that norm at each run's first ("init") and
+    last ("last") probe, layer by layer (nan where no run has a positive finite value)."""
     runs = [r for g in groups for r in g.runs]
-    layers = [n for n in _layers(runs)
-              if any(r.metric(f"grad/{n}/{kind}@0") is not None for r in runs)]
+    layers = [n for n in _layers(runs, "grad", kind)
+              if any(r.metric(metrics.at(metrics.grad(n, kind), 0)) is not None for r in runs)]
+    return layers, {g.label: {when: [_mean_at_probe(g.runs, metrics.grad(n, kind), when)
+                                     for n in layers] for when in ("init", "last")}
+                    for g in groups}
+
+
+def _mean_at_probe(runs: list[Run], tag: str, when: str) -> float:
+    values = []
+    for r in runs:
+        steps = sorted({s for s, _ in r.series(tag, metrics.KIND_PROBE)})
+        if not steps:
+            continue
+        v = r.metric(metrics.at(tag, steps[0] if when == "init" else steps[-1]))
+        if v is not None and v > 0 and math.isfinite(v):
+            values.append(v)
+    return statistics.fmean(values) if values else float("nan")
+
+
+def _grad_profile_figure(groups: list[Group], path: Path, kind: str) -> Path | None:
+    layers, values = grad_profile(groups, kind)
     if not layers:
         return None
     colors = _colors(groups)
     fig, axes = plt.subplots(1, 2, figsize=(12 if len(groups) <= 4 else 15, 4.5), sharey=True)
+    what = "weight-gradient norm" if kind == "weight" else "gradient w.r.t. each layer's input"
     for ax, when in ((axes[0], "init"), (axes[1], "last")):
         for g in groups:
-            values = []
-            for layer in layers:
-                per_run = []
-                for r in g.runs:
-                    probe_steps = sorted({s for s, _ in r.series(f"grad/{layer}/{kind}", "probe")})
-                    if not probe_steps:
-                        continue
-                    step = probe_steps[0] if when == "init" else probe_steps[-1]
-                    v = r.metric(f"grad/{layer}/{kind}@{step}")
-                    if v is not None and v > 0 and math.isfinite(v):
-                        per_run.append(v)
-                values.append(statistics.fmean(per_run) if per_run else float("nan"))
-            ax.plot(layers, values, marker="o", label=g.label, color=colors[g.label])
-        what = ("weight-gradient norm" if kind == "weight"
-                else "gradient w.r.t. each layer's input")
+            ax.plot(layers, values[g.label][when], marker="o", label=g.label,
+                    color=colors[g.label])
         ax.set(yscale="log", xlabel="layer (input → output)",
                ylabel="‖∂loss/∂W‖" if kind == "weight" else "‖∂loss/∂input‖",
                title=f"{what} " + ("at initialisation (step 0)" if when == "init"
@@ -159,7 +165,7 @@ def figure1_percentiles(groups: list[Group], path: Path) -> Path | None:
     # would otherwise get a panel for a layer they do not have.
     last = {}
     for g in groups:
-        hidden = [n for n in _layers(g.runs) if n != "head"]
+        hidden = [n for n in _layers(g.runs, "act", "norm/p50") if n != metrics.HEAD]
         if hidden:
             last[g.label] = hidden[-1]
     if not last:
@@ -172,8 +178,8 @@ def figure1_percentiles(groups: list[Group], path: Path) -> Path | None:
         ax.axis("off")
     for ax, g in zip(axes.flat, shown, strict=False):
         layer = last[g.label]
-        for q, style in (("p15", ":"), ("p50", "-"), ("p85", ":")):
-            steps, mean, _ = _band(g.runs[:1], f"act/{layer}/norm/{q}", "probe")
+        for q, style in zip(metrics.PERCENTILES, (":", "-", ":"), strict=True):
+            steps, mean, _ = _band(g.runs[:1], metrics.act(layer, "norm", q), metrics.KIND_PROBE)
             ax.plot(steps, mean, style, color="tab:blue", label=q)
         ax.set(title=g.label, xlabel="optimizer step", ylabel=f"{layer} nonlinearity input")
     axes.flat[0].legend(fontsize=7)
@@ -191,7 +197,7 @@ def accuracy_vs_lr(groups: list[Group], path: Path) -> Path | None:
     factors = [k for k in varying_keys(runs) if k not in ("optim.lr", "seed")]
     for r in runs:
         other = " ".join(f"{k}={factor_value(r, k)}" for k in factors)
-        acc = r.metric("test/acc")
+        acc = r.metric(metrics.TEST_ACC)
         series[other or "runs"].append((r.config["optim.lr"], acc if acc is not None else 0.0,
                                         r.status))
     fig, ax = plt.subplots(figsize=(7 if len(series) <= 4 else 9, 4.5))
@@ -202,7 +208,7 @@ def accuracy_vs_lr(groups: list[Group], path: Path) -> Path | None:
         xs = sorted(by_lr)  # the mean over seeds per lr; each run a dot
         line, = ax.plot(xs, [100 * statistics.fmean(by_lr[x]) for x in xs], marker="o",
                         label=label)
-        done = [p for p in points if p[2] == "completed"]
+        done = [p for p in points if p[2] == metrics.COMPLETED]
         ax.scatter([p[0] for p in done], [100 * p[1] for p in done], s=10,
                    color=line.get_color(), alpha=0.5)
     for status, marker, color in STATUS_MARKERS:
@@ -216,12 +222,12 @@ def accuracy_vs_lr(groups: list[Group], path: Path) -> Path | None:
 
 
 # How runs that did not complete are drawn: a diverged run is a result, an interrupted one is not.
-STATUS_MARKERS = (("diverged", "x", "red"), ("failed", "x", "black"),
-                  ("interrupted", "s", "gray"))
+STATUS_MARKERS = ((metrics.DIVERGED, "x", "red"), (metrics.FAILED, "x", "black"),
+                  (metrics.INTERRUPTED, "s", "gray"))
 
 
 def step_time(groups: list[Group], path: Path) -> Path | None:
-    stats = [(g.label, g.stat("time/step_ms")) for g in groups]
+    stats = [(g.label, g.stat(metrics.STEP_MS)) for g in groups]
     if not any(s[1]["n"] for s in stats):
         return None
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(groups) + 2))

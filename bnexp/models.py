@@ -16,16 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnexp.config import Activation, Arch, Init, NormKind
 from bnexp.norm import make_norm
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": lambda: nn.ReLU(inplace=True),
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
+# The choices are bnexp.config's enums; keyed by their members, a misspelt name fails at import.
+ACTIVATIONS: dict[Activation, Callable[[], nn.Module]] = {
+    Activation.relu: lambda: nn.ReLU(inplace=True),
+    Activation.sigmoid: nn.Sigmoid,
+    Activation.tanh: nn.Tanh,
 }
 
 NormFactory = Callable[[int, int], nn.Module]  # (num_features, dims) -> module
-INITS = ("default", "he")  # torch's default init | Kaiming-normal (fan_in, ReLU gain) x init_gain
 
 
 def _affine(layer: nn.Module, has_norm: bool) -> nn.Module:
@@ -46,7 +47,7 @@ def init_weights(model: nn.Module, init: str, gain: float) -> None:
     at gain 1 (He et al. 2015) and grows them by ~``gain`` per layer otherwise; biases zero.
     ``default`` keeps torch's init (Kaiming-uniform with a=sqrt(5): variance 1/(3 fan_in), which
     makes deep ReLU nets' gradients vanish)."""
-    if init == "default":
+    if init == Init.default:
         return
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
@@ -117,16 +118,22 @@ class CNN(nn.Module):
 @contextmanager
 def batch_statistics(model: nn.Module) -> Iterator[None]:
     """Forward passes with BN on batch statistics (as in training), dropout off, BN running
-    statistics restored afterwards, no autograd: how probes and train-mode evaluation look at
-    a network without changing it."""
+    statistics (every buffer) restored afterwards, no autograd: how probes and train-mode
+    evaluation look at a network without changing it. Layers that draw random numbers in
+    training mode (norm=noisy's noise) draw them from a fork of the global random streams
+    (CPU and the model's device), so the training that follows draws what it would have."""
     was_training = model.training
     buffers = {k: v.clone() for k, v in model.named_buffers()}
+    device = next(model.parameters(), torch.empty(0)).device
+    on_device = device.type != "cpu"
     model.train()
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(
+                devices=[device] if on_device else [],
+                device_type=device.type if on_device else None):
             yield
     finally:
         with torch.no_grad():
@@ -137,13 +144,16 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
 
 def build_model(model_cfg: Any, norm_cfg: Any, shape: tuple[int, int, int],
                 num_classes: int) -> nn.Module:
-    def norm(num_features: int, dims: int) -> nn.Module:
-        return make_norm(norm_cfg.kind, num_features, dims, eps=norm_cfg.eps,
-                         momentum=norm_cfg.momentum, impl=norm_cfg.impl)
+    # Each norm kind's config holds exactly the keys its layer takes (bnexp.config.NORM_SCHEMAS):
+    # pass them all; a key left out keeps make_norm's default.
+    settings = {k: v for k, v in norm_cfg.items() if k != "kind"}
 
-    has_norm = norm_cfg.kind != "none"
+    def norm(num_features: int, dims: int) -> nn.Module:
+        return make_norm(norm_cfg.kind, num_features, dims, **settings)
+
+    has_norm = norm_cfg.kind != NormKind.none
     model: nn.Module
-    if model_cfg.arch == "mlp":
+    if model_cfg.arch == Arch.mlp:
         in_features = shape[0] * shape[1] * shape[2]
         model = MLP(in_features, num_classes, model_cfg.depth, model_cfg.width,
                     model_cfg.activation, model_cfg.dropout, norm, has_norm)

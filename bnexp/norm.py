@@ -1,4 +1,5 @@
-"""Normalization layers: bnexp's own BatchNorm, the write-up's literal one, and the factory.
+"""Normalization layers: bnexp's own BatchNorm, the write-up's literal one, the variants
+(Santurkar et al.'s noisy BN, ghost BN, layer and group norm) and the factory.
 
 ``BatchNorm`` is a drop-in for ``torch.nn.BatchNorm1d/2d/3d`` whose forward and backward are a
 ``torch.autograd.Function``: the backward is the analytic BN gradient computed from the saved
@@ -11,189 +12,67 @@ Backward, with N the number of values per channel, ``db = sum(dy)``, ``dg = sum(
     a = gamma * r,  b = -a * r * dg / N,  c = -a * db / N
 where the reductions use the centred input (x - mu) to avoid cancellation in float32.
 
-Three implementations of these formulas, picked by ``impl``:
-- on CPU (float32/float64), ``auto`` calls the C kernels in ``bn_cpu.c`` (``bnexp.kernels``):
-  one call each way, two passes over memory each, running statistics updated inside; this is
-  what makes ours at least as fast as PyTorch's on CPU (``scripts/bench_norm.py``);
-- elsewhere (CUDA, half precision), and with ``impl="eager"``, ``bn_forward_eager`` /
-  ``bn_backward_eager``: torch ops arranged so the output is the only full-size buffer;
-- ``impl="compiled"``: the plain ``bn_forward``/``bn_backward`` fused by ``torch.compile``.
+``bn_forward``/``bn_backward`` below are these formulas written plainly: *the* reference, tested
+against ``torch.nn.BatchNorm*``. The fast paths in ``bnexp.kernels`` compute the same values and
+are tested against them. ``impl`` picks the code that runs in training:
+- ``auto``: on CPU float32/float64, the C kernels (``bnexp.kernels.cpu``), one call each way,
+  two passes over memory each, running statistics updated inside; elsewhere (CUDA, half
+  precision, no C compiler) the torch-ops path ``bnexp.kernels.eager``;
+- ``eager``: the torch-ops path everywhere;
+- ``compiled``: the reference formulas fused by ``torch.compile``.
+The C kernels are built or loaded by ``prepare_kernels(model)`` before training; a forward pass
+never builds them, and until they are loaded ``auto`` runs the torch-ops path (one warning).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from bnexp import kernels
+from bnexp.config import NormImpl, NormKind
+from bnexp.errors import BnexpError
+from bnexp.kernels import cpu, eager
+from bnexp.kernels.channels import channel_view, compute_dtype, reduce_dims
 
-
-def _reduce_dims(x: torch.Tensor) -> list[int]:
-    return [0, *range(2, x.dim())]
-
-
-def _channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return t.view(1, -1, *([1] * (x.dim() - 2)))
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """Statistics and arithmetic in float32 for half-precision inputs (as under autocast)."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+IMPLS: tuple[str, ...] = tuple(NormImpl)  # BatchNorm's choices of ``impl``
 
 
 def bn_forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training-mode BN as plain formulas: returns (y, mean, invstd, biased var).
-
-    This is what ``torch.compile`` fuses (``impl="compiled"``); ``bn_forward_eager`` computes the
-    same values without temporaries for the eager path.
-    """
-    dims, n = _reduce_dims(x), x.numel() // x.shape[1]
-    xs = x.to(_compute_dtype(x))
+    """Training-mode BN as plain formulas: returns (y, mean, invstd, biased var)."""
+    dims, n = reduce_dims(x), x.numel() // x.shape[1]
+    xs = x.to(compute_dtype(x))
     mean = xs.mean(dims)
-    xc = xs - _channel_view(mean, x)
+    xc = xs - channel_view(mean, x)
     var = xc.square().sum(dims) / n
     invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else invstd * weight
-    y = xc * _channel_view(scale, x)
+    y = xc * channel_view(scale, x)
     if bias is not None:
-        y = y + _channel_view(bias, x)
+        y = y + channel_view(bias, x)
     return y.to(x.dtype), mean, invstd, var
 
 
 def bn_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
                 mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The analytic BN gradient as plain formulas: (dx, dgamma, dbeta) from x, mean, invstd."""
-    dims, n = _reduce_dims(x), x.numel() // x.shape[1]
-    xs = x.to(_compute_dtype(x))
+    dims, n = reduce_dims(x), x.numel() // x.shape[1]
+    xs = x.to(compute_dtype(x))
     dys = dy.to(xs.dtype)
     sum_dy = dys.sum(dims)
-    xc = xs - _channel_view(mean, x)  # centred input: no cancellation in sum(dy * xhat)
+    xc = xs - channel_view(mean, x)  # centred input: no cancellation in sum(dy * xhat)
     dgamma = (dys * xc).sum(dims) * invstd  # = sum(dy * xhat)
     a = invstd if weight is None else invstd * weight
     b = -a * invstd * dgamma / n
-    dx = dys * _channel_view(a, x) + xc * _channel_view(b, x) + _channel_view(-a * sum_dy / n, x)
+    dx = dys * channel_view(a, x) + xc * channel_view(b, x) + channel_view(-a * sum_dy / n, x)
     return dx.to(x.dtype), dgamma, sum_dy
-
-
-CHUNK_BYTES = 1 << 20  # eager reductions work on chunks of this size: temporaries stay small
-
-
-def _channel_dot(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Per-channel sum(a * b) over every other dimension, chunk by chunk so the product is
-    never a full-size temporary. 2-d inputs reduce with a matrix-vector product, several times
-    faster on CPU than ``.sum(0)`` or ``vector_norm(dim=0)`` when C is small."""
-    dims = _reduce_dims(a)
-    out = torch.zeros(a.shape[1], dtype=dtype, device=a.device)
-    ones = torch.ones(min(a.shape[0], _chunk_rows(a)), dtype=dtype, device=a.device) \
-        if a.dim() == 2 else None
-    for a_c, b_c in _chunks(a, b):
-        prod = a_c.to(dtype) * b_c.to(dtype)
-        out += ones[: len(prod)] @ prod if ones is not None else prod.sum(dims)
-    return out
-
-
-def _channel_sum(a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Per-channel sum over every other dimension (a matrix-vector product for 2-d inputs)."""
-    if a.dim() == 2 and a.dtype == dtype:
-        return torch.ones(a.shape[0], dtype=dtype, device=a.device) @ a
-    return a.sum(_reduce_dims(a), dtype=dtype)
-
-
-def _chunk_rows(t: torch.Tensor) -> int:
-    return max(1, CHUNK_BYTES // max(1, t[0].numel() * 4))
-
-
-def _chunks(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Slices along dim 0 of about CHUNK_BYTES each (temporaries of that size, not full size)."""
-    t0 = tensors[0]
-    step = _chunk_rows(t0)
-    for i in range(0, t0.shape[0], step):
-        yield tuple(t[i:i + step] for t in tensors)
-
-
-def _channels_last_as_2d(t: torch.Tensor) -> torch.Tensor | None:
-    """A channels_last (N, C, *spatial) tensor is an (N*spatial, C) matrix in memory: viewing it
-    so turns every per-channel reduction into a column reduction over contiguous rows."""
-    if t.dim() < 3 or t.is_contiguous() or t.shape[1] == 1:
-        return None
-    fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d if t.dim() == 5 else None
-    if fmt is None or not t.is_contiguous(memory_format=fmt):
-        return None
-    return t.movedim(1, -1).reshape(-1, t.shape[1])
-
-
-def _empty_2d(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """A new channels_last tensor like ``x`` and its (N*spatial, C) view to compute into: the
-    Function must return the base tensor, not a view (an in-place ReLU follows it)."""
-    out = torch.empty_like(x, dtype=dtype)
-    return out, out.movedim(1, -1).view(-1, x.shape[1])
-
-
-def bn_forward_eager(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                     eps: float, out: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``bn_forward`` with y's memory as the only full-size buffer (x - mean is built in it).
-
-    Statistics in two passes (mean, then the centred sum of squares): no cancellation, and much
-    faster on CPU than the Welford kernel behind ``torch.var_mean``.
-    """
-    x2d = _channels_last_as_2d(x)
-    if x2d is not None:
-        y, y2d = _empty_2d(x, _compute_dtype(x))
-        _, mean, invstd, var = bn_forward_eager(x2d, weight, bias, eps, out=y2d)
-        return y.to(x.dtype), mean, invstd, var
-    n = x.numel() // x.shape[1]
-    dtype = _compute_dtype(x)
-    mean = _channel_sum(x, dtype) / n
-    y = torch.sub(x.to(dtype), _channel_view(mean, x), out=out)
-    var = _channel_dot(y, y, dtype) / n
-    invstd = torch.rsqrt(var + eps)
-    y.mul_(_channel_view(invstd if weight is None else invstd * weight, x))
-    if bias is not None:
-        y.add_(_channel_view(bias, x))
-    return y.to(x.dtype), mean, invstd, var
-
-
-def bn_backward_eager(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
-                      mean: torch.Tensor, invstd: torch.Tensor,
-                      out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """``bn_backward`` with dx's memory as the only full-size buffer: x - mean is built in it,
-    sum(dy * (x - mean)) is reduced chunk by chunk, then dx is finished in place."""
-    x2d = _channels_last_as_2d(x)
-    if x2d is not None:
-        dy2d = dy.movedim(1, -1).reshape(x2d.shape)  # a view when dy is channels_last too
-        dx, dx2d = _empty_2d(x, _compute_dtype(x))
-        _, dgamma, dbeta = bn_backward_eager(dy2d, x2d, weight, mean, invstd, out=dx2d)
-        return dx.to(x.dtype), dgamma, dbeta
-    n = x.numel() // x.shape[1]
-    dtype = _compute_dtype(x)
-    dx = torch.sub(x.to(dtype), _channel_view(mean, x), out=out)  # x - mean, for now
-    sum_dy = _channel_sum(dy, dtype)
-    dgamma = _channel_dot(dy, dx, dtype) * invstd  # = sum(dy * xhat)
-    a = invstd if weight is None else invstd * weight
-    b = -a * invstd * dgamma / n
-    dx.mul_(_channel_view(b, x)).add_(_channel_view(-a * sum_dy / n, x))
-    dx.addcmul_(dy.to(dtype), _channel_view(a, x))
-    return dx.to(x.dtype), dgamma, sum_dy
-
-
-_COMPILED: dict[str, Any] = {}
-IMPLS = ("auto", "eager", "compiled")
-
-
-def _kernels(impl: str) -> tuple[Any, Any]:
-    """The torch-ops forward/backward for ``impl``: eager, or torch.compile'd (built once)."""
-    if impl != "compiled":
-        return bn_forward_eager, bn_backward_eager
-    if not _COMPILED:
-        _COMPILED["fwd"] = torch.compile(bn_forward, dynamic=False)
-        _COMPILED["bwd"] = torch.compile(bn_backward, dynamic=False)
-    return _COMPILED["fwd"], _COMPILED["bwd"]
 
 
 @torch.no_grad()
@@ -208,25 +87,60 @@ def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
     running_var.lerp_((var * (n / (n - 1))).to(running_var.dtype), factor)
 
 
+_COMPILED: dict[str, Any] = {}
+
+
+def _compiled() -> tuple[Any, Any]:
+    """The reference formulas wrapped by torch.compile, once per process (torch itself traces
+    each new input shape on its first call)."""
+    if not _COMPILED:
+        _COMPILED["fwd"] = torch.compile(bn_forward, dynamic=False)
+        _COMPILED["bwd"] = torch.compile(bn_backward, dynamic=False)
+    return _COMPILED["fwd"], _COMPILED["bwd"]
+
+
+def _torch_ops(impl: str) -> tuple[Any, Any]:
+    """The torch-ops (forward, backward) pair for ``impl``, same signatures as the reference."""
+    if impl == "compiled":
+        return _compiled()
+    return eager.forward, eager.backward
+
+
+_UNPREPARED_WARNED: list[bool] = []
+
+
+def _warn_unprepared(x: torch.Tensor) -> None:
+    """Once per process: an ``auto`` layer ran on CPU before the C kernels were loaded."""
+    if _UNPREPARED_WARNED or cpu.load_attempted() or not x.is_cpu \
+            or x.dtype not in (torch.float32, torch.float64):
+        return
+    _UNPREPARED_WARNED.append(True)
+    warnings.warn("BatchNorm(impl='auto') ran before bnexp.norm.prepare_kernels(model): it uses "
+                  "torch ops (same formulas, slower on CPU) until the C kernels are loaded",
+                  stacklevel=2)
+
+
 class _BatchNormFn(torch.autograd.Function):
     """Training-mode BN on batch statistics with the hand-derived backward.
 
     ``running`` is (running_mean, running_var, num_batches_tracked, momentum), updated in the
-    forward, or None. On CPU with ``impl="auto"`` both directions are one call into the C
-    kernels (``bnexp/bn_cpu.c``); otherwise they are the torch-ops functions above.
+    forward, or None. With ``impl="auto"`` and the C kernels loaded, CPU float inputs take one
+    call into them each way; otherwise the torch-ops pair of ``_torch_ops``.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 eps: float, impl: str, running: tuple | None) -> torch.Tensor:
-        shape = kernels.layout(x, weight, bias, *(running or ())[:2]) if impl == "auto" else None
+        shape = cpu.layout(x, weight, bias, *(running or ())[:2]) if impl == "auto" else None
         if shape is not None:
-            y, stats = kernels.forward(x, shape, weight, bias, eps, *(running or (None,) * 4))
+            y, stats = cpu.forward(x, shape, weight, bias, eps, *(running or (None,) * 4))
             ctx.save_for_backward(x, weight, stats)
         else:
-            fwd, _ = _kernels(impl)
-            wc = None if weight is None else weight.to(_compute_dtype(x))
-            bc = None if bias is None else bias.to(_compute_dtype(x))
+            if impl == "auto":
+                _warn_unprepared(x)
+            fwd, _ = _torch_ops(impl)
+            wc = None if weight is None else weight.to(compute_dtype(x))
+            bc = None if bias is None else bias.to(compute_dtype(x))
             y, mean, invstd, var = fwd(x, wc, bc, eps)
             if running is not None:
                 update_running_stats(*running, mean, var, x.numel() // x.shape[1])
@@ -237,8 +151,8 @@ class _BatchNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[Any, ...]:
         # Under create_graph=True, once_differentiable makes a second differentiation raise a
-        # clear error; otherwise grad mode is already off and its no_grad wrapper only costs
-        # time (~4 us, a twentieth of a small layer's forward+backward).
+        # clear error; otherwise grad mode is already off and its no_grad wrapper would only
+        # cost time (scripts/bench_norm.py prints how much).
         if torch.is_grad_enabled():
             return _backward_once(ctx, dy)
         return _backward(ctx, dy)
@@ -250,11 +164,11 @@ def _backward(ctx: Any, dy: torch.Tensor) -> tuple[Any, ...]:
     need_dx, need_dw = ctx.needs_input_grad[0], weight is not None and (
         ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
     if ctx.shape is not None:
-        dx, dw, db = kernels.backward(dy, x, ctx.shape, weight, stats[0], need_dx, need_dw)
+        dx, dw, db = cpu.backward(dy, x, ctx.shape, weight, stats[0], need_dx, need_dw)
     else:
         mean, invstd = stats
-        _, bwd = _kernels(ctx.impl)
-        wc = None if weight is None else weight.to(_compute_dtype(x))
+        _, bwd = _torch_ops(ctx.impl)
+        wc = None if weight is None else weight.to(compute_dtype(x))
         dx, dgamma, dbeta = bwd(dy, x, wc, mean, invstd)
         dw = dgamma.to(weight.dtype) if need_dw else None
         db = dbeta.to(weight.dtype) if need_dw else None
@@ -271,15 +185,16 @@ class BatchNorm(nn.Module):
     Same arguments, buffers, ``state_dict`` keys and update rules as ``torch.nn.BatchNorm2d``:
     biased batch variance to normalise, unbiased variance into ``running_var``, ``momentum=None``
     for a cumulative average, running statistics in eval mode. ``impl`` picks the code that runs
-    in training: ``auto`` (the C kernels on CPU float32/float64, torch ops elsewhere),
-    ``eager`` (torch ops only) or ``compiled`` (torch ops fused by torch.compile).
+    in training: ``auto`` (the C kernels on CPU float32/float64 once ``prepare_kernels`` has
+    loaded them, torch ops elsewhere), ``eager`` (torch ops only) or ``compiled`` (the reference
+    formulas fused by torch.compile).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, impl: str = "auto") -> None:
         super().__init__()
         if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+            raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         self.impl = impl
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -306,13 +221,7 @@ class BatchNorm(nn.Module):
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"expected input of shape (N, {self.num_features}, *), got {tuple(x.shape)}")
         if not self.training and self.track_running_stats:
-            scale = torch.rsqrt(self.running_var + self.eps)
-            if self.weight is not None:
-                scale = scale * self.weight
-            shift = -self.running_mean * scale
-            if self.bias is not None:
-                shift = shift + self.bias
-            return torch.addcmul(_channel_view(shift, x), x, _channel_view(scale, x)).to(x.dtype)
+            return self._eval_forward(x)
         if self.training and x.numel() <= x.shape[1]:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"
@@ -321,6 +230,38 @@ class BatchNorm(nn.Module):
         if self.training and self.track_running_stats:
             running = (self.running_mean, self.running_var, self.num_batches_tracked, self.momentum)
         return _BatchNormFn.apply(x, self.weight, self.bias, self.eps, self.impl, running)
+
+    def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalisation by the running statistics: one fused multiply-add (autograd's own)."""
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -self.running_mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        return torch.addcmul(channel_view(shift, x), x, channel_view(scale, x)).to(x.dtype)
+
+
+def _on_cpu(module: nn.Module) -> bool:
+    """Whether a module's parameters and buffers are on the CPU (true when it has none)."""
+    return all(t.is_cpu for t in (*module.parameters(), *module.buffers()))
+
+
+def prepare_kernels(model: nn.Module) -> None:
+    """Builds or loads the compiled code ``model``'s BatchNorm layers will run, so that no forward
+    pass compiles anything; call it after moving the model to its device, before training.
+
+    ``impl="auto"`` layers on the CPU get the C kernels: built once per source, compiler and CPU
+    into bnexp's cache, loaded from there by later processes, and already loaded in this one on a
+    second call; where they cannot be built, one warning and the torch-ops path. ``compiled``
+    layers get their torch.compile wrappers. Anything else (other norms, CUDA, ``eager``) needs
+    nothing, and the call returns at once.
+    """
+    layers = [m for m in model.modules() if isinstance(m, BatchNorm)]
+    if any(m.impl == "auto" and _on_cpu(m) for m in layers):
+        cpu.load()
+    if any(m.impl == "compiled" for m in layers):
+        _compiled()
 
 
 class SeedBatchNorm(nn.Module):
@@ -343,23 +284,214 @@ class SeedBatchNorm(nn.Module):
         mean = x.mean(dim=0)
         var = x.var(dim=0)
         x_hat = (x - mean) / torch.sqrt(var + self.eps)
-        return _channel_view(self.weight, x) * x_hat + _channel_view(self.bias, x)
+        return channel_view(self.weight, x) * x_hat + channel_view(self.bias, x)
 
 
-def make_norm(kind: str, num_features: int, dims: int, eps: float = 1e-5,
-              momentum: float | None = 0.1, impl: str = "auto") -> nn.Module:
+class _AnyBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """torch's BatchNorm (its forward, buffers, state_dict keys and update rules) for any
+    ``(N, C, *)`` input, so that one class serves the MLP and the CNN."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected input of shape (N, {self.num_features}, *), got {tuple(x.shape)}")
+
+
+def _reflect(v: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """``v`` reflected at ``floor`` (a walk that steps below it by d ends d above it), so a
+    random walk kept above a floor does not pile up on it."""
+    return torch.where(v < floor, 2 * floor - v, v)
+
+
+class NoisyBatchNorm(_AnyBatchNorm):
+    """torch's BatchNorm followed by Santurkar et al.'s noise ("How Does Batch Normalization Help
+    Optimization?", NeurIPS 2018, Sec. 2.1: BN with "i.i.d. noise sampled from a non-zero mean
+    and non-unit variance distribution" that "changes at each time step", injected after BN so
+    that its layer inputs are *less* stable than a plain network's).
+
+    Training forward, with ``bn`` torch's BN output (gamma and beta applied):
+
+        y = s * bn + a,   s ~ N(1 + m_s[c], v_s[c]),   a ~ N(m_a[c], v_a[c])
+
+    ``s`` and ``a`` drawn i.i.d. for every sample and activation (every position of a feature
+    map) from the global torch RNG, like dropout's masks. Each channel c has its own four noise
+    parameters, drawn at construction: the means m_s, m_a from U(-noise_mean, noise_mean) and
+    the variances v_s, v_a from U(1, noise_var), the paper's non-unit variances (when noise_var
+    is below 1 they are noise_var itself, so noise_mean = noise_var = noise_change = 0 is BN
+    exactly). At every training step each takes a random-walk step of ``noise_change * N(0, 1)``,
+    the variances reflected at their floor min(1, noise_var): the noise distribution changes at
+    every step, and after t steps its parameters have moved by about noise_change * sqrt(t)
+    (3 after 900 steps at the default 0.1), so the layer's output distribution drifts without
+    bound however stable its input is.
+
+    Eval mode: no noise and no random numbers; as dropout does, the layer computes the noise's
+    expectation, ``(1 + m_s) * bn + m_a`` with BN on its running statistics and the current
+    means (with the noise simply dropped, a network trained through means that have walked to
+    +-3 would be evaluated as a different function: test accuracy at chance while training
+    accuracy is high). With zero noise means this is BN's eval mode exactly.
+
+    Source: the paper gives the noise as quoted above and constants for it (the defaults here:
+    0.5, 1.25, 0.1); the authors' code is not public, so the exact form (per-channel Gaussian
+    scale and shift, the uniform initial draws, the random walk and its floor) is bnexp's
+    reading of that description.
+
+    bnexp's invariants: the noise parameters are buffers (``noise_params``, with ``noise_prev``
+    and ``noise_draw`` below), so checkpoints hold them and the probes' save/restore of buffers
+    covers them; the initial draw uses a generator seeded from a *fork* of the global RNG, so
+    constructing the layer draws nothing from it (every norm kind gets the same initial weights
+    at a seed). The walk's step is drawn first in each training forward; a forward that draws
+    the same step as the last one (the random stream rewound to the same state, as
+    bnexp.landscape does before each of its passes) is the same training step again: it starts
+    from the same parameters (``noise_prev``) instead of taking a second step, so repeated
+    passes of one step see identical noise. No host synchronisation is involved.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 noise_mean: float = 0.5, noise_var: float = 1.25,
+                 noise_change: float = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        if min(noise_mean, noise_var, noise_change) < 0:
+            raise ValueError("noise_mean, noise_var and noise_change must be non-negative")
+        self.noise_mean, self.noise_var, self.noise_change = noise_mean, noise_var, noise_change
+        var_low = min(1.0, noise_var)
+        # Rows: scale mean, scale variance, shift mean, shift variance.
+        low = torch.tensor([-noise_mean, var_low, -noise_mean, var_low]).unsqueeze(1)
+        high = torch.tensor([noise_mean, noise_var, noise_mean, noise_var]).unsqueeze(1)
+        floor = torch.tensor([-math.inf, var_low, -math.inf, var_low]).unsqueeze(1)
+        with torch.random.fork_rng(devices=[]):  # construction draws nothing from the global RNG
+            seed = int(torch.randint(0, 2**62, ()))
+        draw = torch.rand(4, num_features, generator=torch.Generator().manual_seed(seed))
+        params = low + (high - low) * draw
+        self.register_buffer("noise_floor", floor, persistent=False)
+        self.register_buffer("noise_params", params)  # this step's (4, C) noise parameters
+        self.register_buffer("noise_prev", params.clone())  # the last step's starting point
+        self.register_buffer("noise_draw", torch.zeros_like(params))  # its step (none yet)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, noise_mean={self.noise_mean}, "
+                f"noise_var={self.noise_var}, noise_change={self.noise_change}")
+
+    @torch.no_grad()
+    def _step_noise(self) -> torch.Tensor:
+        """This training step's noise parameters, (4, C): one random-walk step from the last
+        step's, or the same parameters again when the drawn step repeats the last one."""
+        z = torch.randn(self.noise_params.shape, device=self.noise_params.device,
+                        dtype=self.noise_params.dtype)
+        again = (z == self.noise_draw).all()
+        start = torch.where(again, self.noise_prev, self.noise_params)
+        params = _reflect(start + self.noise_change * z, self.noise_floor)
+        self.noise_prev.copy_(start)
+        self.noise_params.copy_(params)
+        self.noise_draw.copy_(z)
+        return params
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if not self.training:  # the noise's expectation, as dropout's eval mode: no randomness
+            m_s, _, m_a, _ = (channel_view(p, y) for p in self.noise_params.to(y.dtype))
+            return y * (1 + m_s) + m_a
+        m_s, v_s, m_a, v_a = (channel_view(p, y) for p in self._step_noise().to(y.dtype))
+        scale = torch.randn_like(y) * v_s.sqrt() + (1 + m_s)
+        shift = torch.randn_like(y) * v_a.sqrt() + m_a
+        return y * scale + shift
+
+
+class GhostBatchNorm(_AnyBatchNorm):
+    """Ghost Batch Normalization (Hoffer, Hubara & Soudry, "Train longer, generalize better",
+    NeurIPS 2017, Sec. 4): in training, each virtual batch of ``ghost_batch`` samples inside the
+    batch is normalised by its own statistics, with torch's BN formulas (biased variance, eps)
+    and the shared gamma/beta.
+
+    A batch of N samples is cut along dim 0 into N // ghost_batch virtual batches (at least one)
+    of consecutive samples, as equal as possible: exactly ``ghost_batch`` each when it divides N,
+    otherwise the N % ghost_batch remaining samples go one each to the first virtual batches, so
+    no virtual batch has fewer than ``ghost_batch`` samples (any batch size works, the probe's and
+    the evaluation's included). ``ghost_batch`` >= N is one virtual batch: torch's BN exactly
+    (outputs, gradients, running statistics).
+
+    Running statistics: one update per step, as BN's (same momentum, or the cumulative average
+    for momentum=None), with the batch mean and the pooled within-virtual-batch unbiased
+    variance, sum_g sum_i (x_i - mean_g)^2 / (n - k) over the n values per channel of k virtual
+    batches: the average of the virtual batches' unbiased variances when they are equal in size.
+    It estimates the variance the training forward normalises by (within a virtual batch), not
+    the across-batch spread, which the shift of the virtual-batch means would add. Eval mode:
+    BN on the running statistics.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 ghost_batch: int = 16) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        if ghost_batch < 1:
+            raise ValueError(f"ghost_batch must be positive, got {ghost_batch}")
+        self.ghost_batch = ghost_batch
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_batch={self.ghost_batch}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        k = max(1, x.shape[0] // self.ghost_batch)
+        if not self.training or k == 1:
+            return super().forward(x)
+        chunks = x.tensor_split(k)
+        y = torch.cat([F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                       for c in chunks])
+        self._update_running_stats(x, chunks)
+        return y
+
+    @torch.no_grad()
+    def _update_running_stats(self, x: torch.Tensor, chunks: tuple[torch.Tensor, ...]) -> None:
+        dims = reduce_dims(x)
+        n = x.numel() // x.shape[1]
+        dtype = self.running_mean.dtype
+        squares = sum(c.to(dtype).var(dims, correction=0) * (c.numel() // c.shape[1])
+                      for c in chunks)
+        update_running_stats(self.running_mean, self.running_var, self.num_batches_tracked,
+                             self.momentum, x.to(dtype).mean(dims),
+                             squares / (n - len(chunks)) * ((n - 1) / n), n)
+
+
+def _group_norm(num_features: int, groups: int, eps: float) -> nn.GroupNorm:
+    if groups < 1 or num_features % groups:
+        raise BnexpError(f"norm.groups={groups} must divide the {num_features} channels of a "
+                         "normalised layer (model.width / model.channels); pick a divisor of "
+                         f"every width, e.g. `norm.groups=1`.")
+    return nn.GroupNorm(groups, num_features, eps=eps)
+
+
+def _torch_batchnorm(num_features: int, dims: int, eps: float = 1e-5,
+                     momentum: float | None = 0.1) -> nn.Module:
+    cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
+    return cls(num_features, eps=eps, momentum=momentum)
+
+
+# kind -> builder(num_features, dims, **settings), where settings are exactly the keys of the
+# kind's config (bnexp.config.NORM_SCHEMAS) and default to the layers' own defaults. A new
+# bnexp.config.NormKind is one entry here (every kind must have one: tested).
+NORM_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    NormKind.none: lambda num_features, dims: nn.Identity(),
+    NormKind.torch: _torch_batchnorm,
+    NormKind.custom: lambda num_features, dims, **settings: BatchNorm(num_features, **settings),
+    # The write-up's layer as written, with its own fixed eps.
+    NormKind.seed: lambda num_features, dims: SeedBatchNorm(num_features),
+    NormKind.noisy: lambda num_features, dims, **settings: NoisyBatchNorm(num_features,
+                                                                           **settings),
+    NormKind.ghost: lambda num_features, dims, **settings: GhostBatchNorm(num_features,
+                                                                           **settings),
+    # One group: each sample over all its channels and positions (layer norm, per-channel affine).
+    NormKind.layer: lambda num_features, dims, eps=1e-5: _group_norm(num_features, 1, eps),
+    NormKind.group: lambda num_features, dims, groups=4, eps=1e-5: _group_norm(num_features,
+                                                                               groups, eps),
+}
+
+
+def make_norm(kind: str, num_features: int, dims: int, **settings: Any) -> nn.Module:
     """The norm layer for ``kind`` after a layer with ``num_features`` channels.
 
-    ``dims`` is 1 after a linear layer and 2 after a 2-d convolution; ``none`` is an Identity so
-    that module names (``fc1.norm``) stay the same across variants.
+    ``dims`` is 1 after a linear layer and 2 after a 2-d convolution; ``settings`` are the keys
+    of the kind's config (``eps``, ``momentum``, ``impl``, ``ghost_batch``, ...), each defaulting
+    to its layer's default. ``none`` is an Identity so that module names (``fc1.norm``) stay the
+    same across variants.
     """
-    if kind == "none":
-        return nn.Identity()
-    if kind == "torch":
-        cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
-        return cls(num_features, eps=eps, momentum=momentum)
-    if kind == "custom":
-        return BatchNorm(num_features, eps=eps, momentum=momentum, impl=impl)
-    if kind == "seed":
-        return SeedBatchNorm(num_features)
-    raise ValueError(f"unknown norm kind {kind!r}")
+    if kind not in NORM_BUILDERS:
+        raise ValueError(f"unknown norm kind {kind!r}")
+    return NORM_BUILDERS[kind](num_features, dims, **settings)

@@ -19,15 +19,18 @@ tracked unit (``unit_p15``...), ``act/<layer>/post/{saturated,dead}``,
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
+from bnexp import metrics as m
+from bnexp.landscape import measure_ics, measure_landscape
+from bnexp.metrics import STAGES
 from bnexp.models import Block, batch_statistics
 
-STAGES = ("pre", "norm", "post")
-QUANTILES = (0.15, 0.50, 0.85)
+QUANTILES = (0.15, 0.50, 0.85)  # of m.PERCENTILES
 SATURATION_MARGIN = 0.02  # sigmoid/tanh output within this of its bounds counts as saturated
 
 
@@ -61,8 +64,8 @@ def tensor_stats(t: torch.Tensor, activation: str | None = None,
     std = torch.linalg.vector_norm(flat - mean) / flat.numel() ** 0.5  # population std
     out = {"mean": mean, "std": std}
     if stage == "post" and activation == "relu":
-        # ReLU outputs are >= 0, so sign() is 1 for live units and 0 for dead ones; on CPU this
-        # is several times faster than count_nonzero or (flat == 0).sum().
+        # ReLU outputs are >= 0, so sign() is 1 for live units and 0 for dead ones: one
+        # elementwise op and a sum, cheaper on CPU than count_nonzero or (flat == 0).sum().
         out["dead"] = 1.0 - torch.sign(flat).sum(dtype=torch.float64) / flat.numel()
     elif stage == "post" and activation in ("sigmoid", "tanh"):
         low = 0.0 if activation == "sigmoid" else -1.0
@@ -91,7 +94,7 @@ def batched_percentiles(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     out: dict[str, torch.Tensor] = {}
     for n, keys in by_len.items():
         stacked = torch.stack([rows[k] for k in keys])
-        for name, q in zip(("p15", "p50", "p85"), QUANTILES, strict=True):
+        for name, q in zip(m.PERCENTILES, QUANTILES, strict=True):
             pos = q * (n - 1)
             lo, frac = int(pos), pos - int(pos)
             v_lo = stacked.kthvalue(lo + 1, dim=1).values
@@ -114,7 +117,7 @@ def unit_percentiles(t: torch.Tensor, max_elements: int) -> dict[str, torch.Tens
         rows = rows[:, _fixed_subset(rows.shape[1], max_elements, rows.device)]
     n = rows.shape[1]
     out = {}
-    for name, q in zip(("p15", "p50", "p85"), QUANTILES, strict=True):
+    for name, q in zip(m.PERCENTILES, QUANTILES, strict=True):
         pos = q * (n - 1)
         lo, frac = int(pos), pos - int(pos)
         value = rows.kthvalue(lo + 1, dim=1).values
@@ -139,31 +142,32 @@ def _fixed_subset(n: int, k: int, device: torch.device) -> torch.Tensor:
 def probe_layout(model: nn.Module) -> dict[str, dict[str, list]]:
     """Custom-scalars charts: one chart per statistic with every layer overlaid, and the BN
     paper's Figure 1 view (nonlinearity-input percentiles) per layer."""
-    act = {f"{stat} ({stage})": ["Multiline", [rf"act/[^/]+/{stage}/{stat}$"]]
+    act = {f"{stat} ({stage})": ["Multiline", [m.any_layer(m.act, stage, stat)]]
            for stage in STAGES for stat in ("mean", "std")}
     act.update({f"{name} nonlinearity input p15/p50/p85": [
-        "Multiline", [f"act/{name}/norm/p15", f"act/{name}/norm/p50", f"act/{name}/norm/p85"]]
+        "Multiline", [m.act(name, "norm", q) for q in m.PERCENTILES]]
         for name in hidden_blocks(model)})
-    act["saturated / dead (post)"] = ["Multiline", [r"act/[^/]+/post/(saturated|dead)$"]]
-    grad = {"weight grad norm": ["Multiline", [r"grad/[^/]+/weight$"]],
-            "bias grad norm": ["Multiline", [r"grad/[^/]+/bias$"]],
-            "input grad norm": ["Multiline", [r"grad/[^/]+/input$"]],
-            "global / first-to-last": ["Multiline", ["grad/global", "grad/first_last_ratio"]],
-            "update-to-weight ratio": ["Multiline", [r"update/[^/]+$"]]}
+    act["saturated / dead (post)"] = ["Multiline", [m.any_layer(m.act, "post", "(saturated|dead)")]]
+    grad = {f"{kind} grad norm": ["Multiline", [m.any_layer(m.grad, kind)]] for kind in m.GRAD_KINDS}
+    grad["global / first-to-last"] = ["Multiline", [m.GRAD_GLOBAL, m.GRAD_FIRST_LAST]]
+    grad["update-to-weight ratio"] = ["Multiline", [m.any_layer(m.update)]]
     return {"activations": act, "gradients": grad}
 
 
 class Probes:
-    """Schedules and computes the probes of one run; ``begin(step, x)`` is the training loop's
-    entry point and returns a ``StepProbe`` on the steps where a probe is due."""
+    """Schedules and computes the probes of one run; the training loop's one entry point is
+    ``with probes.at(step, x):`` around each training step."""
 
     def __init__(self, model: nn.Module, cfg: Any, activation: str, probe_x: torch.Tensor,
-                 log: Any) -> None:
+                 log: Any, optimizer: torch.optim.Optimizer | None = None) -> None:
         self.model, self.activation, self.probe_x, self.log = model, activation, probe_x, log
-        # Plain Python values: reading a DictConfig in the hot path costs microseconds a key.
+        self.optimizer = optimizer  # the ICS and landscape probes simulate its next step
+        # Plain Python values: reading a DictConfig in the hot path is slow.
         self.enabled, self.every, self.hist_every = cfg.enabled, cfg.every, cfg.hist_every
         self.unit, self.max_elements = cfg.unit, cfg.max_elements
-        self.per_unit = cfg.get("per_unit", False)
+        self.per_unit = cfg.per_unit
+        self.ics, self.landscape = cfg.ics, cfg.landscape
+        self.multiples = tuple(cfg.landscape_multiples)
         self.blocks = hidden_blocks(model)
         self.layers = probed_layers(model)
 
@@ -183,23 +187,23 @@ class Probes:
         units: dict[str, dict[str, torch.Tensor]] = {}
         hist = self.hist_due(step)
 
-        def measure(key: str, t: torch.Tensor) -> None:
-            stage = key.split("/")[1]
+        def measure(layer: str, stage: str, t: torch.Tensor) -> None:
+            prefix = m.act(layer, stage, "")  # "act/<layer>/<stage>/", then the statistic
             for stat, v in tensor_stats(t, self.activation, stage).items():
-                values[f"act/{key}/{stat}"] = v
-            rows[f"act/{key}/"] = percentile_sample(t, self.max_elements)
+                values[prefix + stat] = v
+            rows[prefix] = percentile_sample(t, self.max_elements)  # -> prefix + "p15", ...
             unit = t.select(1, self.unit % t.shape[1])
-            rows[f"act/{key}/unit_"] = percentile_sample(unit, self.max_elements)
+            rows[prefix + m.UNIT_PREFIX] = percentile_sample(unit, self.max_elements)
             if hist:
-                self._histogram(f"hist/act/{key}", t, step)
+                self._histogram(m.hist(prefix.rstrip("/")), t, step)
             if self.per_unit and stage == "norm":
-                units[f"act/{key}/units"] = unit_percentiles(t, self.max_elements)
+                units[m.act_units(layer, stage)] = unit_percentiles(t, self.max_elements)
 
         handles = []
         for name, block in self.blocks.items():
             for stage, module in zip(STAGES, (block.affine, block.norm, block.act), strict=True):
                 handles.append(module.register_forward_hook(
-                    lambda _m, _i, out, key=f"{name}/{stage}": measure(key, out.detach())))
+                    lambda _m, _i, out, n=name, s=stage: measure(n, s, out.detach())))
         try:
             with batch_statistics(self.model):
                 self.model(self.probe_x)
@@ -208,7 +212,7 @@ class Probes:
                 h.remove()
         values.update(batched_percentiles(rows))
         if units:
-            self.log.record(step, "units", {k: {q: v.cpu().tolist() for q, v in qs.items()}
+            self.log.record(step, m.KIND_UNITS, {k: {q: v.cpu().tolist() for q, v in qs.items()}
                                             for k, qs in units.items()})
         return _to_floats(values)
 
@@ -225,24 +229,51 @@ class Probes:
             sum_squares=flat.square().sum().item(), bucket_limits=edges.tolist(),
             bucket_counts=counts.cpu().tolist(), global_step=step)
 
-    def begin(self, step: int, x: torch.Tensor) -> StepProbe | None:
-        """Call before the training forward; returns the step's probe when one is due."""
-        if not self.due(step):
-            return None
-        self.log.scalars(step, self.activation_stats(step), kind="probe")
-        return StepProbe(self, step, x)
+    def optimization_stats(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Santurkar et al.'s internal covariate shift per layer and loss-landscape smoothness,
+        on the training batch before its step (bnexp/landscape.py; opt-in: extra passes)."""
+        out: dict[str, torch.Tensor] = {}
+        if self.ics:
+            out.update(measure_ics(self.model, self.optimizer, x, y, self.layers))
+        if self.landscape:
+            lr = self.optimizer.param_groups[0]["lr"]  # this step's lr, as scheduled
+            out.update(measure_landscape(self.model, x, y, lr, self.multiples))
+        return out
+
+    def at(self, step: int, x: torch.Tensor, y: torch.Tensor | None = None) -> Any:
+        """Wrap a training step: ``with probes.at(step, x, y): train_step(...)``. On a probed
+        step, activation statistics (and, when enabled, ICS and landscape on the step's batch)
+        are taken before it, gradient norms (of weights, biases and each layer's input) and
+        update-to-weight ratios after it; otherwise a no-op."""
+        return ProbedStep(self, step, x, y) if self.due(step) else _NO_PROBE
 
 
-class StepProbe:
-    """The gradient side of one probed training step."""
+class ProbedStep:
+    """The probes around one training step. Gradients are read after ``optimizer.step``:
+    torch's optimizers leave ``.grad`` as backward wrote it (tested for SGD, Adam, AdamW)."""
 
-    def __init__(self, probes: Probes, step: int, x: torch.Tensor) -> None:
-        self.p, self.step = probes, step
+    def __init__(self, probes: Probes, step: int, x: torch.Tensor,
+                 y: torch.Tensor | None) -> None:
+        self.p, self.step, self.x, self.y = probes, step, x, y
         self.input_grads: dict[str, torch.Tensor] = {}
-        self.handles = []
-        x.requires_grad_(True)  # so the first layer's input gradient exists; values unchanged
-        for name, layer in probes.layers.items():
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> ProbedStep:
+        p = self.p
+        p.log.scalars(self.step, p.activation_stats(self.step), kind=m.KIND_PROBE)
+        self.before = p.optimization_stats(self.x, self.y) if self.y is not None else {}
+        self.weights = {n: layer.weight.detach().clone() for n, layer in p.layers.items()}
+        self.x.requires_grad_(True)  # so the first layer's input gradient exists; values unchanged
+        for name, layer in p.layers.items():
             self.handles.append(layer.register_forward_pre_hook(self._watch_input(name)))
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        if exc_type is None:
+            values = {**self.before, **self.gradients(), **self.updates()}
+            self.p.log.scalars(self.step, _to_floats(values), kind=m.KIND_PROBE)
 
     def _watch_input(self, name: str) -> Any:
         def pre_hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -253,34 +284,32 @@ class StepProbe:
                 inp.register_hook(grad_hook)
         return pre_hook
 
-    def after_backward(self) -> None:
-        """Gradient norms per layer, of each layer's input, and globally; snapshot weights."""
-        for h in self.handles:
-            h.remove()
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """Gradient norms per layer (weight, effective bias, input) and of all parameters."""
         model, out = self.p.model, {}
         for name, layer in self.p.layers.items():
-            out[f"grad/{name}/weight"] = layer.weight.grad.detach().norm()
+            out[m.grad(name, "weight")] = layer.weight.grad.detach().norm()
             bias = layer_bias(model, name)
             if bias is not None and bias.grad is not None:
-                out[f"grad/{name}/bias"] = bias.grad.detach().norm()
+                out[m.grad(name, "bias")] = bias.grad.detach().norm()
             if name in self.input_grads:
-                out[f"grad/{name}/input"] = self.input_grads[name]
+                out[m.grad(name, "input")] = self.input_grads[name]
             if self.p.hist_due(self.step):
-                self.p._histogram(f"hist/grad/{name}/weight", layer.weight.grad, self.step)
+                self.p._histogram(m.hist(m.grad(name, "weight")), layer.weight.grad, self.step)
         grads = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-        out["grad/global"] = torch.stack(grads).norm()
+        out[m.GRAD_GLOBAL] = torch.stack(grads).norm()
         names = list(self.p.layers)
-        out["grad/first_last_ratio"] = out[f"grad/{names[0]}/weight"] / out[f"grad/{names[-1]}/weight"]
-        self.grad_values = out
-        self.weights = {n: layer.weight.detach().clone() for n, layer in self.p.layers.items()}
+        first, last = m.grad(names[0], "weight"), m.grad(names[-1], "weight")
+        out[m.GRAD_FIRST_LAST] = out[first] / out[last]
+        return out
 
-    def after_step(self) -> None:
-        """Update-to-weight ratios ||W_new - W_old|| / ||W_old||, then log everything."""
-        out = dict(self.grad_values)
-        for name, layer in self.p.layers.items():
-            before = self.weights[name]
-            out[f"update/{name}"] = (layer.weight.detach() - before).norm() / before.norm()
-        self.p.log.scalars(self.step, _to_floats(out), kind="probe")
+    def updates(self) -> dict[str, torch.Tensor]:
+        """Update-to-weight ratios ||W_new - W_old|| / ||W_old||."""
+        return {m.update(name): (layer.weight.detach() - self.weights[name]).norm()
+                / self.weights[name].norm() for name, layer in self.p.layers.items()}
+
+
+_NO_PROBE = nullcontext()
 
 
 def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -1,204 +1,26 @@
-"""From run directories to tables, figures and aggregated numbers.
+"""From run directories to report.md, results.csv and figures/.
 
-Runs are found under the given paths (any folder holding a summary.json), grouped by the
-settings that vary between them (the swept overrides, else the config keys that differ), and
-their seeds aggregated: mean, standard deviation, a 95% t-interval and n. Runs that diverged,
-failed or were interrupted are counted and shown, never dropped; folders whose files cannot be
-read are reported by name and skipped.
+Runs are read and grouped by ``bnexp.runs`` (the settings that vary between them; seeds
+aggregated as mean, standard deviation, a 95% t-interval and n); this module writes the tables
+and draws the figures of ``bnexp.figures``. Runs that diverged, failed or were interrupted are
+counted and shown, never dropped; folders whose files cannot be read are reported by name.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import math
-import os
-import re
-import shutil
-import tempfile
-from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bnexp import figures
+from bnexp import metrics as m
 from bnexp.errors import BnexpError
-from bnexp.stats import derived, mean_ci
+from bnexp.jsonio import staging
+from bnexp.runs import Group, Run, find_runs, group_runs
 
-# Keys that never define a group: they differ between runs without being an experimental factor.
-IGNORED_KEYS = {"seed", "name", "output_dir", "data.root", "trainer.threads", "trainer.progress",
-                "trainer.device", "data.download", "data.verify", "trainer.checkpoint"}
-FINAL_METRICS = ("test/acc", "test/loss", "train/loss", "train/acc", "train_eval/acc", "gap/acc",
-                 "gap/loss", "val/acc", "test_batchstats/acc")
-SUMMARY_METRICS = ("samples_per_s",)
-
-
-@dataclass
-class Run:
-    dir: Path
-    summary: dict[str, Any]
-    config: dict[str, Any]  # flattened "a.b": value
-    overrides: dict[str, str]  # "key": "value" as given on the command line (+ prefix dropped)
-    records: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        return self.summary.get("status", "unknown")
-
-    def metric(self, key: str) -> float | None:
-        """A final metric (``test/acc``), a summary field, or a derived metric
-        (``growth:grad/weight@0``, ``drift_units:last``, ...: see ``bnexp.stats.derived``)."""
-        return derived(self.summary, self.records, key)
-
-    def series(self, tag: str, kind: str | None = None) -> list[tuple[int, float]]:
-        return [(r["step"], r[tag]) for r in self.records
-                if tag in r and r[tag] is not None and (kind is None or r.get("kind") == kind)]
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}
-
-
-def load_run(run_dir: Path) -> Run:
-    """Read one run directory; raises ValueError with the reason when it cannot be used."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"summary.json unreadable ({exc})") from None
-    if not isinstance(summary, dict) or "status" not in summary:
-        raise ValueError("summary.json has no status")
-    config: dict[str, Any] = {}
-    if (run_dir / "config.yaml").exists():
-        try:
-            config = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config.yaml unreadable ({exc})") from None
-    elif summary["status"] != "failed":
-        raise ValueError("config.yaml missing")
-    overrides: dict[str, str] = {}
-    # A sweep job that failed before training has only Hydra's copy of its overrides.
-    for path in (run_dir / "overrides.yaml", run_dir / ".hydra" / "overrides.yaml"):
-        if path.exists():
-            for line in yaml.safe_load(path.read_text()) or []:
-                key, _, value = str(line).lstrip("+~").partition("=")
-                overrides[key] = value
-            break
-    records = []
-    if (run_dir / "metrics.jsonl").exists():
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        for i, line in enumerate(lines):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                # A run killed mid-write leaves a partial last line; anything else is corrupt.
-                if i != len(lines) - 1:
-                    raise ValueError(f"metrics.jsonl line {i + 1} is not JSON") from None
-    return Run(run_dir, summary, config, overrides, records)
-
-
-def find_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
-    """All run directories under ``paths``, and (directory, reason) for those skipped."""
-    runs, problems = [], []
-    candidates: set[Path] = set()
-    for path in paths:
-        if not path.exists():
-            problems.append((path, "does not exist"))
-            continue
-        for marker in ("summary.json", "metrics.jsonl", "config.yaml"):
-            for found in [path / marker, *path.rglob(marker)]:
-                if found.exists() and found.parent.name != ".hydra" and ".previous" not in found.parts:
-                    candidates.add(found.parent)
-    for run_dir in sorted(candidates):
-        try:
-            runs.append(load_run(run_dir))
-        except ValueError as exc:
-            problems.append((run_dir, str(exc)))
-    return runs, problems
-
-
-def varying_keys(runs: list[Run]) -> list[str]:
-    """The factors that tell runs apart: swept overrides if the runs have them, else config."""
-    def differing(values: list[dict[str, Any]]) -> list[str]:
-        keys = sorted({k for v in values for k in v} - IGNORED_KEYS)
-        return [k for k in keys if len({json.dumps(v.get(k), default=str) for v in values}) > 1]
-
-    keys = differing([r.overrides for r in runs])
-    return keys or differing([r.config for r in runs])
-
-
-# A config group's choice, as the composed config records it (a run that used the default has
-# no override, but its config says which option it got).
-GROUP_KEYS = {"norm": "norm.kind", "model": "model.arch", "data": "data.name", "optim": "optim.name"}
-
-
-def factor_value(run: Run, key: str) -> Any:
-    """The value of a grouping factor for one run: its override, else its composed config."""
-    if key in run.overrides:
-        return run.overrides[key]
-    return run.config.get(GROUP_KEYS.get(key, key))
-
-
-def group_label(run: Run, keys: list[str]) -> str:
-    if not keys:
-        return "all runs"
-    return " ".join(f"{k}={factor_value(run, k)}" for k in keys)
-
-
-def ci95(values: list[float]) -> dict[str, float | int | None]:
-    """mean, std, 95% Student-t interval and n (scipy's t quantiles: bnexp.stats.mean_ci)."""
-    return mean_ci(values, 0.95)
-
-
-@dataclass
-class Group:
-    label: str
-    runs: list[Run]
-    repeats: int = 0  # exact repeats of a run (same config and seed) left out
-
-    def statuses(self) -> dict[str, int]:
-        counts: dict[str, int] = defaultdict(int)
-        for r in self.runs:
-            counts[r.status] += 1
-        return dict(counts)
-
-    def stat(self, metric: str, statuses: tuple[str, ...] = ("completed",)) -> dict[str, Any]:
-        values = [v for r in self.runs if r.status in statuses
-                  if (v := r.metric(metric)) is not None and math.isfinite(v)]
-        return ci95(values)
-
-
-def group_runs(runs: list[Run]) -> tuple[list[str], list[Group]]:
-    """Runs grouped by the factors that vary; exact repeats (same config, same seed) collapse
-    to the newest, so they are never counted as independent seeds (``Group.repeats``)."""
-    keys = varying_keys(runs)
-    groups: dict[str, list[Run]] = defaultdict(list)
-    for r in runs:
-        groups[group_label(r, keys)].append(r)
-    return keys, [_collapse(label, rs) for label, rs in sorted(groups.items(),
-                                                               key=lambda kv: natural(kv[0]))]
-
-
-def natural(text: str) -> list[Any]:
-    """Sort key that orders numbers by value: lr=3.0 before lr=10.0, batch 4 before 16."""
-    return [(0, float(t), "") if re.fullmatch(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", t) else (1, 0.0, t)
-            for t in re.split(r"([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)", text) if t]
-
-
-def _collapse(label: str, runs: list[Run]) -> Group:
-    newest: dict[str, Run] = {}
-    for r in sorted(runs, key=lambda r: r.summary.get("run_dir", str(r.dir))):
-        key = json.dumps({k: v for k, v in r.config.items() if k not in IGNORED_KEYS - {"seed"}},
-                         sort_keys=True, default=str) if r.config else str(r.dir)
-        newest[key] = r
-    return Group(label, list(newest.values()), repeats=len(runs) - len(newest))
+FINAL_METRICS = (m.TEST_ACC, m.TEST_LOSS, m.TRAIN_LOSS, m.TRAIN_ACC, m.TRAIN_EVAL_ACC, m.GAP_ACC,
+                 m.GAP_LOSS, m.VAL_ACC, m.TEST_BATCHSTATS_ACC)
+SUMMARY_METRICS = (m.SUMMARY_SAMPLES_PER_S,)
 
 
 def fmt(stat: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
@@ -218,7 +40,7 @@ def results_rows(groups: list[Group]) -> list[dict[str, Any]]:
     for g in groups:
         row: dict[str, Any] = {"group": g.label, "runs": len(g.runs)}
         row.update({f"status_{k}": v for k, v in g.statuses().items()})
-        for metric in (*FINAL_METRICS, *SUMMARY_METRICS, "time/step_ms"):
+        for metric in (*FINAL_METRICS, *SUMMARY_METRICS, m.STEP_MS):
             s = g.stat(metric)
             if s["n"]:
                 for k in ("mean", "std", "lo", "hi", "n"):
@@ -243,54 +65,14 @@ def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
             "figures": made, "out": out}
 
 
-@contextmanager
-def staging(out: Path, names: tuple[str, ...]) -> Iterator[Path]:
-    """A temporary folder inside ``out`` to write ``names`` into; they replace the old ones only
-    when the block completes, so a failure leaves the previous results as they were."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    try:
-        yield tmp
-        for name in names:
-            target = out / name
-            if (tmp / name).exists():
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(tmp / name, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _write_report_files(paths: list[Path], out: Path, runs: list[Run], problems: list,
                         keys: list[str], groups: list[Group]) -> dict[str, Path]:
-    from bnexp import figures
-
-    rows = results_rows(groups)
-    columns = sorted({c for r in rows for c in r}, key=lambda c: (c not in ("group", "runs"), c))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(out / "results.csv", results_rows(groups))
     made = figures.all_figures(groups, out / "figures")
     lines = ["# bnexp report", "", f"{len(runs)} runs from {', '.join(map(str, paths))}; "
              f"grouped by: {', '.join(keys) or '(nothing varies)'}.", "",
              "Values: mean [95% t-interval] (n seeds) over completed runs.", "",
-             "| group | runs (status) | test acc % | test loss | train-test gap (acc, pp) | "
-             "step ms | samples/s |", "|---|---|---|---|---|---|---|"]
-    for g in groups:
-        status = ", ".join(f"{v} {k}" for k, v in sorted(g.statuses().items()))
-        if g.repeats:
-            status += f"; {g.repeats} exact repeats not counted"
-        lines.append(f"| {g.label} | {len(g.runs)} ({status}) | {fmt(g.stat('test/acc'), 100)} | "
-                     f"{fmt(g.stat('test/loss'), 1, 4)} | {fmt(g.stat('gap/acc'), 100)} | "
-                     f"{fmt(g.stat('time/step_ms'))} | {fmt(g.stat('samples_per_s'), 1, 0)} |")
-    not_completed = [r for r in runs if r.status != "completed"]
-    if not_completed:
-        lines += ["", "## Runs that did not complete", ""]
-        for r in not_completed:
-            detail = r.summary.get("error") or (f"at step {r.summary['diverged_step']}"
-                                                if "diverged_step" in r.summary else "")
-            lines.append(f"- `{r.dir}`: **{r.status}** {detail}".rstrip())
+             *_group_table(groups), *_not_completed(runs)]
     if problems:
         lines += ["", "## Skipped (unreadable)", ""]
         lines += [f"- `{p}`: {reason}" for p, reason in problems]
@@ -300,3 +82,36 @@ def _write_report_files(paths: list[Path], out: Path, runs: list[Run], problems:
             lines += [f"### {title}", "", f"![{title}]({path.relative_to(out)})", ""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return made
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = sorted({c for r in rows for c in r}, key=lambda c: (c not in ("group", "runs"), c))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _group_table(groups: list[Group]) -> list[str]:
+    lines = ["| group | runs (status) | test acc % | test loss | train-test gap (acc, pp) | "
+             "step ms | samples/s |", "|---|---|---|---|---|---|---|"]
+    for g in groups:
+        status = ", ".join(f"{v} {k}" for k, v in sorted(g.statuses().items()))
+        if g.repeats:
+            status += f"; {g.repeats} exact repeats not counted"
+        lines.append(f"| {g.label} | {len(g.runs)} ({status}) | {fmt(g.stat(m.TEST_ACC), 100)} | "
+                     f"{fmt(g.stat(m.TEST_LOSS), 1, 4)} | {fmt(g.stat(m.GAP_ACC), 100)} | "
+                     f"{fmt(g.stat(m.STEP_MS))} | {fmt(g.stat(m.SUMMARY_SAMPLES_PER_S), 1, 0)} |")
+    return lines
+
+
+def _not_completed(runs: list[Run]) -> list[str]:
+    not_completed = [r for r in runs if r.status != m.COMPLETED]
+    if not not_completed:
+        return []
+    lines = ["", "## Runs that did not complete", ""]
+    for r in not_completed:
+        detail = r.summary.get("error") or (f"at step {r.summary['diverged_step']}"
+                                            if "diverged_step" in r.summary else "")
+        lines.append(f"- `{r.dir}`: **{r.status}** {detail}".rstrip())
+    return lines

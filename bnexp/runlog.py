@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +19,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from bnexp.jsonio import write_json_atomic
-
-# HParams dashboard metrics: the final values of these scalar tags.
-HPARAM_METRICS = ("test/acc", "test/loss", "val/acc", "gap/acc", "train/loss")
-
-
-def new_run_dir(output_dir: str | Path, name: str) -> Path:
-    """A fresh run directory, unique even for runs started in the same second."""
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    safe = re.sub(r"[^A-Za-z0-9_.=,-]+", "-", name).strip("-") or "run"
-    path = Path(output_dir) / "runs" / f"{stamp}_{safe}_{uuid.uuid4().hex[:6]}"
-    path.mkdir(parents=True, exist_ok=False)
-    return path
+from bnexp.jsonio import atomic_path, write_json_atomic
+from bnexp.metrics import HPARAM_METRICS, run_layout  # the HParams metrics, the curves charts
 
 
 def git_sha() -> str | None:
@@ -79,18 +65,7 @@ class RunLog:
         self._write_layout_and_hparams(layout or {})
 
     def _write_layout_and_hparams(self, extra_layout: dict[str, Any]) -> None:
-        layout = {
-            "curves": {
-                "loss": ["Multiline", ["train/loss", "train_eval/loss", "val/loss", "test/loss"]],
-                "accuracy": ["Multiline", ["train/acc", "train_eval/acc", "val/acc", "test/acc"]],
-                "train-test gap": ["Multiline", ["gap/loss", "gap/acc"]],
-            },
-            "speed": {
-                "samples/s": ["Multiline", ["time/samples_per_s"]],
-                "step ms": ["Multiline", ["time/step_ms"]],
-            },
-        }
-        self.tb.add_custom_scalars({**layout, **extra_layout})  # once per writer
+        self.tb.add_custom_scalars({**run_layout(), **extra_layout})  # once per writer
         # hparams() returns the experiment, session-start and session-end summaries; writing
         # them into this run's own writer (unlike add_hparams) keeps one run per training run.
         exp, ssi, self._sei = hparams(self._hparams, {m: 0.0 for m in HPARAM_METRICS})
@@ -114,9 +89,8 @@ class RunLog:
 
     def checkpoint(self, state: dict[str, Any]) -> Path:
         path = self.dir / "checkpoint.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
         return path
 
     def finish(self, summary: dict[str, Any]) -> None:

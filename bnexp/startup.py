@@ -2,8 +2,8 @@
 
 Importing torch, torch._dynamo (torch.optim imports it at its first step) and TensorBoard creates
 about a million objects that live as long as the process. The cyclic GC walks every one of them in
-each full collection: several times during the import itself (~0.3 s of its ~2.4 s here), again
-while training, and once more at interpreter exit (~0.5 s). Importing with the GC paused and then
+each full collection: several times during the import itself, again while training, and once
+more at interpreter exit. Importing with the GC paused and then
 freezing what exists (``gc.freeze``, as CPython's docs suggest for long-lived start-up objects)
 skips those walks; objects made afterwards are collected as usual.
 """

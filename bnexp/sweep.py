@@ -1,10 +1,21 @@
-"""Sweeps: the job that Hydra's launchers run, and the sweep.json manifest.
+"""Sweeps (``bnexp train -m``): plan, launch through Hydra's multirun, run each job, keep the
+sweep.json manifest, resume.
 
-Hydra expands the grid and launches the jobs (so its sweepers and launcher plugins work); each
-job runs ``run_job`` in the launcher's process, trains into Hydra's job directory
-(``<sweep dir>/<num>_<overrides>/``) and records itself in ``<sweep dir>/sweep.json`` under a
-file lock, so parallel launchers can update it as jobs finish. A job that fails records
-``failed`` in its own summary.json and the sweep goes on.
+The whole life of a sweep lives here; ``bnexp.hydra_app`` only composes configs (and parses
+overrides) for it, and the CLI only prints. In order:
+
+1. ``plan_sweep`` checks every swept value (from the command line and from a preset's
+   ``hydra.sweeper.params``) by composing it, checks that the launcher is installed, names the
+   sweep directory and returns the grid, numbered as Hydra's sweeper will number the jobs.
+2. ``run_sweep`` records the plan in ``<sweep dir>/sweep.json`` and hands the command line to
+   Hydra's own runner (``hydra.main`` with ``--multirun``), so sweepers and launcher plugins
+   work as in any Hydra app.
+3. Each job runs ``run_job`` in the launcher's process: it trains into Hydra's job directory
+   (``<sweep dir>/<num>_<overrides>/``) and records itself in sweep.json under a file lock, so
+   parallel launchers can update it as jobs finish. A job that fails records ``failed`` in its
+   own summary.json and the sweep goes on.
+4. ``--resume DIR`` re-plans the sweep from its sweep.json and runs only the jobs without a
+   finished result; ``status_table`` reads every job's summary.json back.
 """
 
 from __future__ import annotations
@@ -13,26 +24,35 @@ import fcntl
 import json
 import os
 import shutil
-import sys
 import time
 import traceback
+import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from bnexp.config import validate
+from bnexp.dirnames import new_run_dir
 from bnexp.errors import BnexpError, one_line_warnings
+from bnexp.hydra_app import compose_with_hydra, config_dir, parse_overrides
+from bnexp.jsonio import write_json_atomic
+from bnexp.metrics import FAILED, FINISHED, INTERRUPTED, PLANNED, RUNNING
 
 # Launchers' worker processes import this module (for run_job) before Hydra composes there:
 # they get the CLI's one-line warnings, without Hydra's launcher-schema deprecation notice.
 one_line_warnings()
 
 MANIFEST = "sweep.json"
+UNFINISHED = (INTERRUPTED, PLANNED, RUNNING)  # jobs that did not run to the end (not failures)
 MAX_DIRNAME = 120  # job directory names stay far below filesystem limits (255 bytes)
+RESULT_FILES = ("summary.json", "metrics.jsonl", "tb", "checkpoint.pt", "config.yaml",
+                "overrides.yaml")
 
 
-def safe_dirname(overrides: str) -> str:
+def job_dirname(overrides: str) -> str:
     """A job directory name from Hydra's ``override_dirname``: no path separators (a swept
     path would nest directories), and long names cut, with a hash to keep them unique."""
     import hashlib
@@ -44,220 +64,82 @@ def safe_dirname(overrides: str) -> str:
     return name
 
 
-# Registered on import: Hydra resolves the job directory in the launcher's process (joblib and
-# submitit workers too), where importing the task function imports this module.
-OmegaConf.register_new_resolver("bnexp_dirname", safe_dirname, replace=True)
-RESULT_FILES = ("summary.json", "metrics.jsonl", "tb", "checkpoint.pt", "config.yaml",
-                "overrides.yaml")
+# configs/config.yaml's hydra.sweep.subdir calls this resolver. Hydra resolves the job directory
+# in the launcher's process (joblib and submitit workers too), where unpickling the task function
+# (run_job) imports this module, so registering on import reaches every process that needs it.
+OmegaConf.register_new_resolver("bnexp_dirname", job_dirname, replace=True)
 
 
-@contextmanager
-def _locked(sweep_dir: Path):
-    with open(sweep_dir / ".sweep.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+# ---------------------------------------------------------------------------------------------
+# Planning: every value checked, the grid in Hydra's order, the directory named
+# ---------------------------------------------------------------------------------------------
+
+def plan_sweep(overrides: list[str], sweep_dir: Path | None = None
+               ) -> tuple[Path, list[str], dict[str, list[str]]]:
+    """Check a sweep before anything runs; return its directory, the overrides for Hydra and
+    the grid (each swept key with its values; a key without values is a sweep only Hydra can
+    expand, e.g. glob()). ``sweep_dir``: an earlier sweep's directory, when resuming."""
+    parsed = parse_overrides(overrides)
+    fixed = [o for o in parsed if not o.is_sweep_override()]
+    fixed_lines = [o.input_line for o in fixed]
+    swept = {o.get_key_element(): o for o in parsed if o.is_sweep_override()}
+    firsts = [v[0] for v in map(_value_lines, swept.values()) if v]
+    base = compose_with_hydra(fixed_lines + firsts, shown=overrides)
+    lines = {key: _value_lines(o) for key, o in _hydra_order(base, swept, fixed).items()}
+    for key, key_lines in lines.items():  # each value composed with the others' first values
+        others = [v[0] for k, v in lines.items() if k != key and v]
+        for line in key_lines:
+            validate(compose_with_hydra(fixed_lines + others + [line], shown=overrides))
+    _check_launcher(base)
+    if sweep_dir is None:
+        named = any(line.startswith(("experiment=", "name=")) for line in fixed_lines)
+        sweep_dir = new_run_dir(base.output_dir, str(base.name) if named else "sweep", "sweeps")
+    grid = {key: [line.split("=", 1)[1] for line in ls] for key, ls in lines.items()}
+    # Job directories are named by the swept overrides only: the fixed ones are the same for
+    # every job and would make names too long for the filesystem.
+    excluded = list(OmegaConf.select(base, "hydra.job.config.override_dirname.exclude_keys") or [])
+    excluded += [o.key_or_group for o in fixed]
+    exclude = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"
+    return sweep_dir, [*overrides, exclude], grid
 
 
-def read_manifest(sweep_dir: Path) -> dict[str, Any]:
-    path = sweep_dir / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def update_manifest(sweep_dir: Path, **fields: Any) -> None:
-    """Merge ``fields`` into sweep.json (``jobs`` merged by job number), atomically."""
-    from bnexp.jsonio import write_json_atomic
-
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(sweep_dir):
-        manifest = read_manifest(sweep_dir)
-        jobs = manifest.setdefault("jobs", {})
-        jobs.update(fields.pop("jobs", {}))
-        manifest.update(fields)
-        write_json_atomic(sweep_dir / MANIFEST, manifest)
-
-
-FINISHED = ("completed", "diverged")  # results; failed and interrupted jobs are re-run
-
-
-def finished_summary(job_dir: Path) -> dict[str, Any] | None:
-    """The job's summary if it finished with a result (completed, or diverged: re-running
-    would diverge again), which ``sweep.resume`` skips; else None."""
-    path = job_dir / "summary.json"
+def _value_lines(override: Any) -> list[str]:
+    """``key=value`` for each value of a sweep override; empty for sweeps that need the
+    option list (glob()), which only Hydra expands."""
+    key = override.input_line.split("=", 1)[0]
     try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("status") in FINISHED else None
+        return [f"{key}={v}" for v in override.sweep_string_iterator()]
+    except Exception:
+        return []
 
 
-def _threads_for_launcher(launcher: Any) -> int | None:
-    """torch threads per job so parallel jobs share the cores instead of oversubscribing."""
-    cores = os.cpu_count() or 1
-    n_jobs = launcher.get("n_jobs") if hasattr(launcher, "get") else None
-    if n_jobs is not None:  # joblib
-        n_jobs = cores if n_jobs < 0 else n_jobs
-        return max(1, cores // max(1, n_jobs))
-    cpus = launcher.get("cpus_per_task") if hasattr(launcher, "get") else None
-    return cpus or None  # submitit: what the job was given
+def _hydra_order(base: DictConfig, swept: dict[str, Any], fixed: list[Any]) -> dict[str, Any]:
+    """The swept keys in the order of Hydra's product (its BasicSweeper), which numbers the
+    jobs: a preset's ``hydra.sweeper.params`` first (a command-line grid keeps the preset key's
+    place; one command-line value replaces the preset's grid), then the command line's."""
+    preset = OmegaConf.select(base, "hydra.sweeper.params") or {}
+    fixed_keys = {o.get_key_element() for o in fixed}
+    ordered = {}
+    for o in parse_overrides([f"{k}={v}" for k, v in preset.items()]):
+        key = o.get_key_element()
+        if key not in fixed_keys:
+            ordered[key] = swept.get(key, o)
+    ordered.update({k: o for k, o in swept.items() if k not in ordered})
+    return ordered
 
 
-def run_job(cfg: Any) -> str:
-    """Hydra's task function for ``bnexp train -m``: train one grid point, never raise."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+def _check_launcher(base: DictConfig) -> None:
+    import importlib
 
-    from bnexp.config import validate
-    from bnexp.startup import import_trainer
-
-    hc = HydraConfig.get()
-    job_dir = Path(hc.runtime.output_dir)
-    sweep_dir = Path(hc.sweep.dir)
-    overrides = list(hc.overrides.task)
-    num = int(hc.job.num)
-    entry = {"num": num, "overrides": overrides, "dir": job_dir.name}
-
-    # A fresh sweep directory is always new, so a finished job here means sweep.resume.
-    done = finished_summary(job_dir)
-    if done is not None:
-        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": done["status"],
-                                                    "resumed": "skipped"}})
-        print(f"[job {num}] already {done['status']}, skipped: {job_dir}", flush=True)
-        return done["status"]
-    _set_aside_previous_attempt(job_dir)
-
-    threads = _threads_for_launcher(hc.launcher)
-    if cfg.trainer.threads is None and threads is not None:
-        with open_dict(cfg):
-            cfg.trainer.threads = threads
-    update_manifest(sweep_dir, jobs={str(num): {**entry, "status": "running"}})
+    target = OmegaConf.select(base, "hydra.launcher._target_") or ""
     try:
-        validate(cfg)
-        summary = import_trainer().train(cfg, overrides, run_dir=job_dir)
-        status = summary["status"]
-    except KeyboardInterrupt:  # Ctrl-C: this job is interrupted, the rest of the grid not run
-        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": "interrupted"}})
-        raise
-    except Exception as exc:  # the sweep goes on; the job's own summary says what happened
-        status = "failed"
-        if not (job_dir / "summary.json").exists():
-            _write_failed_summary(job_dir, exc)
-        message = str(exc) if isinstance(exc, BnexpError) else traceback.format_exc()
-        print(f"[job {num}] failed: {message}", flush=True)
-    update_manifest(sweep_dir, jobs={str(num): {**entry, "status": status}})
-    return status
-
-
-def _write_failed_summary(job_dir: Path, exc: BaseException) -> None:
-    from bnexp.jsonio import write_json_atomic
-
-    job_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(job_dir / "summary.json", {
-        "status": "failed", "run_dir": str(job_dir),
-        "error": f"{type(exc).__name__}: {exc}",
-        "user_error": isinstance(exc, BnexpError),
-    })
-
-
-def _set_aside_previous_attempt(job_dir: Path) -> None:
-    """On resume, move an unfinished attempt's files to ``.previous/<time>/`` (kept, not mixed
-    with the new attempt's metrics)."""
-    existing = [job_dir / f for f in RESULT_FILES if (job_dir / f).exists()]
-    if not existing:
-        return
-    dest = job_dir / ".previous" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in existing:
-        shutil.move(str(path), dest / path.name)
-
-
-def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
-    """Jobs in number order with their status from each job's own summary.json, and the
-    number of failed jobs (diverged is a result, not a failure; interrupted and planned jobs
-    did not fail, they did not run to the end)."""
-    manifest = read_manifest(sweep_dir)
-    rows = []
-    for num, job in sorted(manifest.get("jobs", {}).items(), key=lambda kv: int(kv[0])):
-        summary_path = sweep_dir / (job.get("dir") or "-") / "summary.json"
-        summary = {}
-        if job.get("dir") and summary_path.exists():
-            try:
-                summary = json.loads(summary_path.read_text())
-            except ValueError:
-                summary = {"status": "failed", "error": "unreadable summary.json"}
-        status = summary.get("status", job.get("status", "unknown"))
-        acc = summary.get("final", {}).get("test/acc")
-        rows.append({"num": int(num), "overrides": job["overrides"], "status": status,
-                     "test_acc": acc, "resumed": job.get("resumed"), "dir": job.get("dir"),
-                     "error": summary.get("error")})
-    values: dict[str, set[str]] = {}
-    for r in rows:
-        for o in r["overrides"]:
-            key, _, value = o.partition("=")
-            values.setdefault(key, set()).add(value)
-    for r in rows:  # the overrides that tell the jobs apart
-        r["varied"] = " ".join(o for o in r["overrides"] if len(values[o.partition("=")[0]]) > 1)
-    failed = sum(r["status"] == "failed" for r in rows)
-    return rows, failed
-
-
-def _warm_worker() -> int:
-    """Runs in each joblib worker before its first job: the imports every job needs."""
-    from bnexp.startup import import_trainer
-
-    import_trainer()
-    return os.getpid()
-
-
-def _prewarm_joblib_workers(overrides: list[str]) -> Any:
-    """With ``hydra/launcher=joblib``, start the launcher's worker processes now, so that they
-    import torch (~3 s a process) while this one plans the sweep and Hydra composes the jobs.
-
-    joblib keeps one reusable pool per process and reuses it when a later ``Parallel`` has the
-    same settings, so the launcher's settings are read exactly as Hydra will pass them (the
-    launcher config with any ``hydra.launcher.*`` overrides); the jobs then run in these warm
-    workers. Returns the warm-up's result generator, or None.
-    """
-    if "hydra/launcher=joblib" not in overrides:
-        return None
-    try:
-        from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
-        from joblib import Parallel, delayed
-    except ImportError:  # not installed: Hydra reports that when it loads the launcher
-        return None
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from bnexp.hydra_app import config_dir
-
-    try:
-        settings = OmegaConf.load(config_dir() / "hydra" / "launcher" / "joblib.yaml")
-        launcher_overrides = [o for o in overrides if o.startswith("hydra.launcher.")]
-        for parsed in OverridesParser.create().parse_overrides(launcher_overrides):
-            OmegaConf.update(settings, parsed.key_or_group.removeprefix("hydra.launcher."),
-                             parsed.value())
-        joblib_cfg = {k: v for k, v in OmegaConf.to_container(settings).items() if k != "_target_"}
-        joblib_cfg["backend"] = "loky"  # as the launcher does
-        process_joblib_cfg(joblib_cfg)
-        n_workers = joblib_cfg["n_jobs"] if joblib_cfg["n_jobs"] > 0 else os.cpu_count() or 1
-        return Parallel(**joblib_cfg, return_as="generator_unordered")(
-            delayed(_warm_worker)() for _ in range(n_workers))
-    except Exception:  # only a head start: bad settings are for Hydra's launcher to report
-        return None
-
-
-def _release_joblib_workers() -> None:
-    """Stop the joblib launcher's idle worker processes now.
-
-    joblib (loky) keeps its workers for reuse and, when the interpreter exits, shuts each down
-    gracefully and waits: with torch loaded that adds ~0.8 s to every parallel sweep. All jobs
-    have returned and written their results by now, so the workers can simply be stopped.
-    """
-    module = sys.modules.get("joblib.externals.loky.reusable_executor")
-    executor = getattr(module, "_executor", None)
-    if executor is not None:
-        executor.shutdown(wait=False, kill_workers=True)
+        importlib.import_module(target.rsplit(".", 1)[0])
+    except ImportError:
+        extra = "slurm" if "submitit" in target else "parallel"
+        raise BnexpError(
+            f"The launcher {target} is not installed. Install it with "
+            f"`pip install 'bnexp[{extra}]'` (or drop the hydra/launcher override to run the "
+            "jobs one after another).") from None
 
 
 def planned_jobs(grid: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
@@ -268,8 +150,64 @@ def planned_jobs(grid: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
     if not grid or any(not v for v in grid.values()):
         return {}
     combos = itertools.product(*[[f"{k}={v}" for v in vs] for k, vs in grid.items()])
-    return {str(i): {"num": i, "overrides": list(c), "dir": None, "status": "planned"}
+    return {str(i): {"num": i, "overrides": list(c), "dir": None, "status": PLANNED}
             for i, c in enumerate(combos)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a sweep, and resuming one
+# ---------------------------------------------------------------------------------------------
+
+def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None = None,
+              on_start: Any = None, resume: Path | None = None
+              ) -> tuple[Path, list[dict[str, Any]], int]:
+    """Plan (validate every value), record, launch through Hydra and summarise a sweep.
+
+    ``resume``: an earlier sweep's directory; its own overrides are used (from sweep.json) and
+    only jobs without a finished summary.json run. A ``sweep_dir`` that already holds a sweep
+    is resumed the same way (``bnexp claims`` reuses its sweeps so). Returns the sweep
+    directory, the job rows of ``status_table`` and the number of failed jobs.
+    ``on_start(sweep_dir)`` is called once the directory is known, before any job runs.
+    """
+    if resume is None and sweep_dir is not None and (sweep_dir / MANIFEST).exists():
+        resume = sweep_dir
+    if resume is not None:
+        overrides, sweep_dir = resume_args(resume, overrides), resume
+    with joblib_warmup(overrides):
+        sweep_dir, hydra_overrides, grid = plan_sweep(overrides, sweep_dir)
+        if resume is None:
+            update_manifest(sweep_dir, command=command, args=overrides, overrides=hydra_overrides,
+                            grid=grid, directory=str(sweep_dir), jobs=planned_jobs(grid))
+        else:
+            _check_same_grid(sweep_dir, grid)
+            update_manifest(sweep_dir, finished=False, resumed_with=command)
+        if on_start is not None:
+            on_start(sweep_dir)
+        _hydra_multirun(hydra_overrides, sweep_dir)
+    rows, failed = status_table(sweep_dir)
+    update_manifest(sweep_dir, finished=True, failed=failed)
+    return sweep_dir, rows, failed
+
+
+def _hydra_multirun(overrides: list[str], sweep_dir: Path) -> None:
+    """Run Hydra's multirun on ``overrides`` into ``sweep_dir``, with ``run_job`` as the task.
+
+    ``hydra.main`` is Hydra's public entry point for sweepers and launcher plugins, and it
+    reads its command line only from ``sys.argv``: that is set for the call and put back."""
+    import sys
+
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()  # a previous compose or sweep in this process
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()),
+                     config_name="config")(run_job)
+    argv = sys.argv
+    sys.argv = ["bnexp", "--multirun", *overrides, f"hydra.sweep.dir='{sweep_dir}'"]
+    try:
+        app()
+    finally:
+        sys.argv = argv
 
 
 def resume_args(resume: Path, overrides: list[str]) -> list[str]:
@@ -292,42 +230,217 @@ def resume_args(resume: Path, overrides: list[str]) -> list[str]:
     return saved
 
 
-def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None = None,
-              on_start: Any = None, resume: Path | None = None
-              ) -> tuple[Path, list[dict[str, Any]], int]:
-    """Plan (validate every value), record, launch through Hydra and summarise a sweep.
+def _check_same_grid(sweep_dir: Path, grid: dict[str, list[str]]) -> None:
+    saved = read_manifest(sweep_dir).get("grid")
+    if saved is not None and saved != grid:
+        raise BnexpError(f"{sweep_dir}: its sweep.json has the grid {saved}, the overrides "
+                         f"now give {grid}. Use a new directory for a new grid.")
 
-    ``resume``: an earlier sweep's directory; its own overrides are used (from sweep.json) and
-    only jobs without a finished summary.json run. A ``sweep_dir`` that already holds a sweep
-    is resumed the same way (``bnexp claims`` reuses its sweeps so). Returns the sweep
-    directory, the job rows of ``status_table`` and the number of failed jobs.
-    ``on_start(sweep_dir)`` is called once the directory is known, before any job runs.
-    """
-    from bnexp.hydra_app import launch_multirun, plan_multirun
 
-    if resume is None and sweep_dir is not None and (sweep_dir / MANIFEST).exists():
-        resume = sweep_dir
-    if resume is not None:
-        overrides, sweep_dir = resume_args(resume, overrides), resume
-    warm = _prewarm_joblib_workers(overrides)
+# ---------------------------------------------------------------------------------------------
+# One job, in the launcher's process
+# ---------------------------------------------------------------------------------------------
+
+def run_job(cfg: Any) -> str:
+    """Hydra's task function for ``bnexp train -m``: train one grid point, never raise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from bnexp.startup import import_trainer
+
+    hc = HydraConfig.get()
+    job_dir, sweep_dir, num = Path(hc.runtime.output_dir), Path(hc.sweep.dir), int(hc.job.num)
+    overrides = list(hc.overrides.task)
+    entry = {"num": num, "overrides": overrides, "dir": job_dir.name}
+
+    # A fresh sweep directory is always new, so a finished job here means a resumed sweep.
+    done = finished_summary(job_dir)
+    if done is not None:
+        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": done["status"],
+                                                    "resumed": "skipped"}})
+        print(f"[job {num}] already {done['status']}, skipped: {job_dir}", flush=True)
+        return done["status"]
+    _set_aside_previous_attempt(job_dir)
+    _share_cores(cfg, hc.launcher)
+    update_manifest(sweep_dir, jobs={str(num): {**entry, "status": RUNNING}})
     try:
-        sweep_dir, hydra_overrides, grid = plan_multirun(overrides, sweep_dir=sweep_dir)
-        if resume is None:
-            update_manifest(sweep_dir, command=command, args=overrides, overrides=hydra_overrides,
-                            grid=grid, directory=str(sweep_dir), jobs=planned_jobs(grid))
-        else:
-            saved = read_manifest(sweep_dir).get("grid")
-            if saved is not None and saved != grid:
-                raise BnexpError(f"{sweep_dir}: its sweep.json has the grid {saved}, the "
-                                 f"overrides now give {grid}. Use a new directory for a new grid.")
-            update_manifest(sweep_dir, finished=False, resumed_with=command)
-        if on_start is not None:
-            on_start(sweep_dir)
-        launch_multirun(hydra_overrides, sweep_dir)
-        if warm is not None:
-            list(warm)  # long finished: the workers ran it before their first job
+        validate(cfg)
+        status = import_trainer().train(cfg, overrides, run_dir=job_dir)["status"]
+    except KeyboardInterrupt:  # Ctrl-C: this job is interrupted, the rest of the grid not run
+        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": INTERRUPTED}})
+        raise
+    except Exception as exc:  # the sweep goes on; the job's own summary says what happened
+        status = FAILED
+        if not (job_dir / "summary.json").exists():
+            _write_failed_summary(job_dir, exc)
+        message = str(exc) if isinstance(exc, BnexpError) else traceback.format_exc()
+        print(f"[job {num}] failed: {message}", flush=True)
+    update_manifest(sweep_dir, jobs={str(num): {**entry, "status": status}})
+    return status
+
+
+def finished_summary(job_dir: Path) -> dict[str, Any] | None:
+    """The job's summary if it finished with a result (completed, or diverged: re-running
+    would diverge again), which a resumed sweep skips; else None."""
+    try:
+        summary = json.loads((job_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("status") in FINISHED else None
+
+
+def _share_cores(cfg: Any, launcher: Any) -> None:
+    """Unless trainer.threads is set: torch threads per job so that parallel jobs share the
+    cores instead of oversubscribing them (joblib: cores // n_jobs; submitit: its
+    cpus_per_task)."""
+    from omegaconf import open_dict
+
+    if cfg.trainer.threads is not None or not hasattr(launcher, "get"):
+        return
+    n_jobs, threads = launcher.get("n_jobs"), launcher.get("cpus_per_task")
+    if n_jobs is not None:
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // max(1, cores if n_jobs < 0 else n_jobs))
+    if threads:
+        with open_dict(cfg):
+            cfg.trainer.threads = threads
+
+
+def _write_failed_summary(job_dir: Path, exc: BaseException) -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(job_dir / "summary.json", {
+        "status": FAILED, "run_dir": str(job_dir),
+        "error": f"{type(exc).__name__}: {exc}",
+        "user_error": isinstance(exc, BnexpError),
+    })
+
+
+def _set_aside_previous_attempt(job_dir: Path) -> None:
+    """On resume, move an unfinished attempt's files to ``.previous/<time>/`` (kept, not mixed
+    with the new attempt's metrics)."""
+    existing = [job_dir / f for f in RESULT_FILES if (job_dir / f).exists()]
+    if not existing:
+        return
+    dest = job_dir / ".previous" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in existing:
+        shutil.move(str(path), dest / path.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest and the status table
+# ---------------------------------------------------------------------------------------------
+
+@contextmanager
+def _locked(sweep_dir: Path) -> Iterator[None]:
+    with open(sweep_dir / ".sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_manifest(sweep_dir: Path) -> dict[str, Any]:
+    path = sweep_dir / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_manifest(sweep_dir: Path, **fields: Any) -> None:
+    """Merge ``fields`` into sweep.json (``jobs`` merged by job number), atomically."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(sweep_dir):
+        manifest = read_manifest(sweep_dir)
+        jobs = manifest.setdefault("jobs", {})
+        jobs.update(fields.pop("jobs", {}))
+        manifest.update(fields)
+        write_json_atomic(sweep_dir / MANIFEST, manifest)
+
+
+def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
+    """Jobs in number order with their status from each job's own summary.json, and the
+    number of failed jobs (diverged is a result, not a failure; interrupted and planned jobs
+    did not fail, they did not run to the end)."""
+    manifest = read_manifest(sweep_dir)
+    rows = []
+    for num, job in sorted(manifest.get("jobs", {}).items(), key=lambda kv: int(kv[0])):
+        summary = _job_summary(sweep_dir, job.get("dir"))
+        rows.append({"num": int(num), "overrides": job["overrides"],
+                     "status": summary.get("status", job.get("status", "unknown")),
+                     "test_acc": summary.get("final", {}).get("test/acc"),
+                     "resumed": job.get("resumed"), "dir": job.get("dir"),
+                     "error": summary.get("error")})
+    values: dict[str, set[str]] = {}
+    for r in rows:
+        for o in r["overrides"]:
+            key, _, value = o.partition("=")
+            values.setdefault(key, set()).add(value)
+    for r in rows:  # the overrides that tell the jobs apart
+        r["varied"] = " ".join(o for o in r["overrides"] if len(values[o.partition("=")[0]]) > 1)
+    failed = sum(r["status"] == FAILED for r in rows)
+    return rows, failed
+
+
+def _job_summary(sweep_dir: Path, job_dir: str | None) -> dict[str, Any]:
+    """A job's summary.json; empty before the job wrote one."""
+    path = sweep_dir / job_dir / "summary.json" if job_dir else None
+    if path is None or not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {"status": FAILED, "error": "unreadable summary.json"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The joblib launcher's workers, started early
+# ---------------------------------------------------------------------------------------------
+
+def _warm_worker() -> None:
+    """Runs in each joblib worker before its first job: the imports every job needs."""
+    from bnexp.startup import import_trainer
+
+    import_trainer()
+
+
+@contextmanager
+def joblib_warmup(overrides: list[str]) -> Iterator[None]:
+    """With ``hydra/launcher=joblib``: start the launcher's worker processes as the sweep
+    begins, so that they import the training stack while this process plans the sweep and
+    Hydra composes the jobs; stop them when the sweep ends instead of at interpreter exit.
+
+    joblib keeps one worker pool per process and reuses it while a call's settings are the
+    same, so the settings are read as the launcher reads them (with the plugin's own
+    ``process_joblib_cfg``, the one internal used): the jobs then run in these workers.
+    Closing the warm-up's unread result generator makes joblib stop the pool at once, instead
+    of the graceful shutdown at interpreter exit that waits for each worker. Anything
+    unexpected only skips the head start: bad settings are for Hydra's launcher to report.
+
+    Worth its internals because the time it saves comes once per sweep, before the first job,
+    where parallel workers cannot divide it: a fixed head start, largest in relative terms for
+    short jobs. ``python scripts/bench_sweep.py --warmup`` measures it (its docstring quotes
+    the figures).
+    """
+    warm = None
+    try:
+        if "hydra/launcher=joblib" in overrides:
+            from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+            from joblib import Parallel, delayed
+
+            launcher = [o for o in overrides if o.startswith(("hydra/launcher=", "hydra.launcher."))]
+            settings = OmegaConf.to_container(compose_with_hydra(launcher).hydra.launcher)
+            joblib_cfg = {k: v for k, v in settings.items() if k != "_target_"}
+            joblib_cfg["backend"] = "loky"  # as the launcher does
+            process_joblib_cfg(joblib_cfg)
+            n_workers = joblib_cfg["n_jobs"] if joblib_cfg["n_jobs"] > 0 else os.cpu_count() or 1
+            if n_workers > 1:  # one job at a time: joblib runs it in this process, no workers
+                warm = Parallel(**joblib_cfg, return_as="generator_unordered")(
+                    delayed(_warm_worker)() for _ in range(n_workers))
+    except Exception:
+        warm = None
+    try:
+        yield
     finally:
-        _release_joblib_workers()
-    rows, failed = status_table(sweep_dir)
-    update_manifest(sweep_dir, finished=True, failed=failed)
-    return sweep_dir, rows, failed
+        if warm is not None:
+            with warnings.catch_warnings():  # joblib warns that the results were not read
+                warnings.simplefilter("ignore")
+                warm.close()

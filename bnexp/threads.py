@@ -10,9 +10,9 @@ window (``torch.set_num_threads``): a training started alone gives cores back wh
 starts, and takes them again when it ends. bnexp's own C kernels run in torch's OpenMP runtime
 (the same libgomp, tested), so they follow the same thread count.
 
-Lowering libgomp's spin count instead (``GOMP_SPINCOUNT``) was measured and left alone: 10,000
-spins did not help two trainings at all, 1,000 helped them but made a lone run up to 2x slower
-on this machine. ``OMP_*``/``GOMP_*`` variables the user sets still reach libgomp untouched.
+Lowering libgomp's spin count instead (``GOMP_SPINCOUNT``) was tried and left alone: counts
+low enough to help two trainings made a lone run slower, and bnexp's runs are mostly alone.
+``OMP_*``/``GOMP_*`` variables the user sets still reach libgomp untouched.
 
 ``trainer.threads=N`` fixes N threads: results can depend on the thread count (reductions split
 differently), so a run reproduces exactly only at the same thread count, and a run that shared

@@ -22,37 +22,47 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from bnexp.build import make_optimizer, make_scheduler, resolve_device, seed_everything, use_channels_last
 from bnexp.data import TensorLoader, load_splits
+from bnexp.hydra_app import compose_config
 from bnexp.jsonio import write_json_atomic
 from bnexp.models import build_model
-from bnexp.train import make_optimizer, resolve_device, seed_everything, use_channels_last
+from bnexp.norm import prepare_kernels
+from bnexp.train import train_step
+
+
+def variant_norm(cfg: DictConfig, kind: str) -> DictConfig:
+    """The norm config of ``kind``: its own file (configs/norm/<kind>.yaml), with the values of
+    the run's norm config for the keys both kinds take (an eps the user set stays set)."""
+    if cfg.norm.kind == kind:
+        return cfg.norm
+    norm = compose_config([f"norm={kind}"]).norm
+    return OmegaConf.merge(norm, {k: v for k, v in cfg.norm.items() if k in norm and k != "kind"})
 
 
 def _variant_state(cfg: DictConfig, kind: str, spec: Any, device: torch.device,
-                   channels_last: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+                   channels_last: bool, total_steps: int, steps_per_epoch: int) -> tuple:
     seed_everything(cfg.seed)  # every variant starts from the same weights
-    norm = OmegaConf.merge(cfg.norm, {"kind": kind})
-    model = build_model(cfg.model, norm, spec.shape, spec.num_classes).to(device)
+    model = build_model(cfg.model, variant_norm(cfg, kind), spec.shape,
+                        spec.num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model, make_optimizer(model.parameters(), cfg.optim)
+    prepare_kernels(model)
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    return model, optimizer, make_scheduler(optimizer, cfg.optim, total_steps, steps_per_epoch)
 
 
-def _window(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Any, steps: int,
-            device: torch.device) -> float:
-    """ms per step over ``steps`` training steps (forward, loss, backward, update)."""
+def _window(model: torch.nn.Module, opt: torch.optim.Optimizer, scheduler: Any, batches: Any,
+            steps: int, device: torch.device, precision: str) -> float:
+    """ms per step over ``steps`` training steps, each exactly as ``bnexp train`` takes it."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
         x, y = next(batches)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, scheduler, x, y, precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return 1000 * (time.perf_counter() - t0) / steps
@@ -74,13 +84,15 @@ def interleaved_step_times(cfg: DictConfig, kinds: list[str], rounds: int, windo
     loader = TensorLoader(*splits.train, cfg.trainer.batch_size, splits.spec, shuffle=True,
                           drop_last=True, generator=torch.Generator().manual_seed(cfg.seed),
                           channels_last=channels_last)
-    states = {k: _variant_state(cfg, k, splits.spec, device, channels_last) for k in kinds}
+    total = (rounds + 1) * window  # each variant's steps: its schedule spans them
+    states = {k: _variant_state(cfg, k, splits.spec, device, channels_last, total, len(loader))
+              for k in kinds}
     batches = _endless(loader)
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(rounds + 1):
         order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
         for k in order:
-            ms = _window(*states[k], batches, window, device)
+            ms = _window(*states[k], batches, window, device, cfg.trainer.precision)
             if r > 0:  # round 0 warms every variant up
                 times[k].append(ms)
     return times
@@ -95,8 +107,8 @@ def run_interleaved(cfg: DictConfig, kinds: list[str], rounds: int, window: int,
     for k, ms in times.items():
         run_dir = out / f"seed={cfg.seed},norm={k}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = OmegaConf.to_container(cfg, resolve=True)
-        config["norm"]["kind"] = k
+        config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        config["norm"] = OmegaConf.to_container(variant_norm(cfg, k), enum_to_str=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
         run_overrides = [*overrides, f"seed={cfg.seed}", f"norm={k}"]
         (run_dir / "overrides.yaml").write_text("".join(f"- {o}\n" for o in run_overrides))

@@ -1,114 +1,386 @@
 """``train(cfg)``: one readable training loop, from a composed config to a finished run directory.
 
-Read top to bottom: pick the device and seed everything, load the data as resident tensors,
-build model/optimizer/schedule, create the run directory, then loop over epochs of steps, with
-per-step train metrics, per-epoch evaluation, and a summary.json whatever the outcome
-(completed, diverged, interrupted, failed).
+Read top to bottom: ``train_step`` is one optimizer step; ``train_epoch`` runs the steps of an
+epoch and reads their loss and accuracy off the device every ``trainer.log_every`` steps;
+``evaluate_all`` scores the splits; ``train`` sets up (``setup``), loops over epochs and writes
+summary.json whatever the outcome (completed, diverged, interrupted, failed).
+
+Nothing in a step waits for the device: the loss and the correct count stay device tensors
+until a log window is read (one host sync per window), which is also where a divergence is
+found, at the exact step whose loss was first non-finite.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 import platform
-import random
 import statistics
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from importlib.metadata import version as _version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import bnexp
+from bnexp import metrics as m
+from bnexp.build import (
+    keep_freed_memory,
+    make_loaders,
+    make_optimizer,
+    make_scheduler,
+    probe_batch,
+    resolve_device,
+    seed_everything,
+    use_channels_last,
+)
+from bnexp.config import flatten, optional_keys
 from bnexp.data import TensorLoader, load_splits
-from bnexp.errors import BnexpError
+from bnexp.dirnames import new_run_dir
 from bnexp.models import batch_statistics, build_model
+from bnexp.norm import prepare_kernels
 from bnexp.probes import Probes, probe_layout
 from bnexp.progress import Progress
-from bnexp.runlog import RunLog, git_sha, new_run_dir
+from bnexp.runlog import RunLog, git_sha
 from bnexp.threads import ThreadShare
 
-
-def resolve_device(name: str) -> torch.device:
-    """auto picks CUDA, then MPS, then CPU; an explicit choice that is unavailable is an error."""
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
-        raise BnexpError(f"trainer.device={name} but no {name.upper()} device is available here. "
-                         "Use trainer.device=auto or trainer.device=cpu.")
-    return torch.device(name)
+# time/step_ms leaves out each epoch's first steps (when it has 2x as many): the first steps of
+# a process pay one-off costs (kernel selection, allocator growth), which would make the first
+# job of a sweep look slower per step than its twins.
+STEADY_AFTER = 10
 
 
-def use_channels_last(cfg: Any, device: torch.device) -> bool:
-    """The CNN's memory format: channels_last suits convolutions on CUDA (tensor cores) and on
-    CPU (oneDNN kernels; the default CNN trains ~1.45x faster on 2 cores:
-    scripts/bench_time_to_acc.py); trainer.channels_last overrides."""
-    choice = cfg.trainer.channels_last
-    return cfg.model.arch == "cnn" and (
-        choice if choice is not None else device.type in ("cuda", "cpu"))
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+               x: torch.Tensor, y: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step. Returns the loss and the number of correct predictions as device
+    tensors: reading them here would make the host wait for the device every step."""
+    with autocast(x.device, precision):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), (logits.argmax(1) == y).sum()
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+@dataclass
+class Training:
+    """What the loop needs, built once by ``setup``; ``step`` and ``epoch`` are its progress."""
+
+    cfg: DictConfig
+    device: torch.device
+    model: nn.Module  # the plain module: evaluation and probes
+    step_model: nn.Module  # what train_step calls: the model, or torch.compile(model)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: TensorLoader
+    eval_loaders: dict[str, TensorLoader]
+    test: tuple[torch.Tensor, torch.Tensor]  # the test split's tensors (trainer.eval_single)
+    spec: Any
+    channels_last: bool
+    probes: Probes
+    log: RunLog
+    share: ThreadShare
+    summary: dict[str, Any]
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    train_time: float = 0.0  # seconds of finished epochs' training steps
+    timed_steps: int = 0  # the steps of those epochs
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS.
+def train(cfg: DictConfig, overrides: list[str] | None = None,
+          run_dir: Path | None = None) -> dict[str, Any]:
+    """Train one model as ``cfg`` says and return its summary (also written to summary.json).
 
-    A CPU training step allocates and frees activation buffers of a few MB; by default glibc
-    maps each such block fresh (or trims the heap after freeing it), so every step page-faults
-    the same memory in again: ~3,000 faults a step for the default CNN, which made a process's
-    first hundred steps ~1.7x slower (11.3 vs 6.5 ms). With both thresholds at 1 GiB, buffers
-    stay in the heap and steady steps fault nothing; the cost is that the process's RSS stays
-    at its peak. Returns whether the settings took (False off glibc)."""
+    User errors found before training (missing data, bad device) raise BnexpError before any
+    run directory exists; anything after that is recorded in the run's summary.json.
+    ``run_dir`` is given by sweeps (Hydra's job directory); single runs get a fresh one.
+    """
+    t_start = time.perf_counter()
+    run = setup(cfg, overrides or [], run_dir)
     try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 1 << 30))
+        with Progress(cfg.trainer.progress, run.summary["epochs"],
+                      run.summary["steps_per_epoch"]) as progress:
+            while run.step < run.total_steps:
+                metrics = train_epoch(run, progress)
+                last = run.step == run.total_steps
+                if run.epoch % cfg.trainer.eval_every == 0 or last:
+                    metrics.update(evaluate_all(run, last))
+                end_epoch(run, metrics)
+                progress.end_epoch(_epoch_line(run.epoch, run.summary["epochs"], metrics))
+        run.summary["status"] = m.COMPLETED
+    except Diverged as exc:
+        run.summary.update(status=m.DIVERGED, diverged_step=exc.step)
+        run.step = exc.step  # steps whose loss was finite
+    except KeyboardInterrupt:
+        run.summary["status"] = m.INTERRUPTED
+        raise
+    except BaseException as exc:
+        run.summary.update(status=m.FAILED, error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        finish(run, time.perf_counter() - t_start)
+    return run.summary
 
 
-def make_optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
-    """SGD/Adam/AdamW; on CPU and CUDA the fused variant: one kernel updates every parameter
-    (on CPU, torch's default per-parameter loop costs 260 us a step for the MLP, fused 70 us)."""
-    params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, fused=fused)
-    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-               fused=fused)
+def train_epoch(run: Training, progress: Progress) -> dict[str, float]:
+    """The steps of one epoch (or what is left of trainer.steps): train metrics and timings.
+    Raises Diverged at the first non-finite loss."""
+    tc = run.cfg.trainer
+    log_every, val_every, precision = tc.log_every, tc.val_every_steps, tc.precision
+    run.epoch += 1
+    first = run.step
+    progress.start_epoch(run.epoch, min(len(run.train_loader), run.total_steps - first))
+    window, clock = Window(first, tc.batch_size), EpochClock(run.device)
+    for x, y in run.train_loader:
+        if run.probes.due(run.step):
+            window.sync()  # a probe reads the device anyway; it never sees a diverged model
+        with run.probes.at(run.step, x, y):  # no-op unless a probe is due at this step
+            loss, correct = train_step(run.step_model, run.optimizer, run.scheduler, x, y,
+                                       precision)
+        window.add(loss, correct)
+        run.step += 1
+        clock.tick(run.step - first)
+        if val_every and run.step % val_every == 0:
+            window.sync()
+            with clock.paused():  # evaluation is not training: left out of the step time
+                run.log.scalars(run.step, evaluate_splits(run.model, run.eval_loaders,
+                                                          ("val", "test"), precision),
+                                kind=m.KIND_VAL)
+        if run.step % log_every == 0 or run.step == run.total_steps:
+            loss_mean, acc, steps = window.close()
+            ms = clock.window(run.step - first, steps)
+            run.share.apply(run.step)  # a training started or ended beside this one
+            run.log.scalars(run.step, {m.TRAIN_LOSS: loss_mean, m.TRAIN_ACC: acc,
+                                       m.OPT_LR: run.scheduler.get_last_lr()[0]},
+                            epoch=run.epoch, kind=m.KIND_STEP, window_step_ms=ms)
+            progress.update(run.step - first, loss_mean)
+        if run.step == run.total_steps:
+            break
+    window.close()  # the steps after the last full window
+    metrics = {**window.epoch_metrics(), **clock.stop(run.step - first)}
+    metrics[m.SAMPLES_PER_S] = (run.step - first) * tc.batch_size / metrics[m.EPOCH_S]
+    run.train_time += metrics[m.EPOCH_S]
+    run.timed_steps = run.step
+    return metrics
 
 
-def lr_factor(step: int, total: int, steps_per_epoch: int, schedule: str, gamma: float,
-              step_size: int, warmup: float) -> float:
-    """Multiplier of optim.lr at ``step`` (0-based) of ``total`` optimizer steps. Plain
-    arguments, not the config: it runs every step, and a DictConfig lookup costs ~10 us."""
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * step / total))
-    if schedule == "step":
-        return gamma ** (step // (step_size * steps_per_epoch))
-    if schedule == "onecycle":  # linear warm-up from lr/10, then linear decay to 0
-        warm = max(1, int(warmup * total))
-        if step < warm:
-            return 0.1 + 0.9 * step / warm
-        return max(0.0, (total - step) / max(1, total - warm))
-    return 1.0
+def evaluate_all(run: Training, last: bool) -> dict[str, float]:
+    """Every evaluation split, the train-test gap, and after the last step the one-at-a-time
+    test (trainer.eval_single)."""
+    tc = run.cfg.trainer
+    metrics = evaluate_splits(run.model, run.eval_loaders, tuple(run.eval_loaders), tc.precision)
+    if tc.eval_single and last:
+        metrics.update(evaluate_single(run.model, run.test, tc.eval_single, run.spec,
+                                       run.channels_last))
+    if m.TRAIN_EVAL_ACC in metrics:
+        metrics[m.GAP_LOSS] = metrics[m.TRAIN_EVAL_LOSS] - metrics[m.TEST_LOSS]
+        metrics[m.GAP_ACC] = metrics[m.TRAIN_EVAL_ACC] - metrics[m.TEST_ACC]
+    return metrics
+
+
+def end_epoch(run: Training, metrics: dict[str, float]) -> None:
+    """Track the best val/test accuracy and log the epoch (train/* only to metrics.jsonl: the
+    step windows already put them on TensorBoard's curves)."""
+    for split in ("test", "val"):
+        key = m.split_tag(split, "acc")
+        if key in metrics and metrics[key] > run.best.get(key, -1.0):
+            run.best[key] = metrics[key]
+            run.best[m.split_tag(split, "best_epoch")] = run.epoch
+    train_metrics = (m.TRAIN_LOSS, m.TRAIN_ACC)
+    tb_metrics = {k: v for k, v in metrics.items() if k not in train_metrics}
+    run.log.scalars(run.step, tb_metrics, epoch=run.epoch, kind=m.KIND_EPOCH,
+                    **{k: metrics[k] for k in train_metrics})
+    run.final.update(metrics)
+
+
+class Diverged(Exception):
+    """The loss became non-finite at ``step``: the run ends, recorded as diverged."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"non-finite loss at step {step}")
+        self.step = step
+
+
+class Window:
+    """Per-step losses and correct counts, kept on the device until read. A log window ends
+    every trainer.log_every steps (``close``); a probe or an evaluation reads earlier
+    (``sync``) so that it never runs on a diverged model."""
+
+    def __init__(self, first_step: int, batch_size: int) -> None:
+        self.first_step, self.batch_size = first_step, batch_size
+        self.next_step = first_step  # the step of the first unread entry
+        self.losses: list[torch.Tensor] = []
+        self.corrects: list[torch.Tensor] = []
+        self.window = [0.0, 0.0, 0]  # loss sum, correct, steps: read, not yet closed
+        self.epoch = [0.0, 0.0, 0]  # the same for the epoch's closed windows
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor) -> None:
+        self.losses.append(loss)
+        self.corrects.append(correct)
+
+    def sync(self) -> None:
+        """Read the unread steps (one host sync); raise Diverged at the first non-finite loss."""
+        n = len(self.losses)
+        if not n:
+            return
+        values = torch.cat([torch.stack(self.losses).float(),
+                            torch.stack(self.corrects).float()]).tolist()
+        for i, value in enumerate(values[:n]):
+            if not math.isfinite(value):
+                raise Diverged(self.next_step + i)
+        self.losses, self.corrects = [], []
+        self.next_step += n
+        self.window = [self.window[0] + sum(values[:n]), self.window[1] + sum(values[n:]),
+                       self.window[2] + n]
+
+    def close(self) -> tuple[float, float, int]:
+        """End the log window: its mean loss, accuracy and number of steps."""
+        self.sync()
+        loss_sum, correct, steps = self.window
+        self.epoch = [a + b for a, b in zip(self.epoch, self.window, strict=True)]
+        self.window = [0.0, 0.0, 0]
+        seen = steps * self.batch_size
+        return (loss_sum / steps, correct / seen, steps) if steps else (math.nan, math.nan, 0)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        loss_sum, correct, steps = self.epoch
+        return {m.TRAIN_LOSS: loss_sum / steps, m.TRAIN_ACC: correct / (steps * self.batch_size)}
+
+
+class EpochClock:
+    """Wall time of an epoch's training steps, evaluation left out: the whole epoch, its steady
+    part (after STEADY_AFTER steps) and the per-step time of each log window. On CUDA the
+    clock synchronises only where a time is taken that no window read already waited for."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.t0 = self.t_window = time.perf_counter()
+        self.t_steady: float | None = None
+        self.paused_s = self.paused_at_steady = 0.0
+        self.window_start, self.window_ms = 0, []
+
+    def tick(self, done: int) -> None:
+        if done == STEADY_AFTER:
+            self.sync()
+            self.t_steady, self.paused_at_steady = time.perf_counter(), self.paused_s
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t
+            self.paused_s += dt
+            self.t_window += dt
+
+    def window(self, done: int, steps: int) -> float:
+        """Per-step ms of the window that just ended (after a read: the device has caught up)."""
+        now = time.perf_counter()
+        ms = 1000 * (now - self.t_window) / max(steps, 1)
+        if self.window_start >= STEADY_AFTER:  # after one-off costs
+            self.window_ms.append(ms)
+        self.t_window, self.window_start = now, done
+        return ms
+
+    def stop(self, steps: int) -> dict[str, float]:
+        self.sync()
+        t_end = time.perf_counter()
+        epoch_s = t_end - self.t0 - self.paused_s
+        steady = steps - STEADY_AFTER
+        if steady >= STEADY_AFTER and self.t_steady is not None:
+            step_s = (t_end - self.t_steady - (self.paused_s - self.paused_at_steady)) / steady
+        else:
+            step_s = epoch_s / steps
+        out = {m.EPOCH_S: epoch_s, m.STEP_MS: 1000 * step_s}
+        if self.window_ms:  # robust to a neighbour's burst of load: the median window
+            out[m.STEP_MS_MEDIAN] = statistics.median(self.window_ms)
+        return out
+
+
+def setup(cfg: DictConfig, overrides: list[str], run_dir: Path | None) -> Training:
+    """Everything the loop needs, in order: device and cores, seeds, data, model, optimizer and
+    schedule, then the run directory. User errors surface before the directory exists."""
+    tc = cfg.trainer
+    device = resolve_device(tc.device)
+    share = ThreadShare(tc.threads)  # this run's share of the cores (bnexp/threads.py)
+    share.apply()
+    try:
+        if tc.keep_memory:
+            keep_freed_memory()
+        seed_everything(cfg.seed)
+        splits = load_splits(cfg.data, cfg.seed, device)
+        channels_last = use_channels_last(cfg, device)
+        train_loader, eval_loaders = make_loaders(cfg, splits, channels_last)
+        probe_x = probe_batch(cfg, splits, train_loader)
+        model = build_model(cfg.model, cfg.norm, splits.spec.shape,
+                            splits.spec.num_classes).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        prepare_kernels(model)  # C kernels built (or loaded) now, not inside the first step
+        optimizer = make_optimizer(model.parameters(), cfg.optim)
+        steps_per_epoch = len(train_loader)
+        total_steps = tc.steps or tc.epochs * steps_per_epoch
+        scheduler = make_scheduler(optimizer, cfg.optim, total_steps, steps_per_epoch)
+        run_dir = run_dir or new_run_dir(cfg.output_dir, cfg.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = RunLog(run_dir, OmegaConf.to_yaml(cfg, resolve=True), overrides, flat_hparams(cfg),
+                     layout=probe_layout(model))
+    except BaseException:
+        share.close()
+        raise
+    summary = {
+        "status": m.RUNNING, "name": cfg.name, "run_dir": str(run_dir), "device": str(device),
+        "seed": cfg.seed, "threads": torch.get_num_threads(),
+        "epochs": math.ceil(total_steps / steps_per_epoch), "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps, "params": sum(p.numel() for p in model.parameters()),
+        "versions": {"bnexp": bnexp.__version__, "torch": torch.__version__,
+                     "torchvision": _version("torchvision"), "python": platform.python_version()},
+        "git_sha": git_sha(),
+    }
+    return Training(cfg=cfg, device=device, model=model,
+               step_model=torch.compile(model) if tc.compile else model,
+               optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+               eval_loaders=eval_loaders, test=splits.test, spec=splits.spec,
+               channels_last=channels_last,
+               probes=Probes(model, cfg.probe, cfg.model.activation, probe_x, log, optimizer),
+               log=log,
+               share=share, summary=summary, total_steps=total_steps)
+
+
+def finish(run: Training, wall_time_s: float) -> None:
+    """Give the cores back, checkpoint a completed or interrupted run, write summary.json."""
+    summary, tc = run.summary, run.cfg.trainer
+    run.share.close()
+    if run.share.changes:
+        summary["thread_changes"] = run.share.changes  # [step, threads] after the first
+    if tc.checkpoint and summary["status"] in (m.COMPLETED, m.INTERRUPTED):
+        config = OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True)
+        run.log.checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                            "config": config, "step": run.step, "epoch": run.epoch})
+    completed = summary["status"] == m.COMPLETED
+    summary.update(
+        steps=run.step, epochs_completed=run.epoch if completed else run.epoch - 1,
+        final=run.final, best=run.best, wall_time_s=wall_time_s, train_time_s=run.train_time,
+        samples_per_s=(run.timed_steps * tc.batch_size / run.train_time) if run.train_time else None,
+    )
+    run.log.finish(summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
 
 
 def autocast(device: torch.device, precision: str) -> Any:
@@ -123,7 +395,7 @@ def evaluate(model: nn.Module, loader: TensorLoader, batch_stats: bool = False,
     """Mean cross-entropy and accuracy over a split: in eval mode (BN running statistics), or
     with ``batch_stats`` as in training (BN normalising each batch with its own statistics)."""
     loss_sum = torch.zeros((), device=loader.images.device)
-    correct = torch.zeros((), device=loader.images.device, dtype=torch.long)
+    correct = torch.zeros((), device=loader.images.device)
     mode = batch_statistics(model) if batch_stats else _eval_mode(model)
     with mode, autocast(loader.images.device, precision):
         for x, y in loader:
@@ -131,17 +403,19 @@ def evaluate(model: nn.Module, loader: TensorLoader, batch_stats: bool = False,
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
     n = len(loader) * loader.batch_size if loader.drop_last else len(loader.images)
-    return loss_sum.item() / n, correct.item() / n
+    total_loss, total_correct = torch.stack([loss_sum, correct]).tolist()  # one host read
+    return total_loss / n, total_correct / n
 
 
 def evaluate_splits(model: nn.Module, loaders: dict[str, TensorLoader], splits: tuple[str, ...],
                     precision: str) -> dict[str, float]:
-    """``<split>/loss`` and ``<split>/acc`` for those of ``splits`` that exist."""
+    """``<split>/loss`` and ``<split>/acc`` for those of ``splits`` that exist; the split
+    ``test_batchstats`` is evaluated on batch statistics, as in training."""
     out = {}
     for split in splits:
         if split in loaders:
-            out[f"{split}/loss"], out[f"{split}/acc"] = evaluate(model, loaders[split], False,
-                                                                 precision)
+            out[m.split_tag(split, "loss")], out[m.split_tag(split, "acc")] = evaluate(
+                model, loaders[split], split == "test_batchstats", precision)
     return out
 
 
@@ -162,7 +436,7 @@ def evaluate_single(model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], n
             finite = bool(torch.isfinite(logits).all())
             nonfinite += not finite
             correct += finite and int(logits.argmax(1).item() == y.item())
-    return {"test_single/acc": correct / len(labels), "test_single/nonfinite": nonfinite / len(labels)}
+    return {m.TEST_SINGLE_ACC: correct / len(labels), m.TEST_SINGLE_NONFINITE: nonfinite / len(labels)}
 
 
 @contextmanager
@@ -180,247 +454,24 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     type per key in every run: booleans as "true"/"false" (torch's hparams() would turn them
     into 0/1), and keys that may be null (data.train_size, trainer.steps, ...) always as text,
     so that one column does not mix 2000.0, 10000 and "None"."""
-    from bnexp.config import optional_keys
-
-    out: dict[str, Any] = {}
     nullable = optional_keys()
 
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}{k}.", v)
-            return
-        key = prefix[:-1]
-        if isinstance(node, bool):
-            out[key] = "true" if node else "false"
-        elif node is None or key in nullable or not isinstance(node, (int, float, str)):
-            out[key] = "null" if node is None else str(node)
-        else:
-            out[key] = node
+    def typed(key: str, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if value is None or key in nullable or not isinstance(value, (int, float, str)):
+            return "null" if value is None else str(value)
+        return str(value) if isinstance(value, str) else value  # a choice's enum: its text
 
-    walk("", OmegaConf.to_container(cfg, resolve=True))
-    return out
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {key: typed(key, value) for key, value in flat.items()}
 
 
-def train(cfg: DictConfig, overrides: list[str] | None = None,
-          run_dir: Path | None = None) -> dict[str, Any]:
-    """Train one model as ``cfg`` says and return its summary (also written to summary.json).
-
-    User errors found before training (missing data, bad device) raise BnexpError before any
-    run directory exists; anything after that is recorded in the run's summary.json.
-    ``run_dir`` is given by sweeps (Hydra's job directory); single runs get a fresh one.
-    """
-    t_start = time.perf_counter()
-    tc, oc = cfg.trainer, cfg.optim
-    device = resolve_device(tc.device)
-    share = ThreadShare(tc.threads)  # this run's share of the cores (bnexp/threads.py)
-    share.apply()
-    if tc.keep_memory:
-        keep_freed_memory()
-    seed_everything(cfg.seed)
-
-    splits = load_splits(cfg.data, cfg.seed, device)
-    spec = splits.spec
-    n_train = len(splits.train[0])
-    if n_train < tc.batch_size:
-        raise BnexpError(f"trainer.batch_size={tc.batch_size} exceeds the {n_train} training "
-                         "images; pass a smaller trainer.batch_size or a larger data.train_size.")
-    channels_last = use_channels_last(cfg, device)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # own stream: probes can't disturb it
-    train_loader = TensorLoader(*splits.train, tc.batch_size, spec, shuffle=True, drop_last=True,
-                                augment=cfg.data.augment, generator=shuffle_gen,
-                                channels_last=channels_last)
-    eval_loaders = {"test": TensorLoader(*splits.test, tc.eval_batch_size, spec,
-                                         channels_last=channels_last)}
-    if splits.val is not None:
-        eval_loaders["val"] = TensorLoader(*splits.val, tc.eval_batch_size, spec,
-                                           channels_last=channels_last)
-    if tc.train_eval_size:  # the gap compares like with like: the model in eval mode on
-        # training images (a fixed, seeded subset: the split is already shuffled) and on test
-        # images; the running train/acc of an epoch mixes weights from its first to its last
-        # step and, with dropout or BN, train-mode noise.
-        n = min(tc.train_eval_size, n_train)
-        eval_loaders["train_eval"] = TensorLoader(splits.train[0][:n], splits.train[1][:n],
-                                                  tc.eval_batch_size, spec,
-                                                  channels_last=channels_last)
-    if tc.eval_batch_stats:  # the test set in batches of the training size, BN on batch stats
-        eval_loaders["test_batchstats"] = TensorLoader(*splits.test, tc.batch_size, spec,
-                                                       drop_last=True, channels_last=channels_last)
-
-    # The probe batch: fixed, from the training split, from its own generator (never the
-    # shuffle stream), so every norm variant of a seed probes the same images.
-    probe_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17)
-    probe_idx = torch.randperm(n_train, generator=probe_gen)[: cfg.probe.batch_size]
-    probe_x = train_loader.normalize(splits.train[0][probe_idx.to(device)])
-
-    model = build_model(cfg.model, cfg.norm, spec.shape, spec.num_classes).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if tc.compile else model  # probes use the plain module
-    optimizer = make_optimizer(model.parameters(), oc)
-    steps_per_epoch = len(train_loader)
-    total_steps = tc.steps or tc.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-        lr_factor, total=total_steps, steps_per_epoch=steps_per_epoch, schedule=oc.schedule,
-        gamma=oc.gamma, step_size=oc.step_size, warmup=oc.warmup))
-    log_every, precision = tc.log_every, tc.precision  # plain values for the hot loop
-    val_every = tc.val_every_steps
-
-    if run_dir is None:
-        run_dir = new_run_dir(cfg.output_dir, cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run_dir, OmegaConf.to_yaml(cfg, resolve=True), overrides or [], flat_hparams(cfg),
-                 layout=probe_layout(model))
-    probes = Probes(model, cfg.probe, cfg.model.activation, probe_x, log)
-    summary: dict[str, Any] = {
-        "status": "running", "name": cfg.name, "run_dir": str(run_dir), "device": str(device),
-        "seed": cfg.seed, "threads": torch.get_num_threads(), "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps, "params": sum(p.numel() for p in model.parameters()),
-        "versions": {"bnexp": bnexp.__version__, "torch": torch.__version__,
-                     "torchvision": _version("torchvision"), "python": platform.python_version()},
-        "git_sha": git_sha(),
-    }
-    final: dict[str, float] = {}
-    best: dict[str, float] = {}
-    step, epoch, train_time, timed_steps = 0, 0, 0.0, 0  # time and steps of finished epochs
-    try:
-        with Progress(tc.progress, epochs, steps_per_epoch) as progress:
-            while step < total_steps:
-                epoch += 1
-                progress.start_epoch(epoch, min(steps_per_epoch, total_steps - step))
-                epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
-                win_loss, win_correct, win_seen = 0.0, 0, 0
-                t_epoch, first_step, t_steady = time.perf_counter(), step, None
-                t_window, window_ms = t_epoch, []  # per-step time of each log window
-                window_start = step
-                for x, y in train_loader:
-                    probe = probes.begin(step, x)  # None unless a probe is due at this step
-                    with autocast(device, precision):
-                        logits = step_model(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                    loss_value = loss.item()
-                    if not math.isfinite(loss_value):
-                        summary.update(status="diverged", diverged_step=step)
-                        raise _Stop
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if probe:
-                        probe.after_backward()  # gradient norms, before the update
-                    optimizer.step()
-                    if probe:
-                        probe.after_step()  # update-to-weight ratios; logs the probe
-                    scheduler.step()
-                    step += 1
-                    if step - first_step == STEADY_AFTER:  # step time is timed from here
-                        if device.type == "cuda":
-                            torch.cuda.synchronize()
-                        t_steady = time.perf_counter()
-
-                    correct = (logits.argmax(1) == y).sum().item()
-                    win_loss += loss_value * len(y)
-                    win_correct += correct
-                    win_seen += len(y)
-                    if val_every and step % val_every == 0:
-                        t_val = time.perf_counter()  # not training: left out of the step time
-                        log.scalars(step, evaluate_splits(model, eval_loaders, ("val", "test"),
-                                                          precision), kind="val")
-                        t_window += time.perf_counter() - t_val
-                    if step % log_every == 0 or step == total_steps:
-                        t_now = time.perf_counter()
-                        ms = 1000 * (t_now - t_window) / win_seen * len(y)  # per step
-                        if window_start - first_step >= STEADY_AFTER:  # after one-off costs
-                            window_ms.append(ms)
-                        t_window, window_start = t_now, step
-                        share.apply(step)  # a training started or ended beside this one
-                        log.scalars(step, {"train/loss": win_loss / win_seen,
-                                           "train/acc": win_correct / win_seen,
-                                           "opt/lr": scheduler.get_last_lr()[0]},
-                                    epoch=epoch, kind="step", window_step_ms=ms)
-                        progress.update(step - first_step, win_loss / win_seen)
-                        epoch_loss, epoch_correct = epoch_loss + win_loss, epoch_correct + win_correct
-                        epoch_seen += win_seen
-                        win_loss, win_correct, win_seen = 0.0, 0, 0
-                    if step == total_steps:
-                        break
-                epoch_loss, epoch_correct = epoch_loss + win_loss, epoch_correct + win_correct
-                epoch_seen += win_seen
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t_end = time.perf_counter()
-                epoch_time = t_end - t_epoch
-                train_time, timed_steps = train_time + epoch_time, step
-                steady_steps = step - first_step - STEADY_AFTER
-                metrics = {"train/loss": epoch_loss / epoch_seen,
-                           "train/acc": epoch_correct / epoch_seen,
-                           "time/epoch_s": epoch_time,
-                           "time/step_ms": 1000 * ((t_end - t_steady) / steady_steps
-                                                   if steady_steps >= STEADY_AFTER
-                                                   else epoch_time / (step - first_step)),
-                           "time/samples_per_s": epoch_seen / epoch_time}
-                if window_ms:  # robust to a neighbour's burst of load: the median window
-                    metrics["time/step_ms_median"] = statistics.median(window_ms)
-                if epoch % tc.eval_every == 0 or step == total_steps:
-                    for split, loader in eval_loaders.items():
-                        metrics[f"{split}/loss"], metrics[f"{split}/acc"] = evaluate(
-                            model, loader, split == "test_batchstats", tc.precision)
-                    if tc.eval_single and step == total_steps:
-                        metrics.update(evaluate_single(model, splits.test, tc.eval_single, spec,
-                                                       channels_last))
-                    if "train_eval/acc" in metrics:
-                        metrics["gap/loss"] = metrics["train_eval/loss"] - metrics["test/loss"]
-                        metrics["gap/acc"] = metrics["train_eval/acc"] - metrics["test/acc"]
-                    for key in ("test/acc", "val/acc"):
-                        if key in metrics and metrics[key] > best.get(key, -1.0):
-                            best[key] = metrics[key]
-                            best[f"{key.split('/')[0]}/best_epoch"] = epoch
-                tb_metrics = {k: v for k, v in metrics.items() if not k.startswith("train/")}
-                log.scalars(step, tb_metrics, epoch=epoch, kind="epoch",
-                            **{k: metrics[k] for k in ("train/loss", "train/acc")})
-                final.update(metrics)
-                progress.end_epoch(_epoch_line(epoch, epochs, metrics))
-        summary["status"] = "completed"
-    except _Stop:
-        pass
-    except KeyboardInterrupt:
-        summary["status"] = "interrupted"
-        raise
-    except BaseException as exc:
-        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        share.close()
-        if share.changes:
-            summary["thread_changes"] = share.changes  # [step, threads] after the first
-        if tc.checkpoint and summary["status"] in ("completed", "interrupted"):
-            log.checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "config": OmegaConf.to_container(cfg, resolve=True),
-                            "step": step, "epoch": epoch})
-        summary.update(
-            steps=step, epochs_completed=epoch if summary["status"] == "completed" else epoch - 1,
-            final=final, best=best, wall_time_s=time.perf_counter() - t_start,
-            train_time_s=train_time,
-            samples_per_s=(timed_steps * tc.batch_size / train_time) if train_time else None,
-        )
-        log.finish(summary)
-    return summary
-
-
-# time/step_ms leaves out each epoch's first steps (when it has 2x as many): the first steps of
-# a process pay one-off costs (oneDNN kernel selection, allocator growth; ~150 ms for the CNN),
-# which made the first job of a sweep look 25% slower per step than its twins.
-STEADY_AFTER = 10
-
-
-class _Stop(Exception):
-    """Raised inside the loop to end a run early (divergence) without a traceback."""
-
-
-def _epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+def _epoch_line(epoch: int, epochs: int, values: dict[str, float]) -> str:
     """One line per epoch, under 80 columns."""
-    parts = [f"epoch {epoch}/{epochs}: loss {m['train/loss']:.3f} acc {100 * m['train/acc']:.1f}%"]
-    if "test/acc" in m:
-        parts.append(f"test loss {m['test/loss']:.3f} acc {100 * m['test/acc']:.2f}%")
-    parts.append(f"{m['time/epoch_s']:.1f}s {m['time/samples_per_s']:.0f}/s")
+    v = values
+    parts = [f"epoch {epoch}/{epochs}: loss {v[m.TRAIN_LOSS]:.3f} acc {100 * v[m.TRAIN_ACC]:.1f}%"]
+    if m.TEST_ACC in v:
+        parts.append(f"test loss {v[m.TEST_LOSS]:.3f} acc {100 * v[m.TEST_ACC]:.2f}%")
+    parts.append(f"{v[m.EPOCH_S]:.1f}s {v[m.SAMPLES_PER_S]:.0f}/s")
     return " | ".join(parts)

@@ -23,9 +23,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bnexp.build import make_optimizer
 from bnexp.hydra_app import compose_config
 from bnexp.models import build_model
-from bnexp.train import make_optimizer, train
+from bnexp.train import train
 
 MODELS = {
     "BN paper MLP (3x100 sigmoid, BN, batch 60)": ["model=mlp", "model.activation=sigmoid",

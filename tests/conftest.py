@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import DictConfig
 from typer.testing import CliRunner
 
 from bnexp.cli import app
+from bnexp.hydra_app import compose_config
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -85,3 +87,33 @@ def cli():
 TINY = ["data.verify=false", "data.val_size=40", "trainer.batch_size=32", "trainer.epochs=2",
         "trainer.eval_batch_size=64", "trainer.log_every=2", "trainer.progress=none",
         "model.channels=[4,8]", "model.width=16", "model.depth=2"]
+
+
+def compose(*overrides: object) -> DictConfig:
+    """A config exactly as ``bnexp train`` composes it (configs/ + the schema), overridden."""
+    return compose_config([str(o) for o in overrides])
+
+
+@pytest.fixture
+def cfg(mnist_root: Path, tmp_path: Path):
+    """The one way tests build a training config (as lightning-hydra-template's conftest):
+    composed from configs/, shrunk by TINY to about a second of training on generated MNIST,
+    writing under ``tmp_path``; ``cfg("model=mlp", "norm=none")`` adds overrides."""
+
+    def make(*overrides: object, out: str = "out") -> DictConfig:
+        return compose(f"data.root={mnist_root}", f"output_dir={tmp_path / out}", *TINY,
+                       *overrides)
+
+    return make
+
+
+def cli_train(cli, root: Path, out: Path, *overrides: object):
+    """``bnexp train`` through the CLI on the generated data, shrunk by TINY."""
+    return cli("train", f"data.root={root}", f"output_dir={out}", *TINY, *overrides)
+
+
+def only_run(out: Path) -> Path:
+    """The one run directory under ``out``."""
+    runs = list((out / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]

@@ -1,19 +1,22 @@
 """Claim rules on synthetic runs: every rule type reaches each of its three outcomes, including
 the edge cases a referee would try (diverged runs, n = 1, zero variance, both variants unstable,
 censored steps-to-target, a counterexample at one level, Holm across claims), and the derived
-metrics against direct computations."""
+metrics as rules read them (each against a direct computation: tests/test_metrics.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from bnexp import claims as C
-from bnexp import stats
-from bnexp.report import Run
+from bnexp import metrics
+from bnexp.runs import Run
+from tests.conftest import TINY
 
 
 def run(norm: str, seed: int, final: dict | None = None, status: str = "completed",
@@ -194,7 +197,7 @@ def test_steps_to_target_and_censoring() -> None:
     rule = {"type": "compare", "metric": "steps_to:val/acc>=0.95", "a": "torch", "b": "none",
             "expect": "lower", "scale": "log", "threshold": 1.25, "paired": True}
     r = steps_run("torch", 0, 300)
-    assert r.metric(rule["metric"]) == 300 and not stats.censored({}, r.records, rule["metric"])
+    assert r.metric(rule["metric"]) == 300 and not metrics.censored({}, r.records, rule["metric"])
     never = steps_run("none", 0, None)
     assert never.metric(rule["metric"]) == 1000  # the whole budget: the worst outcome
     fast = [steps_run("torch", s, 200 + 100 * (s % 2)) for s in range(4)]
@@ -241,9 +244,9 @@ def growth_records(rate: float, step_last_rate: float, depth: int = 8) -> list[d
 
 
 def test_growth_rate_is_the_signed_per_layer_factor() -> None:
-    assert stats.growth_rate([8.0, 4.0, 2.0, 1.0]) == pytest.approx(2.0)  # explodes toward input
-    assert stats.growth_rate([1.0, 2.0, 4.0]) == pytest.approx(0.5)  # vanishes toward input
-    assert stats.growth_rate([1.0, 1.0]) is None  # too few layers for a slope
+    assert metrics.growth_rate([8.0, 4.0, 2.0, 1.0]) == pytest.approx(2.0)  # explodes toward input
+    assert metrics.growth_rate([1.0, 2.0, 4.0]) == pytest.approx(0.5)  # vanishes toward input
+    assert metrics.growth_rate([1.0, 1.0]) is None  # too few layers for a slope
     r = run("torch", 0, records=growth_records(1.21, 1.05))
     assert r.metric("growth:grad/weight@0") == pytest.approx(1.21)  # fc1 and the head left out
     assert r.metric("growth:grad/weight@last") == pytest.approx(1.05)
@@ -305,22 +308,8 @@ def test_max_stable_lr_outcomes() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# derived metrics
+# derived metrics through Run.metric (each one against a direct computation: test_metrics.py)
 # ---------------------------------------------------------------------------------------------
-
-def test_per_unit_drift_against_a_direct_computation() -> None:
-    rng = np.random.default_rng(0)
-    series = [np.sort(rng.normal(size=(3, 4)), axis=0) for _ in range(5)]  # [q, unit] per probe
-    records = [{"step": 10 * i, "kind": "units",
-                "act/fc3/norm/units": {q: s[j].tolist() for j, q in enumerate(("p15", "p50", "p85"))}}
-               for i, s in enumerate(series)]
-    expected = []
-    for u in range(4):
-        pts = np.array([s[:, u] for s in series])  # [probe, q]
-        expected.append(np.abs(np.diff(pts, axis=0)).mean() / (pts[:, 2] - pts[:, 0]).mean())
-    got = stats.derived({}, records, "drift_units:last")
-    assert got == pytest.approx(float(np.mean(expected)))
-
 
 def test_final_metrics_of_runs_that_did_not_complete_do_not_exist() -> None:
     r = run("torch", 0, {"test/acc": 0.9}, status="diverged",
@@ -352,3 +341,64 @@ def test_declared_claims_are_complete() -> None:
             continue
         seeds = [o for o in standard if o.startswith("seed=")]
         assert seeds and len(seeds[0].split("=")[1].split(",")) >= 5, c["id"]
+
+
+@pytest.mark.slow  # every claim's sweep end to end: `pytest -m slow`
+def test_claims_end_to_end_on_generated_data(cli, mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "claims"
+    args = ["claims", "--budget", "test", "--out", str(out), f"data.root={mnist_root}",
+            *[o for o in TINY if not o.startswith("trainer.epochs")]]
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    text = (out / "claims.md").read_text()
+    assert "Preview" in text and "Preliminary verdict" in text  # the test budget is a preview
+    data = json.loads((out / "claims.json").read_text())
+    prov = data["provenance"]
+    assert {"bnexp", "git_sha", "torch", "claims_yaml_sha256", "threads", "devices", "dataset",
+            "load_average_start", "load_average_end"} <= set(prov) and prov["dataset"] == "mnist"
+    assert [c["id"] for c in data["claims"]] == [c["id"] for c in C.load_claims()]
+    for c in data["claims"]:
+        assert c["verdict"] in ("supported", "not supported", "inconclusive") and c["reason"]
+        assert {"effect", "numbers", "runs", "statuses", "not_completed"} <= set(c)
+    for c in C.load_claims():
+        section = text.split(f"## {c['title']}")[1].split("\n## ")[0]
+        assert "**Preliminary verdict: " in section
+        assert "Decision rule (declared before the runs)" in section
+        verdict = section.split("**Preliminary verdict: ")[1].split(".**")[0]
+        assert verdict in ("supported", "not supported", "inconclusive")
+        if verdict == "inconclusive":
+            assert section.split(".**", 1)[1].strip()  # with its reason
+    # A second call reuses every completed run.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    assert before == after
+
+
+def test_claims_rejects_output_dir_and_writes_nothing(cli, tmp_path: Path) -> None:
+    out = tmp_path / "claims"
+    result = cli("claims", "--budget", "test", "--out", str(out), f"output_dir={tmp_path / 'x'}")
+    assert result.exit_code == 2 and "pass --out DIR instead" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow  # every claim's sweep end to end: `pytest -m slow`
+def test_claims_on_cifar_layout(cli, cifar_root: Path, tmp_path: Path) -> None:
+    """data=cifar10 runs the claims whose sweep supports it, on files in the official layout:
+    the MLP claims on flattened 3x32x32 images, the CNN claims on the images."""
+    out = tmp_path / "claims"
+    tiny = [o for o in TINY if not o.startswith(("trainer.epochs", "data.val_size"))]
+    result = cli("claims", "--budget", "test", "--out", str(out), "--only",
+                 "cost,literal_inference", "data=cifar10", f"data.root={cifar_root}",
+                 "data.val_size=20", *tiny)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "claims.json").read_text())
+    assert data["provenance"]["dataset"] == "cifar10"
+    assert [c["id"] for c in data["claims"]] == ["cost", "literal_inference"]
+    assert sorted(p.name for p in (out / "sweeps").iterdir()) == ["cost-test-cifar10",
+                                                                  "small_batch-test-cifar10"]
+    config = yaml.safe_load(next((out / "sweeps" / "cost-test-cifar10").rglob("config.yaml"))
+                            .read_text())
+    assert config["data"]["name"] == "cifar10" and config["model"]["arch"] == "cnn"

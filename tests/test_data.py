@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -16,16 +17,21 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets as tvd
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bnexp import data
-from bnexp.config import DataConfig
 from bnexp.errors import BnexpError
+from bnexp.hydra_app import compose_config
 from tests.conftest import make_digits, write_cifar, write_mnist
 
 
-def data_cfg(root: Path, **kw) -> DataConfig:
-    return OmegaConf.structured(DataConfig(root=str(root), **{"val_size": 40, **kw}))
+@functools.cache
+def _default_data() -> DictConfig:
+    return compose_config([]).data  # the values users get (configs/data/mnist.yaml)
+
+
+def data_cfg(root: Path, **kw) -> DictConfig:
+    return OmegaConf.merge(_default_data(), {"root": str(root), "val_size": 40, **kw})
 
 
 def test_mnist_idx_files_load_through_torchvision(mnist_root: Path) -> None:
@@ -254,8 +260,9 @@ def test_verified_files_are_hashed_once_per_version(mnist_root: Path, monkeypatc
 def test_training_path_does_not_import_torchvision_when_cached(mnist_root: Path) -> None:
     data.load_splits(data_cfg(mnist_root, verify=False), 0, torch.device("cpu"))
     code = ("import sys, torch; from omegaconf import OmegaConf; from bnexp import data; "
-            "from bnexp.config import DataConfig; "
-            f"cfg = OmegaConf.structured(DataConfig(root={str(mnist_root)!r}, verify=False, val_size=40)); "
+            "from bnexp.hydra_app import compose_config; "
+            f"cfg = OmegaConf.merge(compose_config([]).data, dict(root={str(mnist_root)!r}, "
+            "verify=False, val_size=40)); "
             "data.load_splits(cfg, 0, torch.device('cpu')); print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
                          text=True, check=True)

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from bnexp.config import ModelConfig, NormConfig
+from bnexp.config import NormKind
+from bnexp.hydra_app import compose_config
 from bnexp.models import build_model
-from bnexp.norm import BatchNorm, SeedBatchNorm
+from bnexp.norm import BatchNorm, GhostBatchNorm, NoisyBatchNorm, SeedBatchNorm
 
-NORMS = ["none", "torch", "custom", "seed"]
+NORMS = [kind.value for kind in NormKind]
 NORM_TYPES = {"none": nn.Identity, "torch": (nn.BatchNorm1d, nn.BatchNorm2d),
-              "custom": BatchNorm, "seed": SeedBatchNorm}
+              "custom": BatchNorm, "seed": SeedBatchNorm, "noisy": NoisyBatchNorm,
+              "ghost": GhostBatchNorm, "layer": nn.GroupNorm, "group": nn.GroupNorm}
+
+
+@functools.cache
+def composed(arch: str, norm: str):
+    """The model and norm sections as users get them (values live in configs/, not the schema)."""
+    cfg = compose_config([f"model={arch}", f"norm={norm}"])
+    return cfg.model, cfg.norm
 
 
 def build(arch: str, norm: str, shape=(1, 28, 28), classes=10, **kw) -> nn.Module:
-    mcfg = OmegaConf.structured(ModelConfig(arch=arch, **kw))
-    return build_model(mcfg, OmegaConf.structured(NormConfig(kind=norm)), shape, classes)
+    model_cfg, norm_cfg = composed(arch, norm)
+    return build_model(OmegaConf.merge(model_cfg, kw), norm_cfg, shape, classes)
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])

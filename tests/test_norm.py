@@ -1,5 +1,7 @@
-"""bnexp.norm.BatchNorm against torch.nn.BatchNorm* as the trusted reference, and the write-up's
-SeedBatchNorm against a direct transcription of its formula."""
+"""The BatchNorm stack, layer by layer: the reference formulas of bnexp.norm against
+torch.nn.BatchNorm*, each fast path of bnexp.kernels against those formulas, the BatchNorm module
+against torch.nn.BatchNorm* end to end (running statistics, eval mode, memory formats), and the
+write-up's SeedBatchNorm against a direct transcription of its formula."""
 
 from __future__ import annotations
 
@@ -9,9 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from bnexp import kernels
-from bnexp.config import NORM_IMPLS
-from bnexp.norm import IMPLS, BatchNorm, SeedBatchNorm, make_norm
+from bnexp import kernels, norm
+from bnexp.config import NormImpl, NormKind
+from bnexp.kernels import cpu, eager
+from bnexp.norm import (
+    NORM_BUILDERS,
+    BatchNorm,
+    SeedBatchNorm,
+    bn_backward,
+    bn_forward,
+    make_norm,
+    prepare_kernels,
+    update_running_stats,
+)
 
 REFERENCE = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 SPATIAL = {2: (), 3: (7,), 4: (5, 6), 5: (3, 4, 5)}
@@ -54,6 +66,7 @@ def pair(rank: int, dtype: torch.dtype, impl: str = "auto", channels: int = C,
          **kw) -> tuple[nn.Module, nn.Module]:
     ref = REFERENCE[rank](channels, **kw).to(dtype)
     ours = BatchNorm(channels, impl=impl, **kw).to(dtype)
+    prepare_kernels(ours)  # as training does: impl=auto then runs the C kernels on this CPU
     if ref.affine:  # non-trivial affine parameters, identical in both
         with torch.no_grad():
             ref.weight.uniform_(0.5, 1.5)
@@ -71,6 +84,174 @@ def forward_backward(ref: nn.Module, ours: nn.Module, x: torch.Tensor, dy=None) 
     y_ref.backward(dy)
     y_ours.backward(dy)
     return y_ref, y_ours, x_ref.grad, x_ours.grad
+
+
+# --- The reference formulas against torch ------------------------------------------------------
+
+
+def reference(x: torch.Tensor, weight, bias, dy: torch.Tensor, eps: float = 1e-5) -> dict:
+    """bnexp.norm's plain formulas, forward and backward, by name."""
+    y, mean, invstd, var = bn_forward(x, weight, bias, eps)
+    dx, dgamma, dbeta = bn_backward(dy, x, weight, mean, invstd)
+    return {"y": y, "mean": mean, "invstd": invstd, "var": var, "dx": dx, "dgamma": dgamma,
+            "dbeta": dbeta}
+
+
+def params(dtype: torch.dtype, channels: int = C, seed: int = 1) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.rand(channels, generator=g, dtype=dtype) + 0.5
+    return weight, torch.rand(channels, generator=g, dtype=dtype) - 0.5
+
+
+def dx_scale(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor | None) -> float:
+    """The size of dx's terms: dy * gamma / std (dx itself can cancel to round-off)."""
+    term = dy.abs().max() / x.var(reduce_dims(x), correction=0).add(1e-5).sqrt().min()
+    return (term * (1 if weight is None else weight.abs().max())).item()
+
+
+def reduce_dims(x: torch.Tensor) -> list[int]:
+    return [0, *range(2, x.dim())]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("rank,batch", [(2, 2), (2, 64), (3, 8), (4, 2), (4, 16), (5, 4)])
+def test_reference_formulas_match_torch(rank: int, batch: int, affine: bool,
+                                        dtype: torch.dtype) -> None:
+    """bn_forward/bn_backward/update_running_stats against torch.nn.BatchNorm*: the reference
+    is what every fast path is tested against, so it is checked against torch itself."""
+    tol = tolerance(dtype)
+    ref = REFERENCE[rank](C, affine=affine).to(dtype)
+    weight, bias = params(dtype) if affine else (None, None)
+    if affine:
+        with torch.no_grad():
+            ref.weight.copy_(weight)
+            ref.bias.copy_(bias)
+    x = make_input(rank, batch, dtype, channels_last=False).requires_grad_()
+    y_torch = ref(x)
+    dy = torch.randn_like(y_torch)
+    y_torch.backward(dy)
+    ours = reference(x.detach(), weight, bias, dy)
+    assert_close(ours["y"], y_torch.detach(), tol)
+    assert_close(ours["dx"], x.grad, tol, scale=dx_scale(x, dy, weight))
+    if affine:
+        assert_close(ours["dgamma"], ref.weight.grad, tol)
+        assert_close(ours["dbeta"], ref.bias.grad, tol)
+    running = (torch.zeros(C, dtype=dtype), torch.ones(C, dtype=dtype), torch.tensor(0), 0.1)
+    update_running_stats(*running, ours["mean"], ours["var"], x.numel() // C)
+    assert_close(running[0], ref.running_mean, tol)
+    assert_close(running[1], ref.running_var, tol)
+    assert int(running[2]) == int(ref.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("rank", [2, 4])
+def test_reference_backward_is_autograd_of_reference_forward(rank: int) -> None:
+    """The hand-derived bn_backward against autograd through bn_forward, in float64."""
+    x = make_input(rank, 8, torch.float64, channels_last=False).requires_grad_()
+    weight, bias = (p.requires_grad_() for p in params(torch.float64))
+    y, *_ = bn_forward(x, weight, bias, 1e-5)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, weight, bias), dy)
+    _, mean, invstd, _ = bn_forward(x.detach(), weight.detach(), bias.detach(), 1e-5)
+    ours = bn_backward(dy, x.detach(), weight.detach(), mean, invstd)
+    for got, expected in zip(ours, grads, strict=True):
+        assert_close(got, expected, 1e-12, scale=1.0)
+
+
+# --- Each fast path against the reference formulas ----------------------------------------------
+
+
+def fast_cpu(x: torch.Tensor, weight, bias, dy: torch.Tensor, eps: float = 1e-5) -> dict:
+    """The C kernels, forward and backward; running statistics checked separately."""
+    shape = cpu.layout(x, weight, bias)
+    assert shape is not None, "the C kernels take this input"
+    y, stats = cpu.forward(x, shape, weight, bias, eps, None, None, None, 0.1)
+    dx, dgamma, dbeta = cpu.backward(dy, x, shape, weight, stats, True, weight is not None)
+    mean, invstd, var = stats
+    out = {"y": y, "mean": mean, "invstd": invstd, "var": var, "dx": dx}
+    if weight is not None:
+        out.update(dgamma=dgamma, dbeta=dbeta)
+    return out
+
+
+def fast_eager(x: torch.Tensor, weight, bias, dy: torch.Tensor, eps: float = 1e-5) -> dict:
+    y, mean, invstd, var = eager.forward(x, weight, bias, eps)
+    dx, dgamma, dbeta = eager.backward(dy, x, weight, mean, invstd)
+    return {"y": y, "mean": mean, "invstd": invstd, "var": var, "dx": dx, "dgamma": dgamma,
+            "dbeta": dbeta}
+
+
+FAST_PATHS = {"cpu": fast_cpu, "eager": fast_eager}
+needs_cc = pytest.mark.skipif(not cpu.load(), reason="no C compiler: torch-ops path only")
+# (shape, channels_last): every rank and memory format, tall and narrow 2-d inputs whose row
+# count is no multiple of the rows the C kernels group together (the leftover rows), channel
+# counts around the grouping width, and inputs past the threading threshold (32768 values).
+FAST_CASES = [((64, C), False), ((2, C), False), ((8, C, 7), False), ((16, C, 5, 6), False),
+              ((16, C, 5, 6), True), ((4, C, 3, 4, 5), True), ((1001, 10), False),
+              ((4099, 16), False), ((3, 1), False), ((700, 63), False), ((700, 64), False),
+              ((700, 65), False), ((256, 1024), False), ((64, 16, 8, 8), True),
+              ((64, 16, 8, 8), False), ((20003, 7), False), ((12, 40, 9, 9), True)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("path", [pytest.param("cpu", marks=needs_cc), "eager"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,channels_last", FAST_CASES)
+def test_fast_paths_match_the_reference(shape, channels_last, dtype, path, threads) -> None:
+    tol = tolerance(dtype)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=dtype) * 3 + 1.5
+    dy = torch.randn(shape, generator=g, dtype=dtype)
+    if channels_last:
+        fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+        x, dy = x.to(memory_format=fmt), dy.to(memory_format=fmt)
+    weight, bias = params(dtype, shape[1])
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        expected = reference(x, weight, bias, dy)
+        got = FAST_PATHS[path](x, weight, bias, dy)
+    finally:
+        torch.set_num_threads(saved)
+    for name, value in got.items():
+        scale = dx_scale(x, dy, weight) if name == "dx" else None
+        assert_close(value, expected[name], tol, scale=scale)
+    assert got["y"].stride() == x.stride() and got["dx"].stride() == x.stride()
+
+
+@needs_cc
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_c_kernels_update_running_stats_like_the_reference(momentum, dtype) -> None:
+    ours = (torch.zeros(C, dtype=dtype), torch.ones(C, dtype=dtype), torch.tensor(0))
+    expected = tuple(t.clone() for t in ours)
+    for step in range(3):
+        x = make_input(4, 8, dtype, channels_last=step == 1, seed=step)
+        cpu.forward(x, cpu.layout(x), None, None, 1e-5, *ours, momentum)
+        _, mean, _, var = bn_forward(x, None, None, 1e-5)
+        update_running_stats(*expected, momentum, mean, var, x.numel() // C)
+    for got, want in zip(ours, expected, strict=True):
+        assert_close(got, want, tolerance(dtype))
+
+
+@pytest.mark.parametrize("rank,batch", [(2, 64), (4, 8)])
+def test_compiled_reference_matches_the_reference(rank: int, batch: int) -> None:
+    """impl=compiled runs the reference formulas through torch.compile: same values."""
+    x = make_input(rank, batch, torch.float32, channels_last=False)
+    weight, bias = params(torch.float32)
+    dy = torch.randn_like(x)
+    compiled_fwd, compiled_bwd = norm._compiled()  # what impl=compiled runs
+    y, mean, invstd, var = compiled_fwd(x, weight, bias, 1e-5)
+    got = {"y": y, "mean": mean, "invstd": invstd, "var": var}
+    got.update(zip(("dx", "dgamma", "dbeta"), compiled_bwd(dy, x, weight, mean, invstd),
+                   strict=True))
+    expected = reference(x, weight, bias, dy)
+    for name, value in got.items():
+        assert_close(value, expected[name], 1e-5, scale=dx_scale(x, dy, weight) if name == "dx"
+                     else None)
+
+
+# --- The BatchNorm module against torch, end to end -------------------------------------------
 
 
 CASES = [case for case in itertools.product(
@@ -249,46 +430,6 @@ def test_channels_last_output_takes_an_inplace_activation() -> None:
     assert_close(x_ours.grad, x_ref.grad, 1e-5)
 
 
-needs_cc = pytest.mark.skipif(not kernels.available(), reason="no C compiler: torch-ops path only")
-
-
-@needs_cc
-def test_cpu_float_inputs_run_the_c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """impl=auto on CPU float32/float64 goes through bn_cpu.c both ways; bf16 does not."""
-    calls = []
-    for name in ("forward", "backward"):
-        real = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
-    for dtype in (torch.float32, torch.float64):
-        BatchNorm(C).to(dtype)(make_input(4, 8, dtype, True).requires_grad_()).sum().backward()
-    assert calls == ["forward", "backward"] * 2
-    BatchNorm(C)(make_input(4, 8, torch.bfloat16, False).requires_grad_()).sum().backward()
-    BatchNorm(C, impl="eager")(make_input(2, 8, torch.float32, False))
-    assert len(calls) == 4
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape,channels_last", [((256, 1024), False), ((64, 16, 8, 8), False),
-                                                 ((64, 16, 8, 8), True), ((600, 7), False)])
-def test_multithreaded_kernels_match_torch(shape, channels_last, dtype) -> None:
-    """Inputs past the kernels' threading threshold (32768 values), on 2 threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        ref, ours = pair(len(shape), dtype, channels=shape[1])
-        x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0)) * 2 - 3
-        if channels_last:
-            x = x.to(memory_format=torch.channels_last)
-        y_ref, y_ours, dx_ref, dx_ours = forward_backward(ref, ours, x)
-        assert_close(y_ours, y_ref, tolerance(dtype))
-        assert_close(dx_ours, dx_ref, tolerance(dtype))
-        assert_close(ours.weight.grad, ref.weight.grad, tolerance(dtype))
-        assert_close(ours.bias.grad, ref.bias.grad, tolerance(dtype))
-        assert_close(ours.running_var, ref.running_var, tolerance(dtype))
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_gradient_in_another_memory_format() -> None:
     """dy need not share x's layout: a contiguous dy for a channels_last x, or an expanded one."""
     x = make_input(4, 8, torch.float32, channels_last=True)
@@ -300,34 +441,97 @@ def test_gradient_in_another_memory_format() -> None:
         assert_close(ours.weight.grad, ref.weight.grad, 1e-5, scale=x[:, 0].numel())
 
 
+# --- Which path runs, and when the C kernels are built ------------------------------------------
+
+
 @needs_cc
-def test_kernel_build_is_cached_per_source(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_float_inputs_run_the_c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """impl=auto on CPU float32/float64 goes through bn_cpu.c both ways; bf16 does not."""
+    calls = []
+    for name in ("forward", "backward"):
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
+    for dtype in (torch.float32, torch.float64):
+        BatchNorm(C).to(dtype)(make_input(4, 8, dtype, True).requires_grad_()).sum().backward()
+    assert calls == ["forward", "backward"] * 2
+    BatchNorm(C)(make_input(4, 8, torch.bfloat16, False).requires_grad_()).sum().backward()
+    BatchNorm(C, impl="eager")(make_input(2, 8, torch.float32, False))
+    assert len(calls) == 4
+
+
+@pytest.fixture
+def fresh_process(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """The kernels' loader as in a new process, with an empty build cache in tmp_path."""
     monkeypatch.setenv("BNEXP_CACHE", str(tmp_path))
-    first = kernels.build()
-    assert first.parent == tmp_path / "kernels" and first.stat().st_size > 0
+    monkeypatch.setattr(cpu, "_TRIED", [])
+    monkeypatch.setattr(cpu, "_FNS", {})
+    monkeypatch.setattr("bnexp.norm._UNPREPARED_WARNED", [])
+    return tmp_path
+
+
+@needs_cc
+def test_forward_never_builds_prepare_kernels_does(fresh_process) -> None:
+    """Before prepare_kernels, impl=auto warns once and runs torch ops (same results) without
+    building anything; prepare_kernels builds, and the next forward runs the C kernels."""
+    ref, ours = nn.BatchNorm1d(C), BatchNorm(C)
+    x = make_input(2, 64, torch.float32, channels_last=False)
+    with pytest.warns(UserWarning, match="before bnexp.norm.prepare_kernels"):
+        assert_close(ours(x), ref(x), 1e-5)
+    assert not (fresh_process / "kernels").exists() and not cpu.loaded()
+    model = nn.Sequential(nn.Linear(3, C), ours)
+    prepare_kernels(model)
+    assert cpu.loaded() and len(list((fresh_process / "kernels").glob("*.so"))) == 1
+    assert cpu.layout(x) is not None  # the next forward takes the C kernels
+    assert_close(ours(x), ref(x), 1e-5)
+
+
+def test_prepare_kernels_is_a_no_op_without_c_layers(fresh_process, monkeypatch) -> None:
+    """Models whose norm layers cannot use the C kernels load nothing."""
+    monkeypatch.setattr(cpu, "load", lambda: pytest.fail("loaded the C kernels"))
+    for kind in ("none", "torch", "seed"):
+        prepare_kernels(nn.Sequential(nn.Linear(3, C), make_norm(kind, C, 1)))
+    prepare_kernels(nn.Sequential(make_norm("custom", C, 1, impl="eager")))
+    if torch.cuda.is_available():
+        prepare_kernels(BatchNorm(C).cuda())
+
+
+@needs_cc
+def test_kernel_build_is_cached_per_source(fresh_process, monkeypatch) -> None:
+    first = cpu.build()
+    assert first.parent == fresh_process / "kernels" and first.stat().st_size > 0
     mtime = first.stat().st_mtime_ns
-    assert kernels.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
+    assert cpu.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
     assert list(first.parent.iterdir()) == [first]  # no temporary files left behind
+    # The header is part of the source: editing it gives a new build.
+    sources = fresh_process / "src"
+    sources.mkdir()
+    for path in cpu.SOURCES:
+        (sources / path.name).write_bytes(path.read_bytes())
+    (sources / "bn_cpu_impl.h").write_text((sources / "bn_cpu_impl.h").read_text() + "\n/* */\n")
+    monkeypatch.setattr(cpu, "SOURCE", sources / "bn_cpu.c")
+    monkeypatch.setattr(cpu, "SOURCES", tuple(sources / p.name for p in cpu.SOURCES))
+    second = cpu.build()
+    assert second != first and second.exists()
 
 
-def test_without_a_compiler_falls_back_to_torch_ops(tmp_path, monkeypatch) -> None:
-    """No C compiler: one warning, then the torch-ops path with the same results."""
-    monkeypatch.setenv("BNEXP_CACHE", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    monkeypatch.setattr(kernels, "_LIB", {})
-    monkeypatch.setattr(kernels, "_FNS", {})
+def test_without_a_compiler_falls_back_to_torch_ops(fresh_process, monkeypatch) -> None:
+    """No C compiler: one warning from prepare_kernels, then the torch-ops path, same results."""
+    monkeypatch.setenv("CC", str(fresh_process / "no-such-cc"))
+    ref, ours = REFERENCE[4](C), BatchNorm(C)
     with pytest.warns(UserWarning, match="C BatchNorm kernel is unavailable.*no C compiler"):
-        assert not kernels.available()
-    ref, ours = pair(4, torch.float32)
+        prepare_kernels(ours)
+    assert not cpu.loaded() and not kernels.available()
     x = make_input(4, 8, torch.float32, channels_last=True)
-    assert kernels.layout(x) is None
+    assert cpu.layout(x) is None
     assert_close(ours(x), ref(x), 1e-5)
     assert_close(ours.running_var, ref.running_var, 1e-5)
 
 
-def test_impl_names_agree_with_the_config_schema() -> None:
-    assert NORM_IMPLS == IMPLS
-    with pytest.raises(ValueError, match="impl must be one of"):
+def test_every_config_choice_is_built() -> None:
+    assert set(NORM_BUILDERS) == set(NormKind), "every norm kind needs a builder"
+    for impl in NormImpl:
+        BatchNorm(C, impl=impl)
+    with pytest.raises(ValueError, match="impl must be one of auto, eager, compiled"):
         BatchNorm(C, impl="fast")
 
 

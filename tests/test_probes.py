@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bnexp.config import ModelConfig, NormConfig, ProbeConfig
 from bnexp.models import build_model
 from bnexp.probes import Probes, hidden_blocks
-from tests.conftest import TINY
+from tests.conftest import TINY, compose
 
 
 class Recorder:
@@ -34,13 +32,14 @@ class Recorder:
 def make(arch: str = "mlp", norm: str = "torch", activation: str = "sigmoid",
          dropout: float = 0.0, **probe_kw):
     torch.manual_seed(0)
-    mcfg = OmegaConf.structured(ModelConfig(arch=arch, activation=activation, dropout=dropout,
-                                            depth=3, width=20, channels=[4, 8]))
-    model = build_model(mcfg, OmegaConf.structured(NormConfig(kind=norm)), (1, 12, 12), 10)
-    pcfg = OmegaConf.structured(ProbeConfig(every=1, hist_every=0, **probe_kw))
+    cfg = compose(f"model={arch}", f"model.activation={activation}", f"model.dropout={dropout}",
+                  "model.depth=3", "model.width=20", "model.channels=[4,8]", f"norm={norm}",
+                  "probe.every=1", "probe.hist_every=0",
+                  *(f"probe.{k}={v}" for k, v in probe_kw.items()))
+    model = build_model(cfg.model, cfg.norm, (1, 12, 12), 10)
     probe_x = torch.randn(64, 1, 12, 12)
     log = Recorder()
-    return model, Probes(model, pcfg, activation, probe_x, log), probe_x, log
+    return model, Probes(model, cfg.probe, activation, probe_x, log), probe_x, log
 
 
 def captured_stages(model, x) -> dict[str, torch.Tensor]:
@@ -122,13 +121,11 @@ def test_gradient_probes_match_autograd(arch, norm) -> None:
     grads = torch.autograd.grad(loss, weights + [inputs[n] for n in names])
     model.zero_grad()
 
-    probe = probes.begin(0, x)
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    probe.after_backward()
     before = {n: probes.layers[n].weight.detach().clone() for n in names}
-    opt.step()
-    probe.after_step()
+    with probes.at(0, x):  # the probes read gradients after the update, as in training
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
     got = log.records[0]
     for i, n in enumerate(names):
         assert got[f"grad/{n}/weight"] == pytest.approx(grads[i].norm().item(), rel=1e-5)
@@ -151,16 +148,26 @@ def run(cli, root: Path, out: Path, *overrides: str) -> Path:
     return run_dir
 
 
-def test_probing_does_not_change_training(cli, mnist_root, tmp_path) -> None:
-    losses = {}
+@pytest.mark.parametrize("model,extra", [
+    ("mlp", ()), ("mlp", ("probe.ics=true", "probe.landscape=true")),
+    ("cnn", ("probe.ics=true", "probe.landscape=true", "trainer.steps=6"))])
+def test_probing_does_not_change_training(cli, mnist_root, tmp_path, model, extra) -> None:
+    """Every probe, the opt-in ICS and landscape ones included, leaves the losses, the final
+    test loss and the dropout masks exactly as without probes."""
+    losses, probed = {}, []
     for probe in ("off", "every_step"):
-        run_dir = run(cli, mnist_root, tmp_path / probe, "model=mlp", "norm=custom",
-                      "model.dropout=0.3", f"probe={probe}")
+        run_dir = run(cli, mnist_root, tmp_path / probe, f"model={model}", "norm=custom",
+                      "model.dropout=0.3", f"probe={probe}", *extra)
         records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         losses[probe] = [(r["step"], r["train/loss"]) for r in records if r["kind"] != "probe"]
         summary = json.loads((run_dir / "summary.json").read_text())
         losses[probe].append(summary["final"]["test/loss"])
+        probed = [r for r in records if r["kind"] == "probe"]
     assert losses["off"] == losses["every_step"]
+    keys = {k for r in probed for k in r}
+    first = "fc1" if model == "mlp" else "conv1"
+    wanted = {f"ics/{first}/l2", "ics/head/cos", "landscape/loss_range", "landscape/beta"}
+    assert (wanted <= keys) == bool(extra)
 
 
 def test_probes_reach_tensorboard_and_metrics(cli, mnist_root, tmp_path) -> None:

@@ -11,14 +11,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnexp import claims as claims_module
-from bnexp.report import ci95, find_runs, group_runs, write_report
+from bnexp import figures
+from bnexp.report import write_report
+from bnexp.runs import ci95, find_runs, group_runs
 from tests.conftest import TINY
 
 
 def fake_run(root: Path, name: str, norm: str, seed: int, test_acc: float, gap: float,
-             lr: float = 0.1, status: str = "completed", step_ms: float = 2.0) -> Path:
-    """A run directory as bnexp writes it, with chosen numbers."""
+             lr: float = 0.1, status: str = "completed", step_ms: float = 2.0,
+             grad_kinds: tuple[str, ...] = ("weight", "input")) -> Path:
+    """A run directory as bnexp writes it, with chosen numbers (gradient norms of the probed
+    ``grad_kinds`` only)."""
     d = root / name
     d.mkdir(parents=True)
     config = {"norm": {"kind": norm}, "optim": {"lr": lr}, "seed": seed, "name": "x",
@@ -35,9 +38,11 @@ def fake_run(root: Path, name: str, norm: str, seed: int, test_acc: float, gap: 
     for step in (0, 10, 20):
         records.append({"step": step, "kind": "step", "train/loss": 1.0 / (step + 1),
                         "train/acc": 0.5})
-        records.append({"step": step, "kind": "probe", "grad/fc1/weight": 2.0 + seed,
-                        "grad/fc2/weight": 1.0, "grad/head/weight": 0.5,
-                        "grad/fc1/input": 0.1, "grad/fc2/input": 0.2 + seed, "grad/head/input": 0.4,
+        grads = {"grad/fc1/weight": 2.0 + seed, "grad/fc2/weight": 1.0, "grad/head/weight": 0.5,
+                 "grad/fc1/input": 0.1, "grad/fc2/input": (0.2 + seed) * (1 + step),
+                 "grad/head/input": 0.4}
+        records.append({"step": step, "kind": "probe",
+                        **{k: v for k, v in grads.items() if k.split("/")[2] in grad_kinds},
                         "act/fc2/norm/p15": -1.0 + step / 100, "act/fc2/norm/p50": 0.0,
                         "act/fc2/norm/p85": 1.0})
     records.append({"step": 20, "kind": "epoch", "epoch": 1, "test/loss": 1 - test_acc,
@@ -100,6 +105,48 @@ def test_report_writes_table_csv_and_every_figure(cli, runs_root: Path, tmp_path
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_input_gradient_figure_plots_the_backpropagated_norm_per_layer(runs_root: Path) -> None:
+    """grad/<layer>/input, what the vanishing and exploding claims are about: per group, the
+    mean over its runs (diverged ones too: probes precede the divergence) at the first and the
+    last probe, layer by layer in network order."""
+    _, groups = group_runs(find_runs([runs_root])[0])
+    layers, values = figures.grad_profile(groups, "input")
+    assert layers == ["fc1", "fc2", "head"]
+    none, bn = values["norm=none"], values["norm=torch"]  # seeds 0-2; torch also has seed 9
+    assert none["init"] == pytest.approx([0.1, statistics.fmean([0.2, 1.2, 2.2]), 0.4])
+    assert none["last"] == pytest.approx([0.1, 21 * statistics.fmean([0.2, 1.2, 2.2]), 0.4])
+    assert bn["init"][1] == pytest.approx(statistics.fmean([0.2, 1.2, 2.2, 9.2]))
+
+
+def test_report_draws_the_input_gradient_figure_exactly_when_runs_have_it(tmp_path: Path) -> None:
+    only_input, no_input = tmp_path / "only_input", tmp_path / "no_input"
+    for seed in range(2):
+        fake_run(only_input, f"r{seed}", "none", seed, 0.9, 0.01, grad_kinds=("input",))
+        fake_run(no_input, f"r{seed}", "none", seed, 0.9, 0.01, grad_kinds=("weight",))
+    found = write_report([only_input], tmp_path / "a")
+    assert found["figures"]["Backpropagated gradient per layer"].name == "input_grad_norms.png"
+    assert "Gradient norms per layer" not in found["figures"]  # no weight gradients logged
+    text = (tmp_path / "a" / "report.md").read_text()
+    assert "![Backpropagated gradient per layer](figures/input_grad_norms.png)" in text
+    found = write_report([no_input], tmp_path / "b")
+    assert "Backpropagated gradient per layer" not in found["figures"]
+    assert not (tmp_path / "b" / "figures" / "input_grad_norms.png").exists()
+
+
+def test_report_of_a_trained_run_has_the_input_gradient_figure(cli, mnist_root: Path,
+                                                               tmp_path: Path) -> None:
+    """End to end: the probes of a real `bnexp train` reach the report's figure."""
+    out = tmp_path / "out"
+    result = cli("train", f"data.root={mnist_root}", f"output_dir={out}", *TINY,
+                 "trainer.epochs=1", "model=mlp", "probe.every=4")
+    assert result.exit_code == 0, result.output
+    result = cli("report", str(out), "--out", str(tmp_path / "report"))
+    assert result.exit_code == 0, result.output
+    png = tmp_path / "report" / "figures" / "input_grad_norms.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "figures/input_grad_norms.png" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_accuracy_vs_lr_figure_marks_divergence(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     for i, lr in enumerate((0.01, 0.1, 1.0)):
@@ -151,63 +198,10 @@ def test_a_failed_report_leaves_the_previous_one_untouched(cli, runs_root: Path,
     assert after == before  # report.md, results.csv and figures exactly as they were
 
 
-def test_claims_end_to_end_on_generated_data(cli, mnist_root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "claims"
-    args = ["claims", "--budget", "test", "--out", str(out), f"data.root={mnist_root}",
-            *[o for o in TINY if not o.startswith("trainer.epochs")]]
-    result = cli(*args)
-    assert result.exit_code == 0, result.output
-    text = (out / "claims.md").read_text()
-    assert "Preview" in text and "Preliminary verdict" in text  # the test budget is a preview
-    data = json.loads((out / "claims.json").read_text())
-    prov = data["provenance"]
-    assert {"bnexp", "git_sha", "torch", "claims_yaml_sha256", "threads", "devices", "dataset",
-            "load_average_start", "load_average_end"} <= set(prov) and prov["dataset"] == "mnist"
-    assert [c["id"] for c in data["claims"]] == [c["id"] for c in claims_module.load_claims()]
-    for c in data["claims"]:
-        assert c["verdict"] in ("supported", "not supported", "inconclusive") and c["reason"]
-        assert {"effect", "numbers", "runs", "statuses", "not_completed"} <= set(c)
-    for c in claims_module.load_claims():
-        section = text.split(f"## {c['title']}")[1].split("\n## ")[0]
-        assert "**Preliminary verdict: " in section
-        assert "Decision rule (declared before the runs)" in section
-        verdict = section.split("**Preliminary verdict: ")[1].split(".**")[0]
-        assert verdict in ("supported", "not supported", "inconclusive")
-        if verdict == "inconclusive":
-            assert section.split(".**", 1)[1].strip()  # with its reason
-    # A second call reuses every completed run.
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
-    result = cli(*args)
-    assert result.exit_code == 0, result.output
-    after = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
-    assert before == after
 
 
-def test_claims_rejects_output_dir_and_writes_nothing(cli, tmp_path: Path) -> None:
-    out = tmp_path / "claims"
-    result = cli("claims", "--budget", "test", "--out", str(out), f"output_dir={tmp_path / 'x'}")
-    assert result.exit_code == 2 and "pass --out DIR instead" in result.output
-    assert "Traceback" not in result.output
-    assert not out.exists() and not (tmp_path / "x").exists()
 
 
-def test_claims_on_cifar_layout(cli, cifar_root: Path, tmp_path: Path) -> None:
-    """data=cifar10 runs the claims whose sweep supports it, on files in the official layout:
-    the MLP claims on flattened 3x32x32 images, the CNN claims on the images."""
-    out = tmp_path / "claims"
-    tiny = [o for o in TINY if not o.startswith(("trainer.epochs", "data.val_size"))]
-    result = cli("claims", "--budget", "test", "--out", str(out), "--only",
-                 "cost,literal_inference", "data=cifar10", f"data.root={cifar_root}",
-                 "data.val_size=20", *tiny)
-    assert result.exit_code == 0, result.output
-    data = json.loads((out / "claims.json").read_text())
-    assert data["provenance"]["dataset"] == "cifar10"
-    assert [c["id"] for c in data["claims"]] == ["cost", "literal_inference"]
-    assert sorted(p.name for p in (out / "sweeps").iterdir()) == ["cost-test-cifar10",
-                                                                  "small_batch-test-cifar10"]
-    config = yaml.safe_load(next((out / "sweeps" / "cost-test-cifar10").rglob("config.yaml"))
-                            .read_text())
-    assert config["data"]["name"] == "cifar10" and config["model"]["arch"] == "cnn"
 
 
 def test_default_groups_are_labelled_by_their_config_and_repeats_are_not_seeds(tmp_path) -> None:

@@ -1,5 +1,5 @@
-"""End-to-end ``bnexp train`` through the CLI on tiny generated datasets in the real formats:
-the files a user looks at (run directory, summary.json, metrics.jsonl, TensorBoard events)."""
+"""bnexp/train.py: the step, the log window and its host reads, divergence, evaluation, timing,
+and what a finished, diverged or interrupted run records."""
 
 from __future__ import annotations
 
@@ -8,65 +8,120 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY
+from bnexp.train import train
+from tests.conftest import cli_train, only_run
 
-EXPECTED_TAGS = {"train/loss", "train/acc", "opt/lr", "val/loss", "val/acc", "test/loss",
-                 "test/acc", "train_eval/loss", "train_eval/acc", "gap/loss", "gap/acc",
-                 "time/step_ms", "time/samples_per_s"}
+HOST_READS = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__")
 
 
-def train(cli, root: Path, out: Path, *overrides: str):
-    return cli("train", f"data.root={root}", f"output_dir={out}", *TINY, *overrides)
+def count_host_reads(monkeypatch, config) -> int:
+    """Train with every way a tensor's value reaches Python counted (and CUDA syncs)."""
+    calls = {"n": 0}
+
+    def counted(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            calls["n"] += 1
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            m.setattr(torch.Tensor, name, counted(name))
+        m.setattr(torch.cuda, "synchronize", lambda *a, **k: calls.__setitem__("n", calls["n"] + 1))
+        summary = train(config)
+    assert summary["status"] == "completed"
+    return calls["n"]
 
 
-def only_run(out: Path) -> Path:
-    runs = list((out / "runs").iterdir())
-    assert len(runs) == 1, runs
-    return runs[0]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
-@pytest.mark.parametrize("model,norm", [("mlp", "custom"), ("cnn", "torch"), ("mlp", "none")])
-def test_train_mnist_writes_a_complete_run(cli, mnist_root, tmp_path, model, norm) -> None:
-    out = tmp_path / "out"
-    result = train(cli, mnist_root, out, f"model={model}", f"norm={norm}")
-    assert result.exit_code == 0, result.output
-    run = only_run(out)
-    assert f"_mnist-{model}-{norm}_" in run.name
-    assert str(run) in result.output and "completed" in result.output
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_no_host_read_per_step(monkeypatch, cfg, arch, device) -> None:
+    """Steps between log windows read nothing from the device: a run of 10 steps and one of 5
+    (one window each, one epoch, probes off) read the device equally often."""
+    base = (f"model={arch}", f"trainer.device={device}", "probe.enabled=false",
+            "trainer.batch_size=8", "trainer.log_every=1000", "trainer.checkpoint=false",
+            "trainer.train_eval_size=0")
+    five = count_host_reads(monkeypatch, cfg(*base, "trainer.steps=5", out="a"))
+    ten = count_host_reads(monkeypatch, cfg(*base, "trainer.steps=10", out="b"))
+    assert ten == five
 
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
-    assert summary["steps"] == 2 * (360 // 32)
-    assert 0 <= summary["final"]["test/acc"] <= 1 and summary["samples_per_s"] > 0
-    assert summary["versions"]["torch"] == torch.__version__
 
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r for r in records if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == [1, 2]
-    last = epochs[-1]
-    assert abs(last["gap/acc"] - (last["train_eval/acc"] - last["test/acc"])) < 1e-9
-    assert abs(last["gap/loss"] - (last["train_eval/loss"] - last["test/loss"])) < 1e-9
-    assert any(r["kind"] == "step" and "train/loss" in r for r in records)
+def test_window_reads_scale_with_windows_not_steps(monkeypatch, cfg) -> None:
+    """The counter above can fail: with a window per step, reads grow with the steps."""
+    base = ("model=mlp", "probe.enabled=false", "trainer.batch_size=8", "trainer.log_every=1",
+            "trainer.checkpoint=false", "trainer.train_eval_size=0")
+    five = count_host_reads(monkeypatch, cfg(*base, "trainer.steps=5", out="a"))
+    ten = count_host_reads(monkeypatch, cfg(*base, "trainer.steps=10", out="b"))
+    assert ten >= five + 5
 
-    config = (run / "config.yaml").read_text()
-    assert f"kind: {norm}" in config and f"arch: {model}" in config
-    assert "norm=" + norm in (run / "overrides.yaml").read_text()
-    state = torch.load(run / "checkpoint.pt", weights_only=False)
-    assert state["step"] == summary["steps"] and "model" in state
 
-    events = EventAccumulator(str(run / "tb"))
-    events.Reload()
-    assert EXPECTED_TAGS <= set(events.Tags()["scalars"])
-    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")  # HParams dashboard
-    assert "custom_scalars__config__" in events.Tags()["tensors"]  # written once per run
-    test_acc = [e.value for e in events.Scalars("test/acc")]
-    assert test_acc[-1] == pytest.approx(summary["final"]["test/acc"])
+def diverging(cfg, out: str, log_every: int):
+    return cfg("model=mlp", "norm=none", "optim.lr=3", "optim.schedule=constant",
+                   "trainer.epochs=1", f"trainer.log_every={log_every}", "probe.every=3", out=out)
+
+
+def test_divergence_step_is_exact_whatever_the_window(cfg) -> None:
+    """The loss is read once per window, yet the first non-finite step is found exactly: the
+    same as reading every step; no probe or step record is logged after it."""
+    every_step = train(diverging(cfg, "a", 1))
+    windowed = train(diverging(cfg, "b", 50))
+    assert every_step["status"] == windowed["status"] == "diverged"
+    assert windowed["diverged_step"] == every_step["diverged_step"] >= 1
+    assert windowed["steps"] == windowed["diverged_step"]
+    records = [json.loads(line) for line in
+               (Path(windowed["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["step"] <= windowed["diverged_step"] for r in records)
+
+
+def test_window_metrics_equal_the_steps_mean(cfg) -> None:
+    """train/loss of a window is the mean of its steps' losses: a window of 2 steps is the
+    mean of the two one-step windows of an identical run."""
+    base = ("model=mlp", "probe.enabled=false", "trainer.steps=4", "trainer.epochs=1")
+    one = train(cfg(*base, "trainer.log_every=1", out="a"))
+    two = train(cfg(*base, "trainer.log_every=2", out="b"))
+
+    def steps(summary):
+        lines = (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r for r in map(json.loads, lines) if r.get("kind") == "step"}
+
+    a, b = steps(one), steps(two)
+    assert b[2]["train/loss"] == pytest.approx((a[1]["train/loss"] + a[2]["train/loss"]) / 2, rel=1e-6)
+    assert b[4]["train/acc"] == pytest.approx((a[3]["train/acc"] + a[4]["train/acc"]) / 2, rel=1e-6)
+    assert one["final"]["train/loss"] == pytest.approx(two["final"]["train/loss"], rel=1e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_cuda_steps_never_synchronise(cfg, arch) -> None:
+    """torch's own sync detector (every synchronising CUDA call warns) counts the same syncs
+    for 5 and for 10 steps in one window: the steps themselves add none."""
+    import warnings
+
+    base = (f"model={arch}", "trainer.device=cuda", "probe.enabled=false", "trainer.batch_size=8",
+            "trainer.log_every=1000", "trainer.checkpoint=false", "trainer.train_eval_size=0")
+    counts = []
+    for steps in (5, 10):
+        config = cfg(*base, f"trainer.steps={steps}", out=str(steps))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                assert train(config)["status"] == "completed"
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[0] == counts[1], counts
 
 
 def test_bn_learns_the_tiny_digits(cli, mnist_root, tmp_path) -> None:
-    result = train(cli, mnist_root, tmp_path / "out", "model=mlp", "norm=custom",
+    result = cli_train(cli, mnist_root, tmp_path / "out", "model=mlp", "norm=custom",
                    "trainer.epochs=6", "optim.lr=0.05")
     assert result.exit_code == 0, result.output
     summary = json.loads((only_run(tmp_path / "out") / "summary.json").read_text())
@@ -75,7 +130,7 @@ def test_bn_learns_the_tiny_digits(cli, mnist_root, tmp_path) -> None:
 
 def test_train_cifar_format(cli, cifar_root, tmp_path) -> None:
     out = tmp_path / "out"
-    result = train(cli, cifar_root, out, "data=cifar10", "model=cnn", "norm=custom")
+    result = cli_train(cli, cifar_root, out, "data=cifar10", "model=cnn", "norm=custom")
     assert result.exit_code == 0, result.output
     summary = json.loads((only_run(out) / "summary.json").read_text())
     assert summary["status"] == "completed"
@@ -85,7 +140,7 @@ def test_same_seed_same_metrics(cli, mnist_root, tmp_path) -> None:
     finals = []
     for i in range(2):
         out = tmp_path / f"out{i}"
-        assert train(cli, mnist_root, out, "model=cnn", "norm=custom", "seed=3").exit_code == 0
+        assert cli_train(cli, mnist_root, out, "model=cnn", "norm=custom", "seed=3").exit_code == 0
         finals.append(json.loads((only_run(out) / "summary.json").read_text())["final"])
     keys = [k for k in finals[0] if not k.startswith("time/")]
     assert {k: finals[0][k] for k in keys} == {k: finals[1][k] for k in keys}
@@ -93,7 +148,7 @@ def test_same_seed_same_metrics(cli, mnist_root, tmp_path) -> None:
 
 def test_divergence_stops_cleanly(cli, mnist_root, tmp_path) -> None:
     out = tmp_path / "out"
-    result = train(cli, mnist_root, out, "model=mlp", "norm=none", "optim.lr=1e12",
+    result = cli_train(cli, mnist_root, out, "model=mlp", "norm=none", "optim.lr=1e12",
                    "optim.schedule=constant")
     assert result.exit_code == 0, result.output
     summary = json.loads((only_run(out) / "summary.json").read_text())
@@ -109,7 +164,7 @@ def test_interrupt_keeps_what_was_logged(cli, mnist_root, tmp_path, monkeypatch)
 
     monkeypatch.setattr(train_module, "evaluate", interrupted)  # Ctrl-C at the first evaluation
     out = tmp_path / "out"
-    result = train(cli, mnist_root, out, "model=mlp")
+    result = cli_train(cli, mnist_root, out, "model=mlp")
     assert result.exit_code == 130
     run = only_run(out)
     summary = json.loads((run / "summary.json").read_text())
@@ -118,44 +173,12 @@ def test_interrupt_keeps_what_was_logged(cli, mnist_root, tmp_path, monkeypatch)
     assert (run / "checkpoint.pt").exists()
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["norm=batchy"], "Could not find 'norm/batchy'"),
-    (["trainer.epochz=3"], "epochz"),
-    (["trainer.epochs=three"], "trainer.epochs"),
-    (["optim.lr=0"], "optim.lr"),
-    (["trainer.batch_size=-4"], "trainer.batch_size"),
-    (["trainer.epochs=0"], "trainer.epochs"),
-    (["data=imagenet"], "data/imagenet"),
-    (["data.verify=true"], "MD5 mismatch"),  # the generated files are not the official ones
-    (["data.root={empty}", "data.download=false"], "data.download=false"),
-    (["trainer.batch_size=100000"], "trainer.batch_size"),
-    (["trainer.device=cuda"] if not torch.cuda.is_available() else ["trainer.device=tpu"],
-     "trainer.device"),
-])
-def test_bad_input_is_one_paragraph_exit_2_and_no_run_dir(cli, mnist_root, tmp_path,
-                                                          overrides, needle) -> None:
-    out = tmp_path / "out"
-    overrides = [o.format(empty=tmp_path / "empty") for o in overrides]
-    result = train(cli, mnist_root, out, *overrides)
-    assert result.exit_code == 2, result.output
-    assert needle in result.output
-    assert "Traceback" not in result.output and result.output.startswith("error: ")
-    assert not (out / "runs").exists() or not list((out / "runs").iterdir())
-
-
-def test_config_command_prints_resolved_yaml(cli) -> None:
-    result = cli("config", "norm=custom", "optim.lr=0.05")
-    assert result.exit_code == 0
-    assert "kind: custom" in result.output and "lr: 0.05" in result.output
-    assert "${" not in result.output
-
-
 @pytest.mark.parametrize("extra", [["trainer.precision=bf16"], ["trainer.channels_last=true"],
                                    ["trainer.compile=true", "model=mlp"]])
 def test_speed_options_train_on_cpu(cli, mnist_root, tmp_path, extra) -> None:
     """The CUDA-path options also run on the CPU (bf16 autocast, channels_last, torch.compile)."""
     out = tmp_path / "out"
-    result = train(cli, mnist_root, out, "model=cnn", "norm=custom", *extra)
+    result = cli_train(cli, mnist_root, out, "model=cnn", "norm=custom", *extra)
     assert result.exit_code == 0, result.output
     summary = json.loads((only_run(out) / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["final"]["test/loss"] < 10
@@ -179,7 +202,7 @@ def test_step_time_leaves_out_each_epochs_first_steps(cli, mnist_root, tmp_path,
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", slow_first_steps)
     steps = 4 * STEADY_AFTER
-    result = train(cli, mnist_root, tmp_path / "out", "model=mlp", "trainer.epochs=1",
+    result = cli_train(cli, mnist_root, tmp_path / "out", "model=mlp", "trainer.epochs=1",
                    "trainer.batch_size=4", f"trainer.steps={steps}", "probe=off")
     assert result.exit_code == 0, result.output
     final = json.loads((only_run(tmp_path / "out") / "summary.json").read_text())["final"]
@@ -200,7 +223,7 @@ def test_train_eval_is_the_final_model_in_eval_mode_on_training_images(
     from bnexp.models import build_model
 
     out = tmp_path / "out"
-    result = train(cli, mnist_root, out, f"model={model}", "trainer.train_eval_size=100", *extra)
+    result = cli_train(cli, mnist_root, out, f"model={model}", "trainer.train_eval_size=100", *extra)
     assert result.exit_code == 0, result.output
     run = only_run(out)
     final = json.loads((run / "summary.json").read_text())["final"]
@@ -221,7 +244,7 @@ def test_train_eval_is_the_final_model_in_eval_mode_on_training_images(
 
 def test_train_eval_size_0_logs_no_gap(cli, mnist_root, tmp_path) -> None:
     out = tmp_path / "out"
-    result = train(cli, mnist_root, out, "model=mlp", "trainer.train_eval_size=0")
+    result = cli_train(cli, mnist_root, out, "model=mlp", "trainer.train_eval_size=0")
     assert result.exit_code == 0, result.output
     final = json.loads((only_run(out) / "summary.json").read_text())["final"]
     assert "test/acc" in final and not any(k.startswith(("gap/", "train_eval/")) for k in final)
@@ -234,7 +257,7 @@ def test_single_image_inference_is_measured(cli, mnist_root, tmp_path) -> None:
     finals = {}
     for norm in ("torch", "seed"):
         out = tmp_path / norm
-        result = train(cli, mnist_root, out, "model=mlp", f"norm={norm}", "trainer.eval_single=7")
+        result = cli_train(cli, mnist_root, out, "model=mlp", f"norm={norm}", "trainer.eval_single=7")
         assert result.exit_code == 0, result.output
         finals[norm] = json.loads((only_run(out) / "summary.json").read_text())["final"]
     assert finals["torch"]["test_single/nonfinite"] == 0.0
@@ -244,7 +267,7 @@ def test_single_image_inference_is_measured(cli, mnist_root, tmp_path) -> None:
 
 def test_val_every_steps_and_median_step_time(cli, mnist_root, tmp_path) -> None:
     out = tmp_path / "out"
-    result = train(cli, mnist_root, out, "model=mlp", "trainer.epochs=1", "trainer.batch_size=4",
+    result = cli_train(cli, mnist_root, out, "model=mlp", "trainer.epochs=1", "trainer.batch_size=4",
                    "trainer.steps=60", "trainer.val_every_steps=20", "trainer.log_every=5")
     assert result.exit_code == 0, result.output
     run = only_run(out)
@@ -254,46 +277,6 @@ def test_val_every_steps_and_median_step_time(cli, mnist_root, tmp_path) -> None
                for r in records if r["kind"] == "val")
     final = json.loads((run / "summary.json").read_text())["final"]
     assert 0 < final["time/step_ms_median"] < 1000 * final["time/epoch_s"] / 10
-
-
-def test_progress_bar_never_overshoots(cli, mnist_root, tmp_path, monkeypatch) -> None:
-    """Log points every 3 steps do not line up with 11-step epochs: the bar is set to the steps
-    done in the epoch, never advanced past its total (it showed 350/312)."""
-    from bnexp.progress import Progress
-
-    seen, real_update = [], Progress.update
-
-    def record(self, done, loss):
-        real_update(self, done, loss)
-        task = self._bar.tasks[0]
-        seen.append((task.completed, task.total))
-
-    monkeypatch.setattr(Progress, "update", record)
-    result = train(cli, mnist_root, tmp_path / "out", "model=mlp", "trainer.progress=bar",
-                   "trainer.log_every=3", "trainer.epochs=3")
-    assert result.exit_code == 0, result.output
-    assert seen and all(done <= total for done, total in seen)
-    assert (11, 11) in seen  # each epoch ends full
-
-
-def test_hparams_have_one_type_per_key_and_readable_trial_names(cli, mnist_root, tmp_path) -> None:
-    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-
-    out = tmp_path / "out"
-    result = train(cli, mnist_root, out, "model=mlp", "data.train_size=200")
-    assert result.exit_code == 0, result.output
-    run = only_run(out)
-    events = EventAccumulator(str(run / "tb"))
-    events.Reload()
-    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    start = HParamsPluginData.FromString(content).session_start_info
-    hp = start.hparams
-    assert hp["trainer.checkpoint"].string_value == "true"  # not 0/1
-    assert hp["data.train_size"].string_value == "200"  # may be null: always text
-    assert hp["trainer.steps"].string_value == "null"
-    assert hp["optim.lr"].number_value == pytest.approx(0.1)
-    uid = run.name.split("_")[-1]
-    assert start.group_name.startswith(uid)  # distinct trial ids, not the shared date prefix
 
 
 def test_interrupted_samples_per_s_counts_only_timed_epochs(cli, mnist_root, tmp_path,
@@ -310,7 +293,7 @@ def test_interrupted_samples_per_s_counts_only_timed_epochs(cli, mnist_root, tmp
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", interrupt_mid_epoch)
     out = tmp_path / "out"
-    result = train(cli, mnist_root, out, "model=mlp", "trainer.train_eval_size=0",
+    result = cli_train(cli, mnist_root, out, "model=mlp", "trainer.train_eval_size=0",
                    "data.val_size=40", "trainer.eval_every=5")
     assert result.exit_code == 130
     summary = json.loads((only_run(out) / "summary.json").read_text())

@@ -3,13 +3,14 @@ manifest, a failing job, resume, the joblib and submitit_local launchers, every 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from bnexp.hydra_app import compose_config, config_dir, plan_multirun
-from bnexp.sweep import planned_jobs
+from bnexp.hydra_app import compose_config, config_dir
+from bnexp.sweep import plan_sweep, planned_jobs
 from tests.conftest import TINY
 
 FAST = [*TINY, "trainer.epochs=1", "model=mlp", "probe=off", "trainer.checkpoint=false"]
@@ -50,6 +51,7 @@ def test_grid_runs_every_job_with_manifest(cli, mnist_root, tmp_path) -> None:
     assert "completed" in result.output and "norm=torch seed=1" in result.output
 
 
+@pytest.mark.slow  # end to end through Hydra's launchers: `pytest -m slow`
 def test_range_choice_and_glob_sweeps(cli, mnist_root, tmp_path) -> None:
     result = sweep(cli, mnist_root, tmp_path / "a", "seed=range(0,3)", "norm=choice(none,torch)")
     assert result.exit_code == 0, result.output
@@ -103,6 +105,10 @@ def test_bad_value_in_a_sweep_is_caught_before_any_job(cli, mnist_root, tmp_path
     result = sweep(cli, mnist_root, tmp_path / "out", "optim.lr=0.1,-1")
     assert result.exit_code == 2 and "optim.lr" in result.output
     assert not (tmp_path / "out" / "sweeps").exists()
+    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher"):  # warm workers stopped
+        result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,x", "hydra/launcher=joblib")
+        assert result.exit_code == 2 and "seed" in result.output
+        assert "warning" not in result.output  # (not joblib's about cancelled warm-up tasks)
 
 
 def test_resume_needs_a_sweep_directory(cli, mnist_root, tmp_path) -> None:
@@ -112,6 +118,7 @@ def test_resume_needs_a_sweep_directory(cli, mnist_root, tmp_path) -> None:
     assert result.exit_code == 2 and "no sweep.json" in result.output
 
 
+@pytest.mark.slow  # end to end through Hydra's launchers: `pytest -m slow`
 def test_interrupt_then_resume_from_sweep_json_alone(cli, mnist_root, tmp_path, monkeypatch) -> None:
     """Ctrl-C in the second of three jobs: sweep.json lists every planned job, the interrupted
     one as `interrupted`; `bnexp train -m --resume DIR` with no grid takes the grid from
@@ -165,6 +172,7 @@ def test_planned_job_numbers_follow_hydras_order(cli, mnist_root, tmp_path) -> N
         assert sorted(swept) == sorted(planned[num]["overrides"]), num
 
 
+@pytest.mark.slow  # end to end through Hydra's launchers: `pytest -m slow`
 def test_joblib_launcher_two_jobs(cli, mnist_root, tmp_path) -> None:
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1", "hydra/launcher=joblib",
@@ -185,39 +193,66 @@ def test_bad_launcher_setting_is_a_user_error(cli, mnist_root, tmp_path) -> None
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("launcher_overrides", [[], ["hydra.launcher.n_jobs=1",
+def _as_the_launcher_runs(overrides: list[str]) -> dict:
+    """The joblib.Parallel settings that Hydra's joblib launcher uses for these overrides."""
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from omegaconf import OmegaConf
+
+    from bnexp.hydra_app import compose_with_hydra
+
+    joblib_cfg = OmegaConf.to_container(compose_with_hydra(overrides).hydra.launcher)
+    joblib_cfg.pop("_target_")
+    joblib_cfg["backend"] = "loky"  # what the launcher's launch() does, then Parallel(**cfg)
+    process_joblib_cfg(joblib_cfg)
+    return joblib_cfg
+
+
+@pytest.mark.parametrize("launcher_overrides", [[], ["hydra.launcher.n_jobs=2",
                                                       "hydra.launcher.max_nbytes=1M"]])
-def test_prewarmed_joblib_workers_run_the_jobs(launcher_overrides) -> None:
-    """The workers started (and warmed) before Hydra composes are the ones its launcher uses:
-    joblib reuses its pool only when the launcher's settings are read exactly as Hydra does."""
+@pytest.mark.slow  # end to end through Hydra's launchers: `pytest -m slow`
+def test_joblib_warmup_starts_the_workers_the_launcher_uses(launcher_overrides) -> None:
+    """joblib keeps one worker pool per process and replaces it when a call's settings differ:
+    the jobs, run as Hydra's launcher runs them, land in the pool the warm-up started (with the
+    training stack imported), and the pool is stopped when the sweep ends."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     import os
 
-    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from joblib import Parallel, delayed
-    from omegaconf import OmegaConf
+    from joblib.externals.loky import reusable_executor
 
-    from bnexp.hydra_app import _compose
-    from bnexp.sweep import _prewarm_joblib_workers, _release_joblib_workers
+    from bnexp.sweep import joblib_warmup
 
     overrides = ["hydra/launcher=joblib", *launcher_overrides]
-    warm = _prewarm_joblib_workers(overrides)
-    try:
-        hydra_cfg = _compose(overrides, overrides, with_hydra=True).hydra
-        joblib_cfg = OmegaConf.to_container(hydra_cfg.launcher)
-        joblib_cfg.pop("_target_")
-        joblib_cfg["backend"] = "loky"  # what the launcher's launch() does, then Parallel(**cfg)
-        process_joblib_cfg(joblib_cfg)
-        job_pids = set(Parallel(**joblib_cfg)(delayed(os.getpid)() for _ in range(4)))
-        warm_pids = set(warm)
-        assert job_pids <= warm_pids and len(warm_pids) == joblib_cfg["n_jobs"]
-    finally:
-        _release_joblib_workers()
-    assert _prewarm_joblib_workers(["seed=0,1"]) is None  # other launchers: nothing started
-    # a bad setting is for Hydra to report (as a user error), not for the head start to raise
-    assert _prewarm_joblib_workers(["hydra/launcher=joblib", "hydra.launcher.n_jobs=abc"]) is None
+    joblib_cfg = _as_the_launcher_runs(overrides)
+    with joblib_warmup(overrides):
+        warm_pool = reusable_executor._executor
+        assert warm_pool is not None
+        job_pids = Parallel(**joblib_cfg)(delayed(os.getpid)() for _ in range(4))
+        assert reusable_executor._executor is warm_pool  # reused, not replaced
+        assert set(job_pids) <= set(warm_pool._processes)
+    Parallel(**joblib_cfg)(delayed(os.getpid)() for _ in range(1))
+    assert reusable_executor._executor is not warm_pool  # it was stopped when the sweep ended
+    reusable_executor._executor.shutdown(kill_workers=True)
 
 
+def test_joblib_warmup_is_only_a_head_start() -> None:
+    """Other launchers start nothing; bad launcher settings are Hydra's to report (a user
+    error), not the warm-up's to raise."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from joblib.externals.loky import reusable_executor
+
+    from bnexp.sweep import joblib_warmup
+
+    before = reusable_executor._executor
+    with joblib_warmup(["seed=0,1"]):
+        assert reusable_executor._executor is before
+    with joblib_warmup(["hydra/launcher=joblib", "hydra.launcher.n_jobs=abc"]):
+        assert reusable_executor._executor is before
+    with joblib_warmup(["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"]):  # runs in-process
+        assert reusable_executor._executor is before
+
+
+@pytest.mark.slow  # end to end through Hydra's launchers: `pytest -m slow`
 def test_submitit_local_launcher(cli, mnist_root, tmp_path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1",
@@ -243,7 +278,7 @@ def test_every_preset_composes_and_declares_its_grid(preset: str, tmp_path) -> N
     assert cfg.name == preset
     text = (config_dir() / "experiment" / f"{preset}.yaml").read_text()
     assert text.startswith("# @package _global_") and "about" in text  # states its duration
-    sweep_dir, _, grid = plan_multirun([f"experiment={preset}", f"output_dir={tmp_path}"])
+    sweep_dir, _, grid = plan_sweep([f"experiment={preset}", f"output_dir={tmp_path}"])
     assert grid and all(len(v) >= 2 for v in grid.values())
     assert f"_{preset}_" in sweep_dir.name
 
