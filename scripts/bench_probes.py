@@ -1,9 +1,10 @@
-"""What probing costs: the same training with probes off, at the default cadence and at every
-step, side by side in one run; prints samples/s and the ratios to probes-off.
+"""What probing costs: the same training with probes off, at the default cadence, with the
+opt-in ICS and loss-landscape probes at that cadence, and at every step, side by side in one
+run; prints samples/s and the ratios to probes-off.
 
-Target (issue 4): the default cadence costs at most 5% of throughput on the MNIST MLP and CNN
-on 2 CPU cores; every-step probing is reported, not bounded. samples/s counts training time only
-(probes run inside the training loop; evaluation is excluded).
+Target: the default probes cost at most 5% of throughput on the MNIST MLP and CNN on 2 CPU
+cores; the opt-in probes and every-step probing are reported, not bounded. samples/s counts
+training time only (probes run inside the training loop; evaluation is excluded).
 
     python scripts/bench_probes.py --data-root ../shared/data
     python scripts/bench_probes.py --data-root ../shared/data --repeats 5
@@ -27,7 +28,10 @@ MODELS = {
                                            "trainer.batch_size=60", "norm=torch"], 2500),
     "cnn (default, BN)": (["model=cnn", "norm=torch"], 1000),
 }
-PROBES = {"off": ["probe=off"], "default": ["probe=default"], "every step": ["probe=every_step"]}
+PROBES = {"off": ["probe=off"], "default": ["probe=default"],
+          "+ ics": ["probe=default", "probe.ics=true"],
+          "+ landscape": ["probe=default", "probe.landscape=true"],
+          "every step": ["probe=every_step"]}
 
 
 def samples_per_s(overrides: list[str], out: str) -> float:
@@ -42,7 +46,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; median reported")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
-        print(f"{'model':>36} {'probes':>11} {'samples/s':>10} {'ratio':>7}")
+        print(f"{'model':>36} {'probes':>13} {'samples/s':>10} {'ratio':>7}")
         for model, (model_overrides, steps) in MODELS.items():
             rates: dict[str, list[float]] = {p: [] for p in PROBES}
             for _ in range(args.repeats):  # interleaved, so drifting machine load hits all alike
@@ -54,7 +58,7 @@ def main() -> None:
             base = statistics.median(rates["off"])
             for probe, values in rates.items():
                 rate = statistics.median(values)
-                print(f"{model:>36} {probe:>11} {rate:10.0f} {rate / base:7.3f}", flush=True)
+                print(f"{model:>36} {probe:>13} {rate:10.0f} {rate / base:7.3f}", flush=True)
 
 
 if __name__ == "__main__":
