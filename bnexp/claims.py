@@ -300,7 +300,28 @@ def _censor_guard(verdict: tuple[str, str], cens: tuple[int, int], rule: dict[st
     return verdict
 
 
+def _check_requires(runs: list[Run], factor: str, rule: dict[str, Any]) -> list[str]:
+    """Preconditions under which the comparison tests the claim at all (``requires:``): each
+    names a metric and variants a and b and the direction a's mean must lie in. One that does
+    not hold makes the verdict inconclusive (it can never make one); each is printed."""
+    lines = []
+    for req in rule.get("requires", []):
+        means = []
+        for v in (req["a"], req["b"]):
+            vals = [x for x in run_values(variant(runs, factor, v), req["metric"]).values()
+                    if math.isfinite(x)]
+            means.append(float(np.mean(vals)) if vals else math.nan)
+        held = means[0] > means[1] if req["expect"] == "higher" else means[0] < means[1]
+        text = (f"{req['metric']} of {factor}={req['a']} ({means[0]:.4g}) {req['expect']} than "
+                f"{factor}={req['b']} ({means[1]:.4g}): {req['why']}")
+        if not held:
+            raise Undecidable(f"precondition not met: {text}")
+        lines.append(f"precondition met: {text}")
+    return lines
+
+
 def rule_compare(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
+    preconditions = _check_requires(runs, factor, rule)
     thr, scale = _threshold(rule)
     shown = _shown_threshold(rule)
     effects, tests, numbers, order = [], {}, {"threshold": rule.get("threshold"), "levels": {}}, []
@@ -336,7 +357,8 @@ def rule_compare(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
             per.append((level or "all", *_censor_guard(verdict, cens, rule)))
         return _combine(per)
 
-    return Outcome("; ".join(effects), tests, decide, numbers)
+    numbers["requires"] = preconditions
+    return Outcome("; ".join([*effects, *preconditions]), tests, decide, numbers)
 
 
 def rule_equivalent(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
@@ -826,7 +848,8 @@ def _header(budget: str, spec: dict[str, Any], claims: list[dict[str, Any]],
 
 NAMES = {"torch": "BN", "bn": "BN", "none": "no normalisation", "custom": "bnexp's BN",
          "seed": "the write-up's literal BN", "dropout": "dropout", "weight_decay": "weight decay",
-         "bn_dropout": "BN with dropout"}
+         "bn_dropout": "BN with dropout", "noisy": "noisy BN", "ghost": "ghost BN",
+         "layer": "LayerNorm", "group": "GroupNorm"}
 
 
 def plain(claim: dict[str, Any], v: Verdict) -> str:

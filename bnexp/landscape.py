@@ -81,6 +81,7 @@ def measure_ics(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
             g = grads[weight_name]
             if k == 0:
                 out[m.ics(layer, "l2")] = torch.zeros((), device=g.device, dtype=g.dtype)
+                out[m.ics(layer, "rel")] = torch.zeros((), device=g.device, dtype=g.dtype)
                 out[m.ics(layer, "cos")] = torch.ones((), device=g.device, dtype=g.dtype)
                 continue
             # Earlier parameters at their stepped values, the rest as they are; only W_i needs a
@@ -91,6 +92,9 @@ def measure_ics(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
             rewind()
             (g_moved,) = torch.autograd.grad(_loss(model, point, x, y), module.weight)
             out[m.ics(layer, "l2")] = torch.linalg.vector_norm(g - g_moved)
+            # Scale-free: a net whose gradients are 10x larger has 10x larger l2 differences,
+            # so comparisons between norm variants use the change relative to ||G||.
+            out[m.ics(layer, "rel")] = out[m.ics(layer, "l2")] / torch.linalg.vector_norm(g)
             out[m.ics(layer, "cos")] = F.cosine_similarity(g.flatten(), g_moved.flatten(), dim=0)
     return out
 

@@ -36,6 +36,8 @@ Metric names (what ``value`` reads for one run; ``parse`` turns one into a ``Que
                                    name instead of ``last`` picks that layer
     growth:grad/input@STEP         per-layer growth toward the input of the gradient w.r.t. each
                                    layer's input (grad/weight@STEP: of the weight gradients)
+    mean:TAG                       mean over the run's probes of a probe tag; one '*' stands
+                                   for the layer (averaged per probe): mean:ics/*/rel
     steps_to:TAG>=X                first step at which TAG reached X (censored at the run's
                                    total steps when it never did: the worst outcome)
 """
@@ -120,7 +122,7 @@ def update(layer: str) -> str:
     return f"update/{layer}"
 
 
-ICS_STATS = ("l2", "cos")
+ICS_STATS = ("l2", "rel", "cos")  # ||G - G'||, that over ||G||, cos(G, G')
 LANDSCAPE_LOSS_RANGE = "landscape/loss_range"
 LANDSCAPE_GRAD_CHANGE = "landscape/grad_change"
 LANDSCAPE_BETA = "landscape/beta"
@@ -253,7 +255,15 @@ def _parse_steps_to(arg: str, key: str) -> Query:
     return Query("steps_to", tag, target=value)
 
 
+def _parse_mean(arg: str, key: str) -> Query:
+    if arg.count("*") > 1 or "@" in arg:
+        raise ValueError(f"metric {key!r}: mean needs a probe tag, with at most one '*' for the "
+                         "layer, e.g. mean:ics/*/rel or mean:landscape/beta")
+    return Query("mean", arg)
+
+
 _PARSERS: dict[str, Callable[[str, str], Query]] = {
+    "mean": _parse_mean,
     "abslog10": lambda arg, _key: Query("abslog10", inner=parse(arg)),
     "growth": _parse_growth,
     "drift": lambda arg, _key: Query("drift", arg),
@@ -415,7 +425,23 @@ def censored(summary: dict, records: list[dict], key: str) -> bool:
     return q.op == "steps_to" and not _reached(records, q.tag, q.target)  # type: ignore[arg-type]
 
 
+def probe_mean(records: list[dict], pattern: str) -> float | None:
+    """The mean over every probe of the run (and, for ``*``, over every hidden layer and the
+    head) of a probe tag: a quantity "over training", e.g. ``mean:ics/*/rel``. The layers'
+    values at a probe are averaged first, so each probe weighs the same."""
+    regex = re.compile(re.escape(pattern).replace(r"\*", "[^/]+") + "$")
+    per_probe = []
+    for r in records:
+        if r.get("kind") != KIND_PROBE:
+            continue
+        values = [v for k, v in r.items() if regex.match(k) and v is not None]
+        if values:
+            per_probe.append(float(np.mean(values)))
+    return float(np.mean(per_probe)) if per_probe else None
+
+
 _EVALUATORS: dict[str, Callable[[Query, dict, list[dict]], Any]] = {
+    "mean": lambda q, s, r: probe_mean(r, q.tag),
     "final": lambda q, s, r: final_value(s, q.tag),
     "epoch_mean": lambda q, s, r: epoch_mean(r, q.tag),
     "probe": lambda q, s, r: probe_value(r, q.tag, q.step),

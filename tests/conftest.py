@@ -83,6 +83,11 @@ def cli():
     return invoke
 
 
+# Tests that compare two runs for exact equality fix the thread count: a run shares the cores
+# with other bnexp trainings of this user (bnexp/threads.py), and reductions split over a
+# different number of threads round differently.
+FIXED_THREADS = "trainer.threads=1"
+
 # Overrides that make a run take about a second on tiny generated data.
 TINY = ["data.verify=false", "data.val_size=40", "trainer.batch_size=32", "trainer.epochs=2",
         "trainer.eval_batch_size=64", "trainer.log_every=2", "trainer.progress=none",

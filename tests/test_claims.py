@@ -329,7 +329,8 @@ def test_declared_claims_are_complete() -> None:
     spec = C.load_spec()
     ids = [c["id"] for c in spec["claims"]]
     assert {"overfitting", "vanishing", "exploding", "explosion_at_init", "stability",
-            "learning_rate", "cost", "literal_inference", "speeds_training"} == set(ids)
+            "learning_rate", "cost", "literal_inference", "speeds_training", "ics_explains",
+            "ics_reduced", "smoother_landscape", "batch_noise_regularises"} == set(ids)
     for c in spec["claims"]:
         sweep = spec["sweeps"][c["sweep"]]
         assert set(C.BUDGETS) <= set(sweep["budgets"]), c["id"]
@@ -402,3 +403,19 @@ def test_claims_on_cifar_layout(cli, cifar_root: Path, tmp_path: Path) -> None:
     config = yaml.safe_load(next((out / "sweeps" / "cost-test-cifar10").rglob("config.yaml"))
                             .read_text())
     assert config["data"]["name"] == "cifar10" and config["model"]["arch"] == "cnn"
+
+
+def test_a_precondition_that_fails_makes_the_verdict_inconclusive() -> None:
+    """`requires:` gates the comparison: the claim is tested only where the variants show
+    what it presupposes (e.g. noisy BN less stable than no BN); it never decides a verdict."""
+    base = [0.90, 0.91, 0.92, 0.905, 0.915]
+    up = [b + 0.05 + 0.001 * i for i, b in enumerate(base)]
+    runs = compare_runs(up, base) + [run("noisy", s, {"m": 0.5, "d": 2.0}) for s in range(5)]
+    for r in runs[:10]:
+        r.summary["final"]["d"] = 1.0
+    holds = {"metric": "d", "a": "noisy", "b": "none", "expect": "higher", "why": "noisier"}
+    v = verdict({**HIGHER, "requires": [holds]}, runs)
+    assert v.verdict == C.SUPPORTED and "precondition met" in v.effect
+    fails = {**holds, "expect": "lower"}
+    v = verdict({**HIGHER, "requires": [fails]}, runs)
+    assert v.verdict == C.INCONCLUSIVE and "precondition not met" in v.reason

@@ -242,3 +242,21 @@ def test_steps_to_target_and_its_censoring() -> None:
     assert M.censored(done, records, "steps_to:val/acc>=0.99")
     assert M.value({**done, "status": "failed"}, records, "steps_to:val/acc>=0.99") is None
     assert not M.censored(done, records, "val/acc")  # only steps_to can be censored
+
+
+def test_mean_over_probes_averages_layers_first() -> None:
+    from bnexp.metrics import value
+
+    records = [
+        {"kind": "probe", "step": 0, "ics/fc1/rel": 0.0, "ics/fc2/rel": 0.4, "ics/head/rel": 0.2},
+        {"kind": "step", "step": 5, "train/loss": 1.0, "ics/fc2/rel": 99.0},  # not a probe
+        {"kind": "probe", "step": 10, "ics/fc1/rel": 0.0, "ics/fc2/rel": 0.8, "ics/head/rel": 0.4,
+         "ics/fc2/cos": 0.5},
+        {"kind": "probe", "step": 20, "landscape/beta": 3.0},  # no ics at this probe
+    ]
+    assert value({}, records, "mean:ics/*/rel") == pytest.approx((0.2 + 0.4) / 2)
+    assert value({}, records, "mean:landscape/beta") == 3.0
+    assert value({}, records, "mean:ics/fc2/cos") == 0.5
+    assert value({}, records, "mean:ics/*/l2") is None
+    with pytest.raises(ValueError, match="at most one"):
+        value({}, records, "mean:ics/*/*")

@@ -22,7 +22,7 @@ from bnexp.landscape import measure_ics, measure_landscape
 from bnexp.models import batch_statistics, build_model
 from bnexp.norm import GhostBatchNorm, NoisyBatchNorm, make_norm
 from bnexp.probes import hidden_blocks, layer_bias, probed_layers
-from tests.conftest import TINY, cli_train, make_digits, only_run
+from tests.conftest import FIXED_THREADS, TINY, cli_train, make_digits, only_run
 
 C = 6
 VARIANTS = ["noisy", "ghost", "layer", "group"]
@@ -481,7 +481,7 @@ def test_probing_does_not_change_noisy_training(cli, mnist_root, tmp_path, arch:
             if probe == "every_step" else []
         run_dir = only_run_of(cli_train(cli, mnist_root, tmp_path / probe, f"model={arch}",
                                         "norm=noisy", "model.dropout=0.3", f"probe={probe}",
-                                        *extra), tmp_path / probe)
+                                        FIXED_THREADS, *extra), tmp_path / probe)
         records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         losses[probe] = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r
                          and r["kind"] != "probe"]

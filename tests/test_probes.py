@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bnexp.models import build_model
 from bnexp.probes import Probes, hidden_blocks
-from tests.conftest import TINY, compose
+from tests.conftest import FIXED_THREADS, TINY, compose
 
 
 class Recorder:
@@ -157,7 +157,7 @@ def test_probing_does_not_change_training(cli, mnist_root, tmp_path, model, extr
     losses, probed = {}, []
     for probe in ("off", "every_step"):
         run_dir = run(cli, mnist_root, tmp_path / probe, f"model={model}", "norm=custom",
-                      "model.dropout=0.3", f"probe={probe}", *extra)
+                      "model.dropout=0.3", f"probe={probe}", FIXED_THREADS, *extra)
         records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         losses[probe] = [(r["step"], r["train/loss"]) for r in records if r["kind"] != "probe"]
         summary = json.loads((run_dir / "summary.json").read_text())

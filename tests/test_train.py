@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bnexp.train import train
-from tests.conftest import cli_train, only_run
+from tests.conftest import FIXED_THREADS, cli_train, only_run
 
 HOST_READS = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__")
 
@@ -63,7 +63,7 @@ def test_window_reads_scale_with_windows_not_steps(monkeypatch, cfg) -> None:
 
 
 def diverging(cfg, out: str, log_every: int):
-    return cfg("model=mlp", "norm=none", "optim.lr=3", "optim.schedule=constant",
+    return cfg(FIXED_THREADS, "model=mlp", "norm=none", "optim.lr=3", "optim.schedule=constant",
                    "trainer.epochs=1", f"trainer.log_every={log_every}", "probe.every=3", out=out)
 
 
@@ -140,7 +140,8 @@ def test_same_seed_same_metrics(cli, mnist_root, tmp_path) -> None:
     finals = []
     for i in range(2):
         out = tmp_path / f"out{i}"
-        assert cli_train(cli, mnist_root, out, "model=cnn", "norm=custom", "seed=3").exit_code == 0
+        assert cli_train(cli, mnist_root, out, "model=cnn", "norm=custom", "seed=3",
+                         FIXED_THREADS).exit_code == 0
         finals.append(json.loads((only_run(out) / "summary.json").read_text())["final"])
     keys = [k for k in finals[0] if not k.startswith("time/")]
     assert {k: finals[0][k] for k in keys} == {k: finals[1][k] for k in keys}
