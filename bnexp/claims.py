@@ -300,11 +300,12 @@ def _censor_guard(verdict: tuple[str, str], cens: tuple[int, int], rule: dict[st
     return verdict
 
 
-def _check_requires(runs: list[Run], factor: str, rule: dict[str, Any]) -> list[str]:
+def _check_requires(runs: list[Run], factor: str, rule: dict[str, Any]) -> tuple[list[str], str]:
     """Preconditions under which the comparison tests the claim at all (``requires:``): each
-    names a metric and variants a and b and the direction a's mean must lie in. One that does
-    not hold makes the verdict inconclusive (it can never make one); each is printed."""
-    lines = []
+    names a metric and variants a and b and the direction a's mean must lie in. Returns the
+    lines to print and, if one does not hold, the reason the verdict must be inconclusive (a
+    precondition can never make a verdict; the comparison is still measured and shown)."""
+    lines, failed = [], ""
     for req in rule.get("requires", []):
         means = []
         for v in (req["a"], req["b"]):
@@ -314,14 +315,15 @@ def _check_requires(runs: list[Run], factor: str, rule: dict[str, Any]) -> list[
         held = means[0] > means[1] if req["expect"] == "higher" else means[0] < means[1]
         text = (f"{req['metric']} of {factor}={req['a']} ({means[0]:.4g}) {req['expect']} than "
                 f"{factor}={req['b']} ({means[1]:.4g}): {req['why']}")
-        if not held:
-            raise Undecidable(f"precondition not met: {text}")
-        lines.append(f"precondition met: {text}")
-    return lines
+        lines.append(f"precondition {'met' if held else 'NOT met'}: {text}")
+        if not held and not failed:
+            failed = (f"precondition not met, so the comparison does not test the claim: {text} "
+                      "does not hold")
+    return lines, failed
 
 
 def rule_compare(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
-    preconditions = _check_requires(runs, factor, rule)
+    preconditions, failed = _check_requires(runs, factor, rule)
     thr, scale = _threshold(rule)
     shown = _shown_threshold(rule)
     effects, tests, numbers, order = [], {}, {"threshold": rule.get("threshold"), "levels": {}}, []
@@ -347,6 +349,8 @@ def rule_compare(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
         order.append((level, oriented, "", cens))
 
     def decide(adj: dict[str, float], alpha: float) -> tuple[str, str]:
+        if failed:
+            return INCONCLUSIVE, failed
         per = []
         for level, oriented, why, cens in order:
             if oriented is None:
@@ -784,7 +788,9 @@ def write_claims(out: Path, budget: str, spec: dict[str, Any], claims: list[dict
         for claim in claims:
             runs, problems, sweep_dir, args = sweep_runs[claim["sweep"]]
             keys, groups = group_runs(runs)
-            made = figures.all_figures(groups, tmp / "figures" / claim["id"]) if runs else {}
+            shown, _ = select(runs, claim.get("where", {}))  # figures: the runs the rule uses
+            made = (figures.all_figures(group_runs(shown)[1], tmp / "figures" / claim["id"])
+                    if shown else {})
             made = {t: out / p.relative_to(tmp) for t, p in made.items()}
             sections.append(_section(claim, budget, args, runs, groups, verdicts[claim["id"]],
                                      wheres[claim["id"]], made, problems, out, spec))

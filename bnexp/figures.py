@@ -240,6 +240,47 @@ def step_time(groups: list[Group], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+# Santurkar et al. 2018's quantities over training (their Figs. 4-5): each a mean over layers.
+OPTIMIZATION_PANELS = (
+    ("ics/*/rel", "internal covariate shift ||G - G'|| / ||G||", True),
+    ("ics/*/cos", "cos(G, G') (1: no shift)", False),
+    (metrics.LANDSCAPE_BETA, "effective beta-smoothness along the gradient", True),
+    (metrics.LANDSCAPE_GRAD_CHANGE, "gradient change along the gradient", True),
+)
+
+
+def optimization_landscape(groups: list[Group], path: Path) -> Path | None:
+    """ICS and loss-landscape probes over training, one band (10th-90th percentile over seeds
+    around the median) per group: Santurkar et al.'s Figures 4-5 for these runs."""
+    series = {(g.label, pattern): [metrics.probe_series(r.records, pattern) for r in g.runs]
+              for g in groups for pattern, _, _ in OPTIMIZATION_PANELS}
+    if not any(s for runs in series.values() for s in runs):
+        return None
+    colors = _colors(groups)
+    fig, axes = plt.subplots(2, 2, figsize=(12 if len(groups) <= 6 else 15, 8))
+    for ax, (pattern, title, log) in zip(axes.flat, OPTIMIZATION_PANELS, strict=True):
+        for g in groups:
+            by_step: dict[int, list[float]] = defaultdict(list)
+            for run_series in series[(g.label, pattern)]:
+                for step, value in run_series:
+                    by_step[step].append(value)
+            steps = sorted(by_step)
+            if not steps:
+                continue
+            q = [statistics.quantiles(by_step[s], n=10, method="inclusive")
+                 if len(by_step[s]) > 1 else [by_step[s][0]] * 9 for s in steps]
+            ax.plot(steps, [statistics.median(by_step[s]) for s in steps], color=colors[g.label],
+                    label=f"{g.label} (n={len(g.runs)})")
+            ax.fill_between(steps, [x[0] for x in q], [x[-1] for x in q], color=colors[g.label],
+                            alpha=0.2)
+        ax.set(title=f"{title}, median, 10-90% over seeds", xlabel="optimizer step")
+        lo, hi = ax.dataLim.intervaly
+        if log and ax.has_data() and hi > lo > 0:
+            ax.set_yscale("log")
+    _legend(axes.flat[1], len(groups))
+    return _save(fig, path)
+
+
 FIGURES = {
     "Learning curves": ("learning_curves.png", learning_curves),
     "Train-test gap": ("gap.png", gap_bars),
@@ -249,6 +290,8 @@ FIGURES = {
                                                              figure1_percentiles),
     "Final accuracy against learning rate": ("accuracy_vs_lr.png", accuracy_vs_lr),
     "Step time": ("step_time.png", step_time),
+    "Internal covariate shift and loss landscape (Santurkar et al. 2018)": (
+        "optimization_landscape.png", optimization_landscape),
 }
 
 

@@ -425,19 +425,25 @@ def censored(summary: dict, records: list[dict], key: str) -> bool:
     return q.op == "steps_to" and not _reached(records, q.tag, q.target)  # type: ignore[arg-type]
 
 
-def probe_mean(records: list[dict], pattern: str) -> float | None:
-    """The mean over every probe of the run (and, for ``*``, over every hidden layer and the
-    head) of a probe tag: a quantity "over training", e.g. ``mean:ics/*/rel``. The layers'
-    values at a probe are averaged first, so each probe weighs the same."""
+def probe_series(records: list[dict], pattern: str) -> list[tuple[int, float]]:
+    """(step, value) of a probe tag at every probe; one ``*`` in ``pattern`` stands for the
+    layer, and the layers' values at a probe are averaged: ``probe_series(r, "ics/*/rel")``."""
     regex = re.compile(re.escape(pattern).replace(r"\*", "[^/]+") + "$")
-    per_probe = []
+    out = []
     for r in records:
         if r.get("kind") != KIND_PROBE:
             continue
-        values = [v for k, v in r.items() if regex.match(k) and v is not None]
+        values = [v for k, v in r.items() if regex.match(k) and v is not None and math.isfinite(v)]
         if values:
-            per_probe.append(float(np.mean(values)))
-    return float(np.mean(per_probe)) if per_probe else None
+            out.append((r["step"], float(np.mean(values))))
+    return out
+
+
+def probe_mean(records: list[dict], pattern: str) -> float | None:
+    """The mean over every probe of the run of ``probe_series``: a quantity "over training",
+    e.g. ``mean:ics/*/rel``; each probe weighs the same."""
+    series = probe_series(records, pattern)
+    return float(np.mean([v for _, v in series])) if series else None
 
 
 _EVALUATORS: dict[str, Callable[[Query, dict, list[dict]], Any]] = {

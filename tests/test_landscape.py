@@ -132,6 +132,7 @@ def brute_ics(model, optimizer, x, y) -> dict[str, float]:
         _, g_moved = brute_grads(net, x, y, rng)
         a, b = g[weight_name(layer)].double(), g_moved[weight_name(layer)].double()
         out[m.ics(layer, "l2")] = (a - b).norm().item()
+        out[m.ics(layer, "rel")] = ((a - b).norm() / a.norm()).item()
         out[m.ics(layer, "cos")] = ((a * b).sum() / (a.norm() * b.norm())).item()
     torch.set_rng_state(rng)
     return out

@@ -219,3 +219,27 @@ def test_default_groups_are_labelled_by_their_config_and_repeats_are_not_seeds(t
     assert set(labels) == {"norm=none", "norm=torch"}
     assert len(labels["norm=none"].runs) == 2 and labels["norm=none"].repeats == 2
     assert labels["norm=none"].stat("test/acc")["n"] == 2
+
+
+def test_optimization_landscape_figure_is_drawn_only_from_its_probes(tmp_path: Path) -> None:
+    """The ICS/landscape figure appears when runs carry those probes and plots the per-probe
+    mean over layers (metrics.probe_series); runs without them get no such figure."""
+    from bnexp.metrics import probe_series
+
+    root = tmp_path / "runs"
+    for norm in ("none", "torch"):
+        for seed in range(2):
+            d = fake_run(root, f"{norm}-{seed}", norm, seed, 0.9, 0.01)
+            lines = (d / "metrics.jsonl").read_text().splitlines()
+            lines += [json.dumps({"step": s, "kind": "probe", "ics/fc1/rel": 0.0,
+                                  "ics/fc2/rel": 0.2 * (s + 1), "ics/fc2/cos": 0.9,
+                                  "landscape/beta": 3.0 + seed, "landscape/grad_change": 0.5})
+                      for s in (0, 10)]
+            (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    _, groups = group_runs(find_runs([root])[0])
+    assert probe_series(groups[0].runs[0].records, "ics/*/rel") == [(0, 0.1), (10, pytest.approx(1.1))]
+    assert figures.optimization_landscape(groups, tmp_path / "o.png").exists()
+    plain = tmp_path / "plain"
+    fake_run(plain, "a", "none", 0, 0.9, 0.01)
+    assert figures.optimization_landscape(group_runs(find_runs([plain])[0])[1],
+                                          tmp_path / "p.png") is None
