@@ -60,7 +60,10 @@ import numpy as np
 
 COMPLETED, DIVERGED, FAILED, INTERRUPTED, RUNNING = (
     "completed", "diverged", "failed", "interrupted", "running")
-STATUSES = (COMPLETED, DIVERGED, FAILED, INTERRUPTED, RUNNING)
+# A sweep job that a cluster scheduler ended (scancel; its time limit): set by bnexp/slurm.py
+# from the scheduler's job state, whose reason goes in the summary's "scheduler" field.
+CANCELLED, TIMEOUT = "cancelled", "timeout"
+STATUSES = (COMPLETED, DIVERGED, FAILED, INTERRUPTED, RUNNING, CANCELLED, TIMEOUT)
 # A finished run is a result: a diverged run would diverge again, so a sweep resume keeps it;
 # failed and interrupted runs are not results and are re-run.
 FINISHED = (COMPLETED, DIVERGED)

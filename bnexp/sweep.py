@@ -39,14 +39,15 @@ from bnexp.dirnames import new_run_dir
 from bnexp.errors import BnexpError, one_line_warnings
 from bnexp.hydra_app import compose_with_hydra, config_dir, parse_overrides
 from bnexp.jsonio import write_json_atomic
-from bnexp.metrics import FAILED, FINISHED, INTERRUPTED, PLANNED, RUNNING
+from bnexp.metrics import CANCELLED, FAILED, FINISHED, INTERRUPTED, PLANNED, RUNNING, TIMEOUT
 
 # Launchers' worker processes import this module (for run_job) before Hydra composes there:
 # they get the CLI's one-line warnings, without Hydra's launcher-schema deprecation notice.
 one_line_warnings()
 
 MANIFEST = "sweep.json"
-UNFINISHED = (INTERRUPTED, PLANNED, RUNNING)  # jobs that did not run to the end (not failures)
+# Jobs that did not run to the end (not failures): a resume re-runs them, as it does failed ones.
+UNFINISHED = (INTERRUPTED, PLANNED, RUNNING, CANCELLED, TIMEOUT)
 MAX_DIRNAME = 120  # job directory names stay far below filesystem limits (255 bytes)
 RESULT_FILES = ("summary.json", "metrics.jsonl", "tb", "checkpoint.pt", "config.yaml",
                 "overrides.yaml")
@@ -132,10 +133,11 @@ def _check_launcher(base: DictConfig) -> None:
     import importlib
 
     target = OmegaConf.select(base, "hydra.launcher._target_") or ""
+    module, _, name = target.rpartition(".")
     try:
-        importlib.import_module(target.rsplit(".", 1)[0])
-    except ImportError:
-        extra = "slurm" if "submitit" in target else "parallel"
+        getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        extra = "slurm" if "submitit" in target or "slurm" in target else "parallel"
         raise BnexpError(
             f"The launcher {target} is not installed. Install it with "
             f"`pip install 'bnexp[{extra}]'` (or drop the hydra/launcher override to run the "
@@ -206,6 +208,10 @@ def _hydra_multirun(overrides: list[str], sweep_dir: Path) -> None:
     sys.argv = ["bnexp", "--multirun", *overrides, f"hydra.sweep.dir='{sweep_dir}'"]
     try:
         app()
+    except BaseException as exc:  # bnexp.slurm's user errors, past Hydra's error report
+        if type(exc).__name__ == "LaunchRefused":
+            raise exc.error from None  # type: ignore[attr-defined]
+        raise
     finally:
         sys.argv = argv
 
@@ -262,9 +268,16 @@ def run_job(cfg: Any) -> str:
     _set_aside_previous_attempt(job_dir)
     _share_cores(cfg, hc.launcher)
     update_manifest(sweep_dir, jobs={str(num): {**entry, "status": RUNNING}})
+    from bnexp.slurm import SchedulerSignal, scheduler_signals
+
     try:
-        validate(cfg)
-        status = import_trainer().train(cfg, overrides, run_dir=job_dir)["status"]
+        with scheduler_signals():  # under SLURM: its time limit and scancel, recorded
+            validate(cfg)
+            status = import_trainer().train(cfg, overrides, run_dir=job_dir)["status"]
+    except SchedulerSignal as sig:  # the launcher adds the scheduler's final state
+        status = sig.status
+        _write_ended_summary(job_dir, status, str(sig))
+        print(f"[job {num}] {status}: {sig}", flush=True)
     except KeyboardInterrupt:  # Ctrl-C: this job is interrupted, the rest of the grid not run
         update_manifest(sweep_dir, jobs={str(num): {**entry, "status": INTERRUPTED}})
         raise
@@ -297,12 +310,22 @@ def _share_cores(cfg: Any, launcher: Any) -> None:
     if cfg.trainer.threads is not None or not hasattr(launcher, "get"):
         return
     n_jobs, threads = launcher.get("n_jobs"), launcher.get("cpus_per_task")
+    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
     if n_jobs is not None:
         cores = os.cpu_count() or 1
         threads = max(1, cores // max(1, cores if n_jobs < 0 else n_jobs))
     if threads:
         with open_dict(cfg):
             cfg.trainer.threads = threads
+
+
+def _write_ended_summary(job_dir: Path, status: str, why: str) -> None:
+    """The scheduler ended the job: its summary.json (if training wrote one, with its
+    metrics so far) gets the status and the reason."""
+    summary = read_json(job_dir / "summary.json")
+    summary.update(status=status, run_dir=str(job_dir), error=why)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(job_dir / "summary.json", summary)
 
 
 def _write_failed_summary(job_dir: Path, exc: BaseException) -> None:
@@ -343,6 +366,26 @@ def _locked(sweep_dir: Path) -> Iterator[None]:
 def read_manifest(sweep_dir: Path) -> dict[str, Any]:
     path = sweep_dir / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; empty when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def merge_job(sweep_dir: Path, num: int, **fields: Any) -> None:
+    """Merge ``fields`` into job ``num``'s entry of sweep.json (a launcher recording a job
+    that ended outside Python)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(sweep_dir):
+        manifest = read_manifest(sweep_dir)
+        job = manifest.setdefault("jobs", {}).setdefault(str(num), {"num": num})
+        job.update(fields)
+        write_json_atomic(sweep_dir / MANIFEST, manifest)
 
 
 def update_manifest(sweep_dir: Path, **fields: Any) -> None:

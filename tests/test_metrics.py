@@ -50,7 +50,8 @@ def test_any_layer_regex_overlays_every_layer_and_nothing_else() -> None:
 
 
 def test_statuses_are_one_list() -> None:
-    assert M.STATUSES == ("completed", "diverged", "failed", "interrupted", "running")
+    assert M.STATUSES == ("completed", "diverged", "failed", "interrupted", "running",
+                          "cancelled", "timeout")
     assert set(M.FINISHED) == {M.COMPLETED, M.DIVERGED} and M.PLANNED not in M.STATUSES
 
 
