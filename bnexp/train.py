@@ -219,7 +219,7 @@ class Window:
     (``sync``) so that it never runs on a diverged model."""
 
     def __init__(self, first_step: int, batch_size: int) -> None:
-        self.first_step, self.batch_size = first_step, batch_size
+        self.batch_size = batch_size
         self.next_step = first_step  # the step of the first unread entry
         self.losses: list[torch.Tensor] = []
         self.corrects: list[torch.Tensor] = []
