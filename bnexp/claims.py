@@ -300,12 +300,15 @@ def _censor_guard(verdict: tuple[str, str], cens: tuple[int, int], rule: dict[st
     return verdict
 
 
-def _check_requires(runs: list[Run], factor: str, rule: dict[str, Any]) -> tuple[list[str], str]:
+def _check_requires(runs: list[Run], factor: str, rule: dict[str, Any]
+                    ) -> tuple[list[str], dict[str, str]]:
     """Preconditions under which the comparison tests the claim at all (``requires:``): each
-    names a metric and variants a and b and the direction a's mean must lie in. Returns the
-    lines to print and, if one does not hold, the reason the verdict must be inconclusive (a
-    precondition can never make a verdict; the comparison is still measured and shown)."""
-    lines, failed = [], ""
+    names a metric and variants a and b and the direction a's mean must lie in, and optionally
+    ``blocks:`` the one verdict it guards (a control that rules out another explanation of a
+    positive result guards ``supported`` only; by default it guards every verdict). Returns the
+    lines to print and, per guarded verdict (``all`` for every one), the reason it must become
+    inconclusive: a precondition can never make a verdict; the comparison is still shown."""
+    lines, failed = [], {}
     for req in rule.get("requires", []):
         means = []
         for v in (req["a"], req["b"]):
@@ -313,12 +316,15 @@ def _check_requires(runs: list[Run], factor: str, rule: dict[str, Any]) -> tuple
                     if math.isfinite(x)]
             means.append(float(np.mean(vals)) if vals else math.nan)
         held = means[0] > means[1] if req["expect"] == "higher" else means[0] < means[1]
+        guards = req.get("blocks", "all")
+        scope = "" if guards == "all" else f" (guards a '{guards}' verdict)"
         text = (f"{req['metric']} of {factor}={req['a']} ({means[0]:.4g}) {req['expect']} than "
                 f"{factor}={req['b']} ({means[1]:.4g}): {req['why']}")
-        lines.append(f"precondition {'met' if held else 'NOT met'}: {text}")
-        if not held and not failed:
-            failed = (f"precondition not met, so the comparison does not test the claim: {text} "
-                      "does not hold")
+        lines.append(f"precondition{scope} {'met' if held else 'NOT met'}: {text}")
+        if not held and guards not in failed:
+            failed[guards] = (f"precondition not met, so the comparison does not test the claim"
+                              f"{'' if guards == 'all' else ' in that direction'}: {text} does "
+                              "not hold")
     return lines, failed
 
 
@@ -349,8 +355,8 @@ def rule_compare(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
         order.append((level, oriented, "", cens))
 
     def decide(adj: dict[str, float], alpha: float) -> tuple[str, str]:
-        if failed:
-            return INCONCLUSIVE, failed
+        if "all" in failed:
+            return INCONCLUSIVE, failed["all"]
         per = []
         for level, oriented, why, cens in order:
             if oriented is None:
@@ -359,7 +365,10 @@ def rule_compare(runs: list[Run], factor: str, rule: dict[str, Any]) -> Outcome:
             verdict = _decide_one(oriented, thr, adj[f"{level}|for"], adj[f"{level}|against"],
                                   alpha, shown)
             per.append((level or "all", *_censor_guard(verdict, cens, rule)))
-        return _combine(per)
+        combined = _combine(per)
+        if combined[0] in failed:
+            return INCONCLUSIVE, f"{combined[1]}, but {failed[combined[0]]}"
+        return combined
 
     numbers["requires"] = preconditions
     return Outcome("; ".join([*effects, *preconditions]), tests, decide, numbers)

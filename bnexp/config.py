@@ -169,9 +169,9 @@ class CustomNormConfig(BatchNormConfig):
 class NoisyNormConfig(BatchNormConfig):
     """norm=noisy: torch's BN followed by Santurkar et al.'s noise (bnexp.norm.NoisyBatchNorm)."""
 
-    noise_mean: float = MISSING  # noise means drawn from U(-noise_mean, noise_mean)
-    noise_var: float = MISSING  # noise variances from U(1, noise_var) (= noise_var below 1)
-    noise_change: float = MISSING  # std of each noise parameter's random-walk step per step
+    noise_mean: float = MISSING  # per-sample shift noise from U(-noise_mean, noise_mean)
+    noise_var: float = MISSING  # per-sample scale noise from U(1, noise_var) (>= 1)
+    noise_change: float = MISSING  # std of the noise centre's random-walk step, each step
 
 
 @dataclass
@@ -393,7 +393,7 @@ _NON_NEGATIVE = [
     ("optim.weight_decay", 5e-4), ("optim.momentum", 0.9), ("data.val_size", 5000),
     ("trainer.train_eval_size", 5000), ("model.dropout", 0.2), ("probe.hist_every", 500),
     ("probe.unit", 0), ("trainer.eval_single", 200), ("trainer.val_every_steps", 100),
-    ("norm.noise_mean", 0.5), ("norm.noise_var", 1.25), ("norm.noise_change", 0.1),
+    ("norm.noise_mean", 0.5), ("norm.noise_change", 0.1),
 ]
 
 
@@ -425,7 +425,13 @@ def _check_ranges(flat: dict[str, Any]) -> None:
 
 
 def _check_norm_sizes(flat: dict[str, Any]) -> None:
-    """norm.ghost_batch holds at least two samples; norm.groups divides every normalised width."""
+    """norm.noise_var >= 1; norm.ghost_batch holds at least two samples; norm.groups divides
+    every normalised width."""
+    noise_var = flat.get("norm.noise_var")
+    if noise_var is not None and noise_var < 1:
+        raise BnexpError(f"norm.noise_var={noise_var} must be at least 1 (the per-sample scale "
+                         "noise is drawn from U(1, noise_var); 1 is no scale noise); try "
+                         "`norm.noise_var=1.25`.")
     ghost = flat.get("norm.ghost_batch")
     if ghost is not None and ghost < 2:
         raise BnexpError(f"norm.ghost_batch={ghost} must be at least 2 (a virtual batch of one "

@@ -419,3 +419,23 @@ def test_a_precondition_that_fails_makes_the_verdict_inconclusive() -> None:
     fails = {**holds, "expect": "lower"}
     v = verdict({**HIGHER, "requires": [fails]}, runs)
     assert v.verdict == C.INCONCLUSIVE and "precondition not met" in v.reason
+
+
+def test_a_precondition_can_guard_one_verdict_only() -> None:
+    """`blocks: supported`: a control that must hold before a positive result counts (claim 10:
+    the same noise held still must do better, or BN's lead is the noise's, not the
+    instability's). It leaves the other verdicts alone and never makes one."""
+    base = [0.90, 0.91, 0.92, 0.905, 0.915]
+    up = [b + 0.05 + 0.001 * i for i, b in enumerate(base)]
+    same = [b + 0.001 * ((-1) ** i) for i, b in enumerate(base)]
+    control = [run("noisy_static", s, {"m": 0.5}) for s in range(5)]
+    fails = {"metric": "m", "a": "noisy_static", "b": "none", "expect": "higher",
+             "why": "control", "blocks": "supported"}
+    v = verdict({**HIGHER, "requires": [fails]}, compare_runs(up, base) + control)
+    assert v.verdict == C.INCONCLUSIVE
+    assert "guards a 'supported' verdict" in v.effect and "in that direction" in v.reason
+    v = verdict({**HIGHER, "requires": [fails]}, compare_runs(same, base) + control)
+    assert v.verdict == C.NOT_SUPPORTED, "a guard of 'supported' blocked another verdict"
+    holds = {**fails, "expect": "lower"}
+    v = verdict({**HIGHER, "requires": [holds]}, compare_runs(up, base) + control)
+    assert v.verdict == C.SUPPORTED and "precondition (guards a 'supported' verdict) met" in v.effect
