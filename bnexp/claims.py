@@ -300,26 +300,35 @@ def _censor_guard(verdict: tuple[str, str], cens: tuple[int, int], rule: dict[st
     return verdict
 
 
+GUARDED = ("all", SUPPORTED, NOT_SUPPORTED)
+
+
 def _check_requires(runs: list[Run], factor: str, rule: dict[str, Any]
                     ) -> tuple[list[str], dict[str, str]]:
     """Preconditions under which the comparison tests the claim at all (``requires:``): each
-    names a metric and variants a and b and the direction a's mean must lie in, and optionally
-    ``blocks:`` the one verdict it guards (a control that rules out another explanation of a
-    positive result guards ``supported`` only; by default it guards every verdict). Returns the
-    lines to print and, per guarded verdict (``all`` for every one), the reason it must become
-    inconclusive: a precondition can never make a verdict; the comparison is still shown."""
+    names a metric and variants a and b and the direction a's mean must lie in (past b's mean
+    less ``margin``, default 0), and optionally ``blocks:`` the one verdict it guards (a control
+    that rules out another explanation of a positive result guards ``supported`` only; by
+    default it guards every verdict). Returns the lines to print and, per guarded verdict
+    (``all`` for every one), the reason it must become inconclusive: a precondition can never
+    make a verdict; the comparison is still shown."""
     lines, failed = [], {}
     for req in rule.get("requires", []):
+        guards, margin = req.get("blocks", "all"), float(req.get("margin", 0))
+        if guards not in GUARDED:
+            raise BnexpError(f"claims.yaml: `blocks: {guards}` in a precondition of "
+                             f"{req['metric']} is not a verdict; use one of {', '.join(GUARDED)}.")
         means = []
         for v in (req["a"], req["b"]):
             vals = [x for x in run_values(variant(runs, factor, v), req["metric"]).values()
                     if math.isfinite(x)]
             means.append(float(np.mean(vals)) if vals else math.nan)
-        held = means[0] > means[1] if req["expect"] == "higher" else means[0] < means[1]
-        guards = req.get("blocks", "all")
+        held = (means[0] > means[1] - margin if req["expect"] == "higher"
+                else means[0] < means[1] + margin)
         scope = "" if guards == "all" else f" (guards a '{guards}' verdict)"
+        within = f" (within {margin:g})" if margin else ""
         text = (f"{req['metric']} of {factor}={req['a']} ({means[0]:.4g}) {req['expect']} than "
-                f"{factor}={req['b']} ({means[1]:.4g}): {req['why']}")
+                f"{factor}={req['b']} ({means[1]:.4g}){within}: {req['why']}")
         lines.append(f"precondition{scope} {'met' if held else 'NOT met'}: {text}")
         if not held and guards not in failed:
             failed[guards] = (f"precondition not met, so the comparison does not test the claim"

@@ -172,6 +172,7 @@ class NoisyNormConfig(BatchNormConfig):
     noise_mean: float = MISSING  # per-sample shift noise from U(-noise_mean, noise_mean)
     noise_var: float = MISSING  # per-sample scale noise from U(1, noise_var) (>= 1)
     noise_change: float = MISSING  # std of the noise centre's random-walk step, each step
+    noise_bound: float = MISSING  # the walk reflected within [-noise_bound, noise_bound]
 
 
 @dataclass
@@ -393,7 +394,7 @@ _NON_NEGATIVE = [
     ("optim.weight_decay", 5e-4), ("optim.momentum", 0.9), ("data.val_size", 5000),
     ("trainer.train_eval_size", 5000), ("model.dropout", 0.2), ("probe.hist_every", 500),
     ("probe.unit", 0), ("trainer.eval_single", 200), ("trainer.val_every_steps", 100),
-    ("norm.noise_mean", 0.5), ("norm.noise_change", 0.1),
+    ("norm.noise_mean", 0.5), ("norm.noise_change", 0.1), ("norm.noise_bound", 1.0),
 ]
 
 

@@ -34,6 +34,8 @@ Metric names (what ``value`` reads for one run; ``parse`` turns one into a ``Que
                                    percentiles move between probes: pooled over the layer, or
                                    per unit and averaged over units (probe.per_unit); a layer
                                    name instead of ``last`` picks that layer
+    step_drift_units:last          the same per unit, across one training step (each probed
+                                   step's update), averaged over the probed steps
     growth:grad/input@STEP         per-layer growth toward the input of the gradient w.r.t. each
                                    layer's input (grad/weight@STEP: of the weight gradients)
     mean:TAG                       mean over the run's probes of a probe tag; one '*' stands
@@ -48,6 +50,7 @@ import dataclasses
 import functools
 import math
 import re
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +74,9 @@ FINISHED = (COMPLETED, DIVERGED)
 PLANNED = "planned"
 
 KIND_STEP, KIND_EPOCH, KIND_VAL, KIND_PROBE, KIND_UNITS = "step", "epoch", "val", "probe", "units"
+# The per-unit percentiles again right after a probed step's update (same probe batch, same
+# probe noise): the pair measures how far one training step moves each unit (step_drift_units).
+KIND_UNITS_NEXT = "units_next"
 
 # ---------------------------------------------------------------------------------------------
 # Tags
@@ -207,7 +213,8 @@ EPOCH_MEAN = (STEP_MS,)
 @dataclass(frozen=True)
 class Query:
     """A parsed metric name. ``op`` is ``final``, ``epoch_mean``, ``probe`` or a derived
-    operation (``abslog10``, ``growth``, ``drift``, ``drift_units``, ``steps_to``)."""
+    operation (``abslog10``, ``growth``, ``drift``, ``drift_units``, ``step_drift_units``,
+    ``steps_to``)."""
 
     op: str
     tag: str = ""  # the tag read; growth: the gradient kind; drift: a layer or "last"
@@ -271,6 +278,7 @@ _PARSERS: dict[str, Callable[[str, str], Query]] = {
     "growth": _parse_growth,
     "drift": lambda arg, _key: Query("drift", arg),
     "drift_units": lambda arg, _key: Query("drift_units", arg),
+    "step_drift_units": lambda arg, _key: Query("step_drift_units", arg),
     "steps_to": _parse_steps_to,
 }
 DERIVED = tuple(_PARSERS)
@@ -406,6 +414,31 @@ def drift_units(records: list[dict], layer: str = "last") -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
+def step_drift_units(records: list[dict], layer: str = "last") -> float | None:
+    """``drift_units`` across single training steps: each probed step's per-unit percentiles
+    paired with the same unit's right after that step's update (``units_next``), each pair's
+    ``drift``, averaged over pairs and units. Noise whose distribution changes every step
+    (norm=noisy) moves a unit at every step; learning moves it steadily, so over the probes'
+    spacing it can add up to as much: this sees the per-step change a layer learns against."""
+    pairs: dict[int, dict[str, dict]] = defaultdict(dict)
+    for r in records:
+        if r.get("kind") in (KIND_UNITS, KIND_UNITS_NEXT):
+            pairs[r["step"]][r["kind"]] = r
+    complete = [(p[KIND_UNITS], p[KIND_UNITS_NEXT]) for _, p in sorted(pairs.items())
+                if len(p) == 2]
+    names = hidden_layers([a for a, _ in complete], "act/")
+    if not names:
+        return None
+    tag = act_units(names[-1] if layer == "last" else layer)
+    drifts = []
+    for a, b in complete:
+        if tag in a and tag in b:
+            drifts += [drift([tuple(s[q][j] for q in ("p15", "p50", "p85")) for s in (a[tag], b[tag])])
+                       for j in range(len(a[tag]["p50"]))]
+    finite = [d for d in drifts if d is not None]
+    return float(np.mean(finite)) if finite else None
+
+
 def _reached(records: list[dict], tag: str, target: float) -> list[int]:
     return [r["step"] for r in records if r.get(tag) is not None and r[tag] >= target]
 
@@ -458,5 +491,6 @@ _EVALUATORS: dict[str, Callable[[Query, dict, list[dict]], Any]] = {
     "growth": lambda q, s, r: growth(r, q.tag, q.step),
     "drift": lambda q, s, r: drift_pooled(r, q.tag),
     "drift_units": lambda q, s, r: drift_units(r, q.tag),
+    "step_drift_units": lambda q, s, r: step_drift_units(r, q.tag),
     "steps_to": lambda q, s, r: steps_to(s, r, q.tag, q.target),  # type: ignore[arg-type]
 }

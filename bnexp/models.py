@@ -115,13 +115,18 @@ class CNN(nn.Module):
         return self.head(self.drop(self.blocks(x).mean(dim=(2, 3))))
 
 
+PROBE_SEED = 20180529  # the noise every batch_statistics look draws
+
+
 @contextmanager
 def batch_statistics(model: nn.Module) -> Iterator[None]:
     """Forward passes with BN on batch statistics (as in training), dropout off, BN running
     statistics (every buffer) restored afterwards, no autograd: how probes and train-mode
     evaluation look at a network without changing it. Layers that draw random numbers in
     training mode (norm=noisy's noise) draw them from a fork of the global random streams
-    (CPU and the model's device), so the training that follows draws what it would have."""
+    (CPU and the model's device), so the training that follows draws what it would have, and
+    the fork is seeded with ``PROBE_SEED``: every look draws the same noise (common random
+    numbers), so two looks differ by what training changed, not by a fresh noise sample."""
     was_training = model.training
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     device = next(model.parameters(), torch.empty(0)).device
@@ -134,6 +139,7 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
         with torch.no_grad(), torch.random.fork_rng(
                 devices=[device] if on_device else [],
                 device_type=device.type if on_device else None):
+            torch.manual_seed(PROBE_SEED)
             yield
     finally:
         with torch.no_grad():

@@ -212,9 +212,33 @@ class Probes:
                 h.remove()
         values.update(batched_percentiles(rows))
         if units:
-            self.log.record(step, m.KIND_UNITS, {k: {q: v.cpu().tolist() for q, v in qs.items()}
-                                            for k, qs in units.items()})
+            self._record_units(step, m.KIND_UNITS, units)
         return _to_floats(values)
+
+    def next_units(self, step: int) -> None:
+        """The per-unit percentiles again after step ``step``'s update (``units_next``), on the
+        same probe batch and, through batch_statistics, the same probe noise: with the record
+        before the step, what one training step moved each unit (metrics.step_drift_units)."""
+        units: dict[str, dict[str, torch.Tensor]] = {}
+
+        def measure(name: str, t: torch.Tensor) -> None:
+            units[m.act_units(name, "norm")] = unit_percentiles(t, self.max_elements)
+
+        handles = [block.norm.register_forward_hook(
+            lambda _m, _i, out, n=name: measure(n, out.detach()))
+            for name, block in self.blocks.items()]
+        try:
+            with batch_statistics(self.model):
+                self.model(self.probe_x)
+        finally:
+            for h in handles:
+                h.remove()
+        self._record_units(step, m.KIND_UNITS_NEXT, units)
+
+    def _record_units(self, step: int, kind: str, units: dict[str, dict[str, torch.Tensor]]
+                      ) -> None:
+        self.log.record(step, kind, {k: {q: v.cpu().tolist() for q, v in qs.items()}
+                                     for k, qs in units.items()})
 
     def _histogram(self, tag: str, t: torch.Tensor, step: int, bins: int = 64) -> None:
         flat = t.detach().float().flatten()
@@ -274,6 +298,8 @@ class ProbedStep:
         if exc_type is None:
             values = {**self.before, **self.gradients(), **self.updates()}
             self.p.log.scalars(self.step, _to_floats(values), kind=m.KIND_PROBE)
+            if self.p.per_unit:
+                self.p.next_units(self.step)
 
     def _watch_input(self, name: str) -> Any:
         def pre_hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:

@@ -15,6 +15,7 @@ import yaml
 
 from bnexp import claims as C
 from bnexp import metrics
+from bnexp.errors import BnexpError
 from bnexp.runs import Run
 from tests.conftest import TINY
 
@@ -439,3 +440,21 @@ def test_a_precondition_can_guard_one_verdict_only() -> None:
     holds = {**fails, "expect": "lower"}
     v = verdict({**HIGHER, "requires": [holds]}, compare_runs(up, base) + control)
     assert v.verdict == C.SUPPORTED and "precondition (guards a 'supported' verdict) met" in v.effect
+
+
+def test_a_precondition_margin_and_a_bad_guard() -> None:
+    """`margin:` lets a fall short of b by that much (claim 10: the static-noise control within
+    the 1-point threshold of BN); a `blocks:` that is not a verdict is a config error."""
+    base = [0.90, 0.91, 0.92, 0.905, 0.915]
+    up = [b + 0.05 + 0.001 * i for i, b in enumerate(base)]
+    control = [run("noisy_static", s, {"m": u - 0.008}) for s, u in enumerate(up)]
+    near = {"metric": "m", "a": "noisy_static", "b": "torch", "expect": "higher",
+            "margin": 0.01, "why": "control", "blocks": "supported"}
+    v = verdict({**HIGHER, "requires": [near]}, compare_runs(up, base) + control)
+    assert v.verdict == C.SUPPORTED and "(within 0.01)" in v.effect
+    v = verdict({**HIGHER, "requires": [{**near, "margin": 0.005}]},
+                compare_runs(up, base) + control)
+    assert v.verdict == C.INCONCLUSIVE
+    with pytest.raises(BnexpError, match="is not a verdict"):
+        verdict({**HIGHER, "requires": [{**near, "blocks": "not_supported"}]},
+                compare_runs(up, base) + control)

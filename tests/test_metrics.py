@@ -230,6 +230,29 @@ def test_per_unit_drift_against_a_direct_computation() -> None:
     assert M.value({}, [], "drift_units:last") is None
 
 
+def test_step_drift_against_a_direct_computation() -> None:
+    """Each probe's units paired with the units_next of the same step; an unpaired record (a
+    run cut after its probe) is left out."""
+    rng = np.random.default_rng(1)
+
+    def rec(step: int, kind: str, s: np.ndarray) -> dict:
+        return {"step": step, "kind": kind,
+                M.act_units("fc2"): {q: s[j].tolist() for j, q in enumerate(M.PERCENTILES)}}
+
+    before = [np.sort(rng.normal(size=(3, 4)), axis=0) for _ in range(3)]
+    after = [np.sort(rng.normal(size=(3, 4)), axis=0) for _ in range(2)]
+    records = [rec(0, "units", before[0]), rec(0, "units_next", after[0]),
+               rec(50, "units", before[1]), rec(50, "units_next", after[1]),
+               rec(100, "units", before[2])]
+    expected = [drift_by_hand(np.array([b[:, u], a[:, u]]))
+                for b, a in zip(before, after, strict=False) for u in range(4)]
+    assert M.value({}, records, "step_drift_units:last") == pytest.approx(np.mean(expected))
+    assert M.value({}, records, "drift_units:last") == M.value(
+        {}, [r for r in records if r["kind"] == "units"], "drift_units:last"), \
+        "units_next records leaked into the between-probes drift"
+    assert M.value({}, records[-1:], "step_drift_units:last") is None
+
+
 def test_steps_to_target_and_its_censoring() -> None:
     records = [{"step": 10, "kind": "val", "val/acc": 0.5}, {"step": 20, "kind": "val",
                                                             "val/acc": 0.91},

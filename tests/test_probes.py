@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bnexp import metrics as M
 from bnexp.models import build_model
 from bnexp.probes import Probes, hidden_blocks
 from tests.conftest import FIXED_THREADS, TINY, compose
@@ -217,3 +218,22 @@ def test_per_unit_records_are_written_only_when_asked(cli, mnist_root, tmp_path)
     layer = found[0]["act/fc2/norm/units"]
     assert len(layer["p15"]) == 16 and all(a <= b for a, b in zip(layer["p15"], layer["p85"],
                                                                    strict=True))
+
+
+@pytest.mark.parametrize("norm", ["none", "torch", "noisy"])
+def test_units_after_a_step_are_the_next_probe_s_units(cli, mnist_root, tmp_path,
+                                                       norm: str) -> None:
+    """Probing every step, the per-unit record taken right after step t's update (units_next)
+    is exactly step t+1's record: the same network, probe batch and probe noise (noisy BN's
+    look neither moves its walk nor draws fresh noise), so step_drift_units measures one
+    training step and nothing else."""
+    run_dir = run(cli, mnist_root, tmp_path / "out", "model=mlp", f"norm={norm}", "probe.every=1",
+                  "probe.per_unit=true", "trainer.steps=6", "trainer.epochs=1")
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    units = {r["step"]: r for r in records if r["kind"] == "units"}
+    after = {r["step"]: r for r in records if r["kind"] == "units_next"}
+    assert sorted(after) == sorted(units)
+    for step in sorted(units)[:-1]:
+        assert {k: v for k, v in after[step].items() if k != "kind"} == \
+            {k: v for k, v in units[step + 1].items() if k != "kind"} | {"step": step}
+    assert M.value({}, records, "step_drift_units:last") > 0
