@@ -199,17 +199,7 @@ class Probes:
             if self.per_unit and stage == "norm":
                 units[m.act_units(layer, stage)] = unit_percentiles(t, self.max_elements)
 
-        handles = []
-        for name, block in self.blocks.items():
-            for stage, module in zip(STAGES, (block.affine, block.norm, block.act), strict=True):
-                handles.append(module.register_forward_hook(
-                    lambda _m, _i, out, n=name, s=stage: measure(n, s, out.detach())))
-        try:
-            with batch_statistics(self.model):
-                self.model(self.probe_x)
-        finally:
-            for h in handles:
-                h.remove()
+        self._look(STAGES, measure)
         values.update(batched_percentiles(rows))
         if units:
             self._record_units(step, m.KIND_UNITS, units)
@@ -221,19 +211,27 @@ class Probes:
         before the step, what one training step moved each unit (metrics.step_drift_units)."""
         units: dict[str, dict[str, torch.Tensor]] = {}
 
-        def measure(name: str, t: torch.Tensor) -> None:
-            units[m.act_units(name, "norm")] = unit_percentiles(t, self.max_elements)
+        def measure(name: str, stage: str, t: torch.Tensor) -> None:
+            units[m.act_units(name, stage)] = unit_percentiles(t, self.max_elements)
 
-        handles = [block.norm.register_forward_hook(
-            lambda _m, _i, out, n=name: measure(n, out.detach()))
-            for name, block in self.blocks.items()]
+        self._look(("norm",), measure)
+        self._record_units(step, m.KIND_UNITS_NEXT, units)
+
+    def _look(self, stages: tuple[str, ...], measure: Any) -> None:
+        """One forward of the probe batch (bnexp.models.batch_statistics) with
+        ``measure(layer, stage, tensor)`` called on each block's ``stages`` as they are computed."""
+        handles = []
+        for name, block in self.blocks.items():
+            for stage, module in zip(STAGES, (block.affine, block.norm, block.act), strict=True):
+                if stage in stages:
+                    handles.append(module.register_forward_hook(
+                        lambda _m, _i, out, n=name, s=stage: measure(n, s, out.detach())))
         try:
             with batch_statistics(self.model):
                 self.model(self.probe_x)
         finally:
             for h in handles:
                 h.remove()
-        self._record_units(step, m.KIND_UNITS_NEXT, units)
 
     def _record_units(self, step: int, kind: str, units: dict[str, dict[str, torch.Tensor]]
                       ) -> None:
