@@ -408,10 +408,14 @@ def drift_units(records: list[dict], layer: str = "last") -> float | None:
     series = [r[tag] for r in units if tag in r]
     if len(series) < 2:
         return None
-    drifts = [drift([(s["p15"][j], s["p50"][j], s["p85"][j]) for s in series])
-              for j in range(len(series[0]["p50"]))]
-    finite = [d for d in drifts if d is not None]
+    finite = [d for d in _unit_drifts(series) if d is not None]
     return float(np.mean(finite)) if finite else None
+
+
+def _unit_drifts(series: list[dict]) -> list[float | None]:
+    """``drift`` of each unit over a series of one layer's per-unit percentile records."""
+    return [drift([tuple(s[q][j] for q in ("p15", "p50", "p85")) for s in series])
+            for j in range(len(series[0]["p50"]))]
 
 
 def step_drift_units(records: list[dict], layer: str = "last") -> float | None:
@@ -430,11 +434,7 @@ def step_drift_units(records: list[dict], layer: str = "last") -> float | None:
     if not names:
         return None
     tag = act_units(names[-1] if layer == "last" else layer)
-    drifts = []
-    for a, b in complete:
-        if tag in a and tag in b:
-            drifts += [drift([tuple(s[q][j] for q in ("p15", "p50", "p85")) for s in (a[tag], b[tag])])
-                       for j in range(len(a[tag]["p50"]))]
+    drifts = [d for a, b in complete if tag in a and tag in b for d in _unit_drifts([a[tag], b[tag]])]
     finite = [d for d in drifts if d is not None]
     return float(np.mean(finite)) if finite else None
 
