@@ -1,0 +1,49 @@
+"""Golden test: claims.md and claims.json built from the fixed synthetic runs of
+tests/golden_runs.py must equal the checked-in files in tests/golden/. A change to a rule, a
+sentence or a number shows up as a diff to review; regenerate the files on purpose with
+``python -m tests.test_claims_golden`` and commit them with the change that explains them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bnexp import claims as C
+from bnexp import figures
+from tests import golden_runs
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _fake_figures(groups: list[Any], folder: Path) -> dict[str, Path]:
+    """Figure paths without drawing: the golden files compare text, not pixels."""
+    return {"learning curves": folder / "curves.png"} if groups else {}
+
+
+def build(out: Path) -> None:
+    spec = C.load_spec()
+    sweep_runs = golden_runs.sweep_runs()
+    claims = [C.with_dataset(c, "mnist") for c in spec["claims"]]
+    outcomes, wheres = {}, {}
+    for claim in claims:
+        outcomes[claim["id"]], wheres[claim["id"]] = C.measure(claim, sweep_runs[claim["sweep"]][0])
+    verdicts = C.decide_all(outcomes, float(spec.get("alpha", 0.05)))
+    C.write_claims(out, "standard", spec, claims, [], verdicts, wheres, sweep_runs,
+                   golden_runs.PROVENANCE)
+
+
+def test_claims_md_and_json_match_the_golden_files(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(figures, "all_figures", _fake_figures)
+    build(tmp_path)
+    for name in ("claims.md", "claims.json"):
+        assert (tmp_path / name).read_text() == (GOLDEN / name).read_text(), name
+
+
+if __name__ == "__main__":  # regenerate: python -m tests.test_claims_golden
+    figures.all_figures = _fake_figures  # type: ignore[assignment]
+    build(GOLDEN)
+    sys.exit(0)
