@@ -1,0 +1,105 @@
+"""The probe schedule: every ``probe.every`` steps (and at step 0, before any update), the
+enabled probe kinds (bnexp/probes/registry.py) around one training step, with two records
+read off the device in one copy each; every other step costs one modulo."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnexp import metrics as m
+from bnexp.metrics import STAGES
+from bnexp.probes.base import Charts, Context, Probe, Scalars
+from bnexp.probes.registry import PROBES
+
+
+def probe_layout(model: nn.Module) -> Charts:
+    """Every kind's custom-scalars charts, merged by category in registry order."""
+    layout: Charts = {}
+    for kind in PROBES:
+        for category, charts in kind.charts(model).items():
+            layout.setdefault(category, {}).update(charts)
+    return layout
+
+
+class Probes:
+    """Schedules and runs the probes of one run; the training loop's one entry point is
+    ``with probes.at(step, x, y):`` around each training step."""
+
+    def __init__(self, model: nn.Module, cfg: Any, activation: str, probe_x: torch.Tensor,
+                 log: Any, optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.ctx = Context(model, activation, probe_x, log, optimizer)
+        self.log, self.layers = log, self.ctx.layers
+        # Plain Python values: reading a DictConfig in the hot path is slow.
+        self.enabled, self.every = cfg.enabled, cfg.every
+        self.kinds: list[Probe] = [kind(self.ctx, cfg) for kind in PROBES
+                                   if cfg.enabled and kind.wanted(cfg)]
+        self.lookers = {s: [k for k in self.kinds if s in k.stages] for s in STAGES}
+
+    def due(self, step: int) -> bool:
+        return self.enabled and step % self.every == 0
+
+    def activation_stats(self, step: int) -> dict[str, float]:
+        """The probe-batch look: one forward in which every kind measures its stages, then
+        their scalars (activation statistics), read back in one copy."""
+
+        def measure(layer: str, stage: str, t: torch.Tensor) -> None:
+            for kind in self.lookers[stage]:
+                kind.measure(step, layer, stage, t)
+
+        stages = tuple(s for s in STAGES if self.lookers[s])
+        if stages:
+            self.ctx.look(stages, measure)
+        return _to_floats(_merged(kind.looked(step) for kind in self.kinds))
+
+    def at(self, step: int, x: torch.Tensor, y: torch.Tensor | None = None) -> Any:
+        """Wrap a training step: ``with probes.at(step, x, y): train_step(...)``. On a probed
+        step, the probe-batch look (and, when enabled, ICS and landscape on the step's batch)
+        come before it, gradient norms and update ratios after it; otherwise a no-op."""
+        return ProbedStep(self, step, x, y) if self.due(step) else _NO_PROBE
+
+
+class ProbedStep:
+    """The enabled kinds' hooks around one training step (bnexp.probes.base.Probe)."""
+
+    def __init__(self, probes: Probes, step: int, x: torch.Tensor,
+                 y: torch.Tensor | None) -> None:
+        self.p, self.step, self.x, self.y = probes, step, x, y
+
+    def __enter__(self) -> ProbedStep:
+        p = self.p
+        p.log.scalars(self.step, p.activation_stats(self.step), kind=m.KIND_PROBE)
+        for kind in p.kinds:
+            kind.before(self.step, self.x, self.y)
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        kinds = self.p.kinds
+        for kind in kinds:
+            kind.release()
+        if exc_type is None:
+            values = _merged(kind.after(self.step) for kind in kinds)
+            self.p.log.scalars(self.step, _to_floats(values), kind=m.KIND_PROBE)
+            for kind in kinds:
+                kind.finish(self.step)
+
+
+_NO_PROBE = nullcontext()
+
+
+def _merged(parts: Any) -> Scalars:
+    out: Scalars = {}
+    for part in parts:
+        out.update(part)
+    return out
+
+
+def _to_floats(values: Scalars) -> dict[str, float]:
+    """One device-to-host copy for all the scalars of a probe."""
+    if not values:
+        return {}
+    stacked = torch.stack([v.float().reshape(()) for v in values.values()]).cpu().tolist()
+    return dict(zip(values, stacked, strict=True))

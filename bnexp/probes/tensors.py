@@ -1,0 +1,96 @@
+"""The tensor statistics the probe kinds share, in torch on the device: mean and std,
+saturated/dead fractions, percentiles (found by selection, on a fixed sample of huge tensors)
+and per-unit percentiles. Nothing here reads a value back to the host."""
+
+from __future__ import annotations
+
+import torch
+
+from bnexp import metrics as m
+
+QUANTILES = (0.15, 0.50, 0.85)  # of m.PERCENTILES
+SATURATION_MARGIN = 0.02  # sigmoid/tanh output within this of its bounds counts as saturated
+
+
+def tensor_stats(t: torch.Tensor, activation: str | None = None,
+                 stage: str | None = None) -> dict[str, torch.Tensor]:
+    """mean and std of all of ``t``, and for post-activation tensors the saturated / dead
+    fractions. Percentiles come from ``batched_percentiles``."""
+    flat = t.detach().float().flatten()
+    mean = flat.mean()
+    std = torch.linalg.vector_norm(flat - mean) / flat.numel() ** 0.5  # population std
+    out = {"mean": mean, "std": std}
+    if stage == "post" and activation == "relu":
+        # ReLU outputs are >= 0, so sign() is 1 for live units and 0 for dead ones: one
+        # elementwise op and a sum, cheaper on CPU than count_nonzero or (flat == 0).sum().
+        out["dead"] = 1.0 - torch.sign(flat).sum(dtype=torch.float64) / flat.numel()
+    elif stage == "post" and activation in ("sigmoid", "tanh"):
+        low = 0.0 if activation == "sigmoid" else -1.0
+        saturated = (flat < low + SATURATION_MARGIN) | (flat > 1.0 - SATURATION_MARGIN)
+        out["saturated"] = saturated.float().mean()
+    return out
+
+
+def percentile_sample(t: torch.Tensor, max_elements: int) -> torch.Tensor:
+    """A copy of all of ``t``'s values, or of a fixed sample of ``max_elements`` of them (a copy:
+    an in-place activation may overwrite ``t`` later in the forward pass)."""
+    flat = t.detach().float().flatten()
+    if flat.numel() > max_elements:
+        return flat[_fixed_subset(flat.numel(), max_elements, t.device)]
+    return flat.clone()
+
+
+def batched_percentiles(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """15/50/85th percentiles of many 1-d tensors, as ``torch.quantile`` defines them (linear
+    interpolation between the order statistics around q*(n-1)), but found by selection
+    (``kthvalue``, O(n)) rather than by sorting, in one call per order statistic for each group
+    of equal-length tensors."""
+    by_len: dict[int, list[str]] = {}
+    for key, row in rows.items():
+        by_len.setdefault(row.numel(), []).append(key)
+    out: dict[str, torch.Tensor] = {}
+    for n, keys in by_len.items():
+        stacked = torch.stack([rows[k] for k in keys])
+        for name, q in zip(m.PERCENTILES, QUANTILES, strict=True):
+            pos = q * (n - 1)
+            lo, frac = int(pos), pos - int(pos)
+            v_lo = stacked.kthvalue(lo + 1, dim=1).values
+            value = v_lo
+            if frac > 0:
+                v_hi = stacked.kthvalue(lo + 2, dim=1).values
+                value = v_lo + frac * (v_hi - v_lo)
+            for i, key in enumerate(keys):
+                out[f"{key}{name}"] = value[i]
+    return out
+
+
+def unit_percentiles(t: torch.Tensor, max_elements: int) -> dict[str, torch.Tensor]:
+    """Each unit's (MLP feature / CNN channel, dim 1) own 15/50/85th percentiles over the batch
+    (and positions), as ``torch.quantile`` defines them; a fixed sample of ``max_elements``
+    values per unit for large maps. The BN paper's Figure 1 tracks single units: pooled over a
+    layer, BN's per-unit normalisation hides how each unit's distribution moves."""
+    rows = t.detach().float().transpose(0, 1).reshape(t.shape[1], -1)
+    if rows.shape[1] > max_elements:
+        rows = rows[:, _fixed_subset(rows.shape[1], max_elements, rows.device)]
+    n = rows.shape[1]
+    out = {}
+    for name, q in zip(m.PERCENTILES, QUANTILES, strict=True):
+        pos = q * (n - 1)
+        lo, frac = int(pos), pos - int(pos)
+        value = rows.kthvalue(lo + 1, dim=1).values
+        if frac > 0:
+            value = value + frac * (rows.kthvalue(lo + 2, dim=1).values - value)
+        out[name] = value
+    return out
+
+
+_SUBSETS: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _fixed_subset(n: int, k: int, device: torch.device) -> torch.Tensor:
+    """The same k of n indices every time (percentiles of huge conv maps on a fixed sample)."""
+    key = (n, k, str(device))
+    if key not in _SUBSETS:
+        gen = torch.Generator().manual_seed(n)
+        _SUBSETS[key] = torch.randperm(n, generator=gen)[:k].sort().values.to(device)
+    return _SUBSETS[key]
