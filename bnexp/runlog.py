@@ -19,8 +19,9 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from bnexp.jsonio import atomic_path, write_json_atomic
+from bnexp.jsonio import atomic_path
 from bnexp.metrics import HPARAM_METRICS, run_layout  # the HParams metrics, the curves charts
+from bnexp.rundir import write_summary
 
 
 def git_sha() -> str | None:
@@ -94,7 +95,7 @@ class RunLog:
         return path
 
     def finish(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.dir / "summary.json", summary)
+        write_summary(self.dir, summary)
         self.tb.file_writer.add_summary(self._sei)
         self.tb.flush()
         self.tb.close()

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from bnexp import metrics
+from bnexp.rundir import SUMMARY, read_summary
 from bnexp.stats import mean_ci
 
 # Keys that never define a group: they differ between runs without being an experimental factor.
@@ -67,12 +68,9 @@ def load_run(run_dir: Path) -> Run:
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"summary.json unreadable ({exc})") from None
-    if not isinstance(summary, dict) or "status" not in summary:
-        raise ValueError("summary.json has no status")
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise ValueError("summary.json missing")
     return summary
 
 
@@ -125,7 +123,7 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
         if not path.exists():
             problems.append((path, "does not exist"))
             continue
-        for marker in ("summary.json", "metrics.jsonl", "config.yaml"):
+        for marker in (SUMMARY, "metrics.jsonl", "config.yaml"):
             for found in [path / marker, *path.rglob(marker)]:
                 if found.exists() and found.parent.name != ".hydra" and ".previous" not in found.parts:
                     candidates.add(found.parent)

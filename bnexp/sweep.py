@@ -10,21 +10,20 @@ overrides) for it, and the CLI only prints. In order:
 2. ``run_sweep`` records the plan in ``<sweep dir>/sweep.json`` and hands the command line to
    Hydra's own runner (``hydra.main`` with ``--multirun``), so sweepers and launcher plugins
    work as in any Hydra app.
-3. Each job runs ``run_job`` in the launcher's process: it trains into Hydra's job directory
-   (``<sweep dir>/<num>_<overrides>/``) and records itself in sweep.json under a file lock, so
-   parallel launchers can update it as jobs finish. A job that fails records ``failed`` in its
-   own summary.json and the sweep goes on.
+3. Each job runs ``run_job`` in the launcher's process: it claims the job (``bnexp.runlock``),
+   trains into Hydra's job directory (``<sweep dir>/<num>_<overrides>/``) and records itself
+   in sweep.json (``bnexp.manifest``), so parallel launchers can update it as jobs finish. A
+   job that fails records ``failed`` in its own summary.json and the sweep goes on.
 4. ``--resume DIR`` re-plans the sweep from its sweep.json and runs only the jobs without a
    finished result; ``status_table`` reads every job's summary.json back.
+5. Two calls on one sweep directory at once (``bnexp claims`` twice on the same ``--out``)
+   split the jobs: a job another live process holds is skipped, and ``run_sweep`` waits for
+   it before it returns, so both calls end with every result, each written once.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-import shutil
-import time
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -35,34 +34,28 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.config import validate
-from bnexp.dirnames import new_run_dir
 from bnexp.errors import BnexpError, one_line_warnings
 from bnexp.hydra_app import compose_with_hydra, config_dir, parse_overrides
-from bnexp.jsonio import write_json_atomic
-from bnexp.metrics import CANCELLED, FAILED, FINISHED, INTERRUPTED, PLANNED, RUNNING, TIMEOUT
+from bnexp.manifest import MANIFEST, create_manifest, read_manifest, update_manifest
+from bnexp.metrics import CANCELLED, FAILED, INTERRUPTED, PLANNED, RUNNING, TIMEOUT
+from bnexp.rundir import (
+    finished_summary,
+    job_dirname,
+    new_run_dir,
+    set_aside_previous_attempt,
+    summary_or_failed,
+    summary_so_far,
+    write_summary,
+)
+from bnexp.runlock import HELD, claimed, describe, holder, lock_path, wait_for_others
+from bnexp.signals import SchedulerSignal, scheduler_signals
 
 # Launchers' worker processes import this module (for run_job) before Hydra composes there:
 # they get the CLI's one-line warnings, without Hydra's launcher-schema deprecation notice.
 one_line_warnings()
 
-MANIFEST = "sweep.json"
 # Jobs that did not run to the end (not failures): a resume re-runs them, as it does failed ones.
 UNFINISHED = (INTERRUPTED, PLANNED, RUNNING, CANCELLED, TIMEOUT)
-MAX_DIRNAME = 120  # job directory names stay far below filesystem limits (255 bytes)
-RESULT_FILES = ("summary.json", "metrics.jsonl", "tb", "checkpoint.pt", "config.yaml",
-                "overrides.yaml")
-
-
-def job_dirname(overrides: str) -> str:
-    """A job directory name from Hydra's ``override_dirname``: no path separators (a swept
-    path would nest directories), and long names cut, with a hash to keep them unique."""
-    import hashlib
-
-    name = overrides.replace("/", "_").replace("\\", "_") or "job"
-    if len(name) > MAX_DIRNAME:
-        digest = hashlib.md5(name.encode()).hexdigest()[:8]
-        name = f"{name[:MAX_DIRNAME - 9]}-{digest}"
-    return name
 
 
 # configs/config.yaml's hydra.sweep.subdir calls this resolver. Hydra resolves the job directory
@@ -167,8 +160,10 @@ def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None =
 
     ``resume``: an earlier sweep's directory; its own overrides are used (from sweep.json) and
     only jobs without a finished summary.json run. A ``sweep_dir`` that already holds a sweep
-    is resumed the same way (``bnexp claims`` reuses its sweeps so). Returns the sweep
-    directory, the job rows of ``status_table`` and the number of failed jobs.
+    is resumed the same way (``bnexp claims`` reuses its sweeps so). Two calls on the same
+    directory at once split the jobs (each job is claimed before it runs, ``run_job``) and
+    each returns once the other's jobs are over too. Returns the sweep directory, the job rows
+    of ``status_table`` and the number of failed jobs.
     ``on_start(sweep_dir)`` is called once the directory is known, before any job runs.
     """
     if resume is None and sweep_dir is not None and (sweep_dir / MANIFEST).exists():
@@ -177,15 +172,16 @@ def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None =
         overrides, sweep_dir = resume_args(resume, overrides), resume
     with joblib_warmup(overrides):
         sweep_dir, hydra_overrides, grid = plan_sweep(overrides, sweep_dir)
-        if resume is None:
-            update_manifest(sweep_dir, command=command, args=overrides, overrides=hydra_overrides,
-                            grid=grid, directory=str(sweep_dir), jobs=planned_jobs(grid))
-        else:
+        # A call on the same directory may have written sweep.json since the check above.
+        if resume is not None or not create_manifest(
+                sweep_dir, command=command, args=overrides, overrides=hydra_overrides,
+                grid=grid, directory=str(sweep_dir), jobs=planned_jobs(grid)):
             _check_same_grid(sweep_dir, grid)
             update_manifest(sweep_dir, finished=False, resumed_with=command)
         if on_start is not None:
             on_start(sweep_dir)
         _hydra_multirun(hydra_overrides, sweep_dir)
+    wait_for_others(sweep_dir, lambda text: print(f"sweep: {text}", flush=True))
     rows, failed = status_table(sweep_dir)
     update_manifest(sweep_dir, finished=True, failed=failed)
     return sweep_dir, rows, failed
@@ -248,57 +244,63 @@ def _check_same_grid(sweep_dir: Path, grid: dict[str, list[str]]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def run_job(cfg: Any) -> str:
-    """Hydra's task function for ``bnexp train -m``: train one grid point, never raise."""
-    from hydra.core.hydra_config import HydraConfig
+    """Hydra's task function for ``bnexp train -m``: train one grid point, never raise.
 
-    from bnexp.startup import import_trainer
+    The job is claimed first (``bnexp.runlock``): one that another live process holds (a
+    second bnexp call on this sweep) is left to it and returns ``held``; the sweep waits for
+    it at its end. A claimed job with a finished result is kept (resume); any other starts
+    from a clean directory (an unfinished attempt's files go to ``.previous/``)."""
+    from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
     job_dir, sweep_dir, num = Path(hc.runtime.output_dir), Path(hc.sweep.dir), int(hc.job.num)
-    overrides = list(hc.overrides.task)
-    entry = {"num": num, "overrides": overrides, "dir": job_dir.name}
+    entry = {"num": num, "overrides": list(hc.overrides.task), "dir": job_dir.name}
+    lock = lock_path(sweep_dir, job_dir.name)
+    with claimed(lock) as mine:
+        if mine is None:
+            print(f"[job {num}] run by {describe(holder(lock))} (another bnexp call on this "
+                  "sweep): skipped here, waited for at the end", flush=True)
+            return HELD
+        done = finished_summary(job_dir)
+        if done is not None:
+            update_manifest(sweep_dir, jobs={str(num): {**entry, "status": done["status"],
+                                                        "resumed": "skipped"}})
+            print(f"[job {num}] already {done['status']}, skipped: {job_dir}", flush=True)
+            return done["status"]
+        set_aside_previous_attempt(job_dir)
+        _share_cores(cfg, hc.launcher)
+        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": RUNNING}})
+        status = _train_job(cfg, entry, job_dir, sweep_dir)
+        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": status}})
+        return status
 
-    # A fresh sweep directory is always new, so a finished job here means a resumed sweep.
-    done = finished_summary(job_dir)
-    if done is not None:
-        update_manifest(sweep_dir, jobs={str(num): {**entry, "status": done["status"],
-                                                    "resumed": "skipped"}})
-        print(f"[job {num}] already {done['status']}, skipped: {job_dir}", flush=True)
-        return done["status"]
-    _set_aside_previous_attempt(job_dir)
-    _share_cores(cfg, hc.launcher)
-    update_manifest(sweep_dir, jobs={str(num): {**entry, "status": RUNNING}})
-    from bnexp.slurm import SchedulerSignal, scheduler_signals
 
+def _train_job(cfg: Any, entry: dict[str, Any], job_dir: Path, sweep_dir: Path) -> str:
+    """Train the claimed job; its status, recorded in its summary.json whatever happens."""
+    from bnexp.startup import import_trainer
+
+    num = entry["num"]
     try:
         with scheduler_signals():  # under SLURM: its time limit and scancel, recorded
             validate(cfg)
-            status = import_trainer().train(cfg, overrides, run_dir=job_dir)["status"]
+            return import_trainer().train(cfg, entry["overrides"], run_dir=job_dir)["status"]
     except SchedulerSignal as sig:  # the launcher adds the scheduler's final state
-        status = sig.status
-        _write_ended_summary(job_dir, status, str(sig))
-        print(f"[job {num}] {status}: {sig}", flush=True)
+        summary = summary_so_far(job_dir)  # training's own, with its metrics so far
+        summary.update(status=sig.status, run_dir=str(job_dir), error=str(sig))
+        write_summary(job_dir, summary)
+        print(f"[job {num}] {sig.status}: {sig}", flush=True)
+        return sig.status
     except KeyboardInterrupt:  # Ctrl-C: this job is interrupted, the rest of the grid not run
         update_manifest(sweep_dir, jobs={str(num): {**entry, "status": INTERRUPTED}})
         raise
     except Exception as exc:  # the sweep goes on; the job's own summary says what happened
-        status = FAILED
-        if not (job_dir / "summary.json").exists():
-            _write_failed_summary(job_dir, exc)
+        if not summary_so_far(job_dir):  # training never got to write one
+            write_summary(job_dir, {"status": FAILED, "run_dir": str(job_dir),
+                                    "error": f"{type(exc).__name__}: {exc}",
+                                    "user_error": isinstance(exc, BnexpError)})
         message = str(exc) if isinstance(exc, BnexpError) else traceback.format_exc()
         print(f"[job {num}] failed: {message}", flush=True)
-    update_manifest(sweep_dir, jobs={str(num): {**entry, "status": status}})
-    return status
-
-
-def finished_summary(job_dir: Path) -> dict[str, Any] | None:
-    """The job's summary if it finished with a result (completed, or diverged: re-running
-    would diverge again), which a resumed sweep skips; else None."""
-    try:
-        summary = json.loads((job_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("status") in FINISHED else None
+        return FAILED
 
 
 def _share_cores(cfg: Any, launcher: Any) -> None:
@@ -319,85 +321,9 @@ def _share_cores(cfg: Any, launcher: Any) -> None:
             cfg.trainer.threads = threads
 
 
-def _write_ended_summary(job_dir: Path, status: str, why: str) -> None:
-    """The scheduler ended the job: its summary.json (if training wrote one, with its
-    metrics so far) gets the status and the reason."""
-    summary = read_json(job_dir / "summary.json")
-    summary.update(status=status, run_dir=str(job_dir), error=why)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(job_dir / "summary.json", summary)
-
-
-def _write_failed_summary(job_dir: Path, exc: BaseException) -> None:
-    job_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(job_dir / "summary.json", {
-        "status": FAILED, "run_dir": str(job_dir),
-        "error": f"{type(exc).__name__}: {exc}",
-        "user_error": isinstance(exc, BnexpError),
-    })
-
-
-def _set_aside_previous_attempt(job_dir: Path) -> None:
-    """On resume, move an unfinished attempt's files to ``.previous/<time>/`` (kept, not mixed
-    with the new attempt's metrics)."""
-    existing = [job_dir / f for f in RESULT_FILES if (job_dir / f).exists()]
-    if not existing:
-        return
-    dest = job_dir / ".previous" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in existing:
-        shutil.move(str(path), dest / path.name)
-
-
 # ---------------------------------------------------------------------------------------------
 # The manifest and the status table
 # ---------------------------------------------------------------------------------------------
-
-@contextmanager
-def _locked(sweep_dir: Path) -> Iterator[None]:
-    with open(sweep_dir / ".sweep.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def read_manifest(sweep_dir: Path) -> dict[str, Any]:
-    path = sweep_dir / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; empty when it is missing or unreadable."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def merge_job(sweep_dir: Path, num: int, **fields: Any) -> None:
-    """Merge ``fields`` into job ``num``'s entry of sweep.json (a launcher recording a job
-    that ended outside Python)."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(sweep_dir):
-        manifest = read_manifest(sweep_dir)
-        job = manifest.setdefault("jobs", {}).setdefault(str(num), {"num": num})
-        job.update(fields)
-        write_json_atomic(sweep_dir / MANIFEST, manifest)
-
-
-def update_manifest(sweep_dir: Path, **fields: Any) -> None:
-    """Merge ``fields`` into sweep.json (``jobs`` merged by job number), atomically."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(sweep_dir):
-        manifest = read_manifest(sweep_dir)
-        jobs = manifest.setdefault("jobs", {})
-        jobs.update(fields.pop("jobs", {}))
-        manifest.update(fields)
-        write_json_atomic(sweep_dir / MANIFEST, manifest)
-
 
 def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
     """Jobs in number order with their status from each job's own summary.json, and the
@@ -425,13 +351,7 @@ def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
 
 def _job_summary(sweep_dir: Path, job_dir: str | None) -> dict[str, Any]:
     """A job's summary.json; empty before the job wrote one."""
-    path = sweep_dir / job_dir / "summary.json" if job_dir else None
-    if path is None or not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return {"status": FAILED, "error": "unreadable summary.json"}
+    return summary_or_failed(sweep_dir / job_dir) if job_dir else {}
 
 
 # ---------------------------------------------------------------------------------------------

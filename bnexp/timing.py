@@ -11,7 +11,10 @@ all variants within the same few seconds.
 
 ``run_interleaved`` writes one run directory per variant (summary.json with
 ``final["time/step_ms_median"]``, config.yaml, overrides.yaml), so reports and claims read them
-like any other run.
+like any other run. ``run_timing_sweep`` does it for several seeds into one directory, keeping
+seeds already timed, and claims each seed first (``bnexp.runlock``) so that two calls on the
+same directory split the seeds instead of timing each twice (two timings at once would also
+slow each other down and spoil both).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.build import make_optimizer, make_scheduler, resolve_device, seed_everything, use_channels_last
 from bnexp.data import TensorLoader, load_splits
 from bnexp.hydra_app import compose_config
-from bnexp.jsonio import write_json_atomic
+from bnexp.metrics import COMPLETED
 from bnexp.models import build_model
 from bnexp.norm import prepare_kernels
+from bnexp.rundir import finished_summary, set_aside_previous_attempt, timing_run_name, write_summary
+from bnexp.runlock import claimed, lock_path, wait_for_others
 from bnexp.train import train_step
 
 
@@ -105,7 +110,7 @@ def run_interleaved(cfg: DictConfig, kinds: list[str], rounds: int, window: int,
     times = interleaved_step_times(cfg, kinds, rounds, window)
     summaries = {}
     for k, ms in times.items():
-        run_dir = out / f"seed={cfg.seed},norm={k}"
+        run_dir = out / timing_run_name(cfg.seed, k)
         run_dir.mkdir(parents=True, exist_ok=True)
         config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         config["norm"] = OmegaConf.to_container(variant_norm(cfg, k), enum_to_str=True)
@@ -113,7 +118,7 @@ def run_interleaved(cfg: DictConfig, kinds: list[str], rounds: int, window: int,
         run_overrides = [*overrides, f"seed={cfg.seed}", f"norm={k}"]
         (run_dir / "overrides.yaml").write_text("".join(f"- {o}\n" for o in run_overrides))
         summary = {
-            "status": "completed", "seed": cfg.seed, "threads": torch.get_num_threads(),
+            "status": COMPLETED, "seed": cfg.seed, "threads": torch.get_num_threads(),
             "device": str(resolve_device(cfg.trainer.device)), "kind": "interleaved timing",
             "variants": kinds, "rounds": rounds, "window_steps": window,
             "window_ms": ms, "wall_time_s": time.perf_counter() - started,
@@ -121,6 +126,43 @@ def run_interleaved(cfg: DictConfig, kinds: list[str], rounds: int, window: int,
                       "time/step_ms": statistics.fmean(ms),
                       "time/step_ms_min": min(ms), "time/step_ms_max": max(ms)},
         }
-        write_json_atomic(run_dir / "summary.json", summary)
+        write_summary(run_dir, summary)
         summaries[k] = summary
     return summaries
+
+
+def run_timing_sweep(base: list[str], kinds: list[str], seeds: list[int], rounds: int,
+                     window: int, sweep_dir: Path) -> None:
+    """Time ``kinds`` interleaved for every seed into ``sweep_dir`` (``seed=<s>,norm=<kind>/``),
+    the config composed from ``base`` overrides plus ``seed=<s>``.
+
+    A seed whose variants all have a finished summary.json is kept. Each other seed is claimed
+    first: one that another live process holds is left to it and waited for at the end (and
+    timed here after all if that process died before finishing it); a half-written seed (a
+    killed earlier attempt) is timed again from clean directories."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    todo = list(seeds)
+    while todo:
+        held = [seed for seed in todo
+                if not _time_seed(base, kinds, seed, rounds, window, sweep_dir)]
+        if held:
+            wait_for_others(sweep_dir, lambda text: print(f"timing: {text}", flush=True))
+        todo = [seed for seed in held if not _seed_done(sweep_dir, seed, kinds)]
+
+
+def _seed_done(sweep_dir: Path, seed: int, kinds: list[str]) -> bool:
+    return all(finished_summary(sweep_dir / timing_run_name(seed, k)) for k in kinds)
+
+
+def _time_seed(base: list[str], kinds: list[str], seed: int, rounds: int, window: int,
+               sweep_dir: Path) -> bool:
+    """Time one seed unless it is done; False when another live process holds it."""
+    with claimed(lock_path(sweep_dir, f"seed={seed}")) as lock:
+        if lock is None:
+            return False
+        if not _seed_done(sweep_dir, seed, kinds):
+            for k in kinds:  # a killed attempt's variants, complete or not: all timed again
+                set_aside_previous_attempt(sweep_dir / timing_run_name(seed, k))
+            cfg = compose_config([*base, f"seed={seed}"])
+            run_interleaved(cfg, kinds, rounds, window, sweep_dir, base)
+        return True

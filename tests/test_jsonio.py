@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bnexp.dirnames import new_run_dir
 from bnexp.jsonio import atomic_path, staging, write_json_atomic
+from bnexp.rundir import new_run_dir
 
 
 def test_json_is_written_whole_readable_and_without_leftovers(tmp_path: Path) -> None:
