@@ -15,7 +15,7 @@ from bnexp import landscape
 from bnexp import metrics as m
 from bnexp.build import make_optimizer, make_scheduler
 from bnexp.models import Block, build_model
-from bnexp.probes import probed_layers
+from bnexp.probes import Probes, probed_layers
 from tests.conftest import compose
 
 SHAPE, CLASSES, BATCH = (1, 12, 12), 10, 24
@@ -220,6 +220,45 @@ def test_landscape_matches_brute_force(arch, norm):
     got = landscape.measure_landscape(model, x, y, 0.1, multiples)
     assert_values(got, want)
     assert got[m.LANDSCAPE_LOSS_RANGE].item() > 0
+
+
+class ScalarLog:
+    """Stands in for RunLog: the probe scalars, merged over records."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def scalars(self, step: int, values: dict[str, float], **_: object) -> None:
+        self.values.update(values)
+
+    def record(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("arch", "norm", "optim"), [("mlp", "torch", "sgd"), ("cnn", "none", "adam")])
+def test_probe_kinds_log_the_brute_force_values(arch, norm, optim):
+    """The InternalCovariateShift and LossLandscape kinds (bnexp/probes/ics.py,
+    loss_landscape.py), switched on in the config and run by the probe schedule around a real
+    training step (its scheduled lr, dropout on), log brute force's values, and the step is
+    the one taken without them."""
+    model, optimizer, scheduler, x, y = setup(arch, norm, optim, dropout=0.3)
+    twin, twin_opt, twin_sched, *_ = setup(arch, norm, optim, dropout=0.3)
+    cfg = config(arch, norm, optim, 0.3).probe
+    cfg.every, cfg.hist_every, cfg.ics, cfg.landscape = 1, 0, True, True
+    cfg.landscape_multiples = [0.5, 2.0]
+    log = ScalarLog()
+    probes = Probes(model, cfg, "relu", x[:8], log, optimizer)
+    torch.manual_seed(7)
+    loss = train_step(twin, twin_opt, twin_sched, x, y)
+    torch.manual_seed(7)  # the brute-force passes draw the dropout masks of the step
+    want = {**brute_ics(model, optimizer, x, y),
+            **brute_landscape(model, x, y, optimizer.param_groups[0]["lr"], (0.5, 2.0))}
+    with probes.at(0, x, y):
+        probed_loss = train_step(model, optimizer, scheduler, x, y)
+    got = {k: torch.tensor(v) for k, v in log.values.items() if k.startswith(("ics/", "landscape/"))}
+    assert_values(got, want)
+    assert_same(probed_loss, loss)
+    assert_same(snapshot(model, optimizer)["params"], snapshot(twin, twin_opt)["params"])
 
 
 def test_simulated_step_is_the_real_step():

@@ -1,20 +1,36 @@
-"""Every probed quantity against a direct computation (Cockpit's habit), and probing leaves
-training untouched."""
+"""Every probe kind against a direct computation (Cockpit's habit), probing leaves training
+untouched, and the registry and the probe config options hold together. The ICS and landscape
+kinds' brute-force tests are in tests/test_landscape.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bnexp import metrics as M
+from bnexp.config import ProbeConfig
+from bnexp.hydra_app import config_dir
 from bnexp.models import build_model
-from bnexp.probes import Probes, hidden_blocks
+from bnexp.probes import PROBES, Probe, Probes, hidden_blocks
 from tests.conftest import FIXED_THREADS, TINY, compose
+
+
+class TensorBoard:
+    """Stands in for RunLog.tb: keeps the histograms."""
+
+    def __init__(self) -> None:
+        self.hists: dict[str, dict] = {}
+
+    def add_histogram_raw(self, tag: str, **kwargs: object) -> None:
+        self.hists[tag] = kwargs
 
 
 class Recorder:
@@ -22,12 +38,18 @@ class Recorder:
 
     def __init__(self) -> None:
         self.records: dict[int, dict[str, float]] = {}
+        self.kinds: list[tuple[int, str]] = []  # (step, kind) of each record, in order
+        self.by_kind: dict[str, dict[int, dict]] = {}  # the metrics.jsonl-only records
+        self.tb = TensorBoard()
 
-    def scalars(self, step: int, values: dict[str, float], **_: object) -> None:
+    def scalars(self, step: int, values: dict[str, float], **extra: object) -> None:
         self.records.setdefault(step, {}).update(values)
+        self.kinds.append((step, str(extra.get("kind"))))
 
     def record(self, step: int, kind: str, values: dict) -> None:
         self.records.setdefault(step, {}).update(values)
+        self.kinds.append((step, kind))
+        self.by_kind.setdefault(kind, {})[step] = values
 
 
 def make(arch: str = "mlp", norm: str = "torch", activation: str = "sigmoid",
@@ -237,3 +259,166 @@ def test_units_after_a_step_are_the_next_probe_s_units(cli, mnist_root, tmp_path
         assert {k: v for k, v in after[step].items() if k != "kind"} == \
             {k: v for k, v in units[step + 1].items() if k != "kind"} | {"step": step}
     assert M.value({}, records, "step_drift_units:last") > 0
+
+
+# ---- per-unit records and histograms against a direct computation ----------------------------
+
+QS = torch.tensor([0.15, 0.5, 0.85])
+
+
+def stages_untouched(model, x) -> dict[str, torch.Tensor]:
+    """captured_stages, with BN's running statistics restored afterwards."""
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        stages = captured_stages(model, x)
+    model.load_state_dict(snapshot)
+    return stages
+
+
+def sgd_step(model, x, y) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_per_unit_records_match_torch_quantile_before_and_after_the_step(arch) -> None:
+    """PerUnit: the "units" record is each unit's torch.quantile of the nonlinearity input on
+    the probe batch before the step, "units_next" the same after the step's update, written
+    around the step's scalar record in that order."""
+    model, probes, probe_x, log = make(arch, activation="relu", per_unit=True,
+                                     max_elements=10**9)
+    x, y = torch.randn(16, 1, 12, 12), torch.randint(0, 10, (16,))
+    before = stages_untouched(model, probe_x)
+    with probes.at(0, x, y):
+        sgd_step(model, x, y)
+    after = stages_untouched(model, probe_x)
+    assert log.kinds == [(0, "units"), (0, "probe"), (0, "probe"), (0, "units_next")]
+    for kind, stages in (("units", before), ("units_next", after)):
+        record = log.by_kind[kind][0]
+        assert set(record) == {f"act/{n}/norm/units" for n in hidden_blocks(model)}
+        for name in hidden_blocks(model):
+            t = stages[f"{name}/norm"]
+            rows = t.transpose(0, 1).reshape(t.shape[1], -1)
+            want = torch.quantile(rows, QS, dim=1)
+            got = record[f"act/{name}/norm/units"]
+            for i, q in enumerate(("p15", "p50", "p85")):
+                assert got[q] == pytest.approx(want[i].tolist(), abs=1e-5), (kind, name, q)
+
+
+def assert_histogram(got: dict, t: torch.Tensor, bins: int = 64) -> None:
+    """A histogram as TensorBoard gets it against a direct count: ``bins`` equal bins from the
+    minimum to the maximum (a value on an inner edge may fall either side by rounding)."""
+    flat = t.detach().double().flatten()
+    lo, hi = flat.min().item(), flat.max().item()
+    assert got["min"] == pytest.approx(lo) and got["max"] == pytest.approx(hi)
+    assert got["num"] == flat.numel()
+    assert got["sum"] == pytest.approx(flat.sum().item(), rel=1e-5, abs=1e-6)
+    assert got["sum_squares"] == pytest.approx(flat.square().sum().item(), rel=1e-5)
+    edges = [lo + (hi - lo) * (i + 1) / bins for i in range(bins)]
+    assert got["bucket_limits"] == pytest.approx(edges, rel=1e-5, abs=1e-6)
+    index = ((flat - lo) / (hi - lo) * bins).long().clamp(max=bins - 1)
+    want = torch.bincount(index, minlength=bins).tolist()
+    assert sum(got["bucket_counts"]) == flat.numel()
+    assert sum(abs(a - b) for a, b in zip(got["bucket_counts"], want, strict=True)) <= 2
+
+
+def test_histograms_match_a_direct_count() -> None:
+    """Histograms: every stage of every block on the probe batch, and every layer's weight
+    gradient of the step, on probed steps that are multiples of probe.hist_every only."""
+    model, probes, probe_x, log = make("cnn", activation="tanh", hist_every=2)
+    x, y = torch.randn(16, 1, 12, 12), torch.randint(0, 10, (16,))
+    with probes.at(1, x, y):  # not a histogram step
+        sgd_step(model, x, y)
+    assert log.tb.hists == {}
+    stages = stages_untouched(model, probe_x)
+    with probes.at(2, x, y):
+        sgd_step(model, x, y)
+    tags = {f"hist/act/{key}" for key in stages} | {f"hist/grad/{n}/weight" for n in probes.layers}
+    assert set(log.tb.hists) == tags
+    for key, t in stages.items():
+        assert_histogram(log.tb.hists[f"hist/act/{key}"], t)
+    for name, layer in probes.layers.items():
+        assert_histogram(log.tb.hists[f"hist/grad/{name}/weight"], layer.weight.grad)
+
+
+# ---- the registry and the probe config options ------------------------------------------------
+
+DEFAULT_PROBE = {"enabled": True, "every": 200, "hist_every": 500, "batch_size": 128, "unit": 0,
+                 "max_elements": 4096, "per_unit": False, "ics": False, "landscape": False,
+                 "landscape_multiples": [0.5, 1.0, 2.0, 4.0]}
+PROBE_OPTIONS = {"default": DEFAULT_PROBE,
+                 "every_step": {**DEFAULT_PROBE, "every": 1, "hist_every": 100},
+                 "off": {**DEFAULT_PROBE, "enabled": False, "hist_every": 0}}
+
+
+@pytest.mark.parametrize("option", PROBE_OPTIONS)
+def test_probe_options_compose_to_their_values(option: str) -> None:
+    """every_step.yaml and off.yaml start from default.yaml (a defaults list) and set only what
+    differs; composed, each option is exactly what the three full copies used to say."""
+    got = OmegaConf.to_container(compose(f"probe={option}").probe)
+    assert got == PROBE_OPTIONS[option]
+    assert list(got) == list(DEFAULT_PROBE)  # the schema's order, in config.yaml too
+    text = yaml.safe_load((config_dir() / "probe" / f"{option}.yaml").read_text())
+    own = {k: v for k, v in text.items() if k != "defaults"}
+    if option != "default":
+        assert text["defaults"] == ["default", "_self_"]
+        assert own == {k: v for k, v in PROBE_OPTIONS[option].items() if v != DEFAULT_PROBE[k]}
+
+
+def test_registry_lists_each_kind_once_with_its_switch() -> None:
+    """One module per kind, each switch a ProbeConfig key set in configs/probe/default.yaml,
+    and a run builds exactly the kinds whose switches are on."""
+    fields = {f.name for f in dataclasses.fields(ProbeConfig)}
+    default = yaml.safe_load((config_dir() / "probe" / "default.yaml").read_text())
+    assert all(issubclass(kind, Probe) for kind in PROBES)
+    modules = [kind.__module__ for kind in PROBES]
+    assert len(set(modules)) == len(modules) == len(PROBES)
+    for kind in PROBES:
+        assert kind.switch in fields and kind.switch in default, kind
+    names = lambda probes: [type(k).__name__ for k in probes.kinds]  # noqa: E731
+    _, probes, _, _ = make()
+    assert names(probes) == ["ActivationStats", "GradNorms", "UpdateRatios"]
+    _, probes, _, _ = make(per_unit=True, ics=True, landscape=True, hist_every=3)
+    assert names(probes) == [kind.__name__ for kind in PROBES]
+    _, probes, _, _ = make(enabled=False, per_unit=True)
+    assert names(probes) == [] and not probes.due(0)
+
+
+def test_a_new_kind_is_a_class_and_a_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schedule runs a registered kind's hooks in their order and logs its scalars in the
+    step's two records, without naming it anywhere else."""
+    calls: list[str] = []
+
+    class Count(Probe):
+        switch = "enabled"
+        stages = ("post",)
+
+        def measure(self, step, layer, stage, t) -> None:
+            calls.append(f"measure {layer}/{stage}")
+
+        def looked(self, step):
+            calls.append("looked")
+            return {"count/looked": torch.tensor(float(step))}
+
+        def before(self, step, x, y) -> None:
+            calls.append("before")
+
+        def release(self) -> None:
+            calls.append("release")
+
+        def after(self, step):
+            calls.append("after")
+            return {"count/after": torch.tensor(2.0)}
+
+        def finish(self, step) -> None:
+            calls.append("finish")
+
+    monkeypatch.setattr("bnexp.probes.schedule.PROBES", (Count,))
+    model, probes, _, log = make()
+    with probes.at(4, torch.randn(8, 1, 12, 12)):
+        model(torch.randn(8, 1, 12, 12))
+    measured = [f"measure {name}/post" for name in hidden_blocks(model)]
+    assert calls == [*measured, "looked", "before", "release", "after", "finish"]
+    assert log.records[4] == {"count/looked": 4.0, "count/after": 2.0}
