@@ -165,16 +165,21 @@ def claims(
         "outputs/claims"),
     only: Annotated[str | None, typer.Option(
         help="Comma-separated claim ids to run (default: all).")] = None,
+    spec: Annotated[Path | None, typer.Option(
+        help="A claims file of your own (the schema of configs/claims/claims.yaml) instead "
+             "of bnexp's.")] = None,
 ) -> None:
     """Run the experiment presets and write claims.md and claims.json: one verdict per claim,
-    by the decision rules declared in configs/claims/claims.yaml (tests paired by seed, Holm
-    across claims). data=fashion_mnist or data=cifar10 runs the claims that support it.
+    by the decision rules declared in configs/claims/claims.yaml, or in your own --spec FILE
+    (tests paired by seed, Holm across claims). data=fashion_mnist or data=cifar10 runs the
+    claims that support it. The whole claims file is checked before anything runs.
     Re-running reuses completed runs."""
     with user_errors():
         from bnexp.claims import run_claims
 
         path = run_claims(budget, out, overrides or [],
-                          only=only.split(",") if only else None, echo=typer.echo)
+                          only=only.split(",") if only else None, echo=typer.echo,
+                          spec_path=spec)
     typer.echo(f"claims: {path}")
 
 

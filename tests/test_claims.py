@@ -34,8 +34,14 @@ def compare_runs(a: list[float], b: list[float], metric: str = "m", **kw) -> lis
             + [run("none", s, {metric: v}, **kw) for s, v in enumerate(b)])
 
 
+def claim_of(rule: dict, **claim) -> C.Claim:
+    """A claim as claims.yaml would declare it (validated by the same parser)."""
+    return C.claim_from_dict({"id": "c", "title": "c", "sweep": "s", "decision": "d",
+                              "factor": "norm", "rule": rule, **claim})
+
+
 def verdict(rule: dict, runs: list[Run], **claim) -> C.Verdict:
-    return C.evaluate({"id": "c", "factor": "norm", "rule": rule, **claim}, runs)[0]
+    return C.evaluate(claim_of(rule, **claim), runs)[0]
 
 
 HIGHER = {"type": "compare", "metric": "m", "a": "torch", "b": "none", "expect": "higher",
@@ -140,8 +146,7 @@ def test_holm_across_claims_can_turn_a_verdict() -> None:
     base = [0.90, 0.91, 0.92, 0.905, 0.915]
     a = [b + d for b, d in zip(base, [0.035, 0.02, 0.03, 0.045, 0.02], strict=True)]
     runs = compare_runs(a, base)
-    claim = {"id": "c", "factor": "norm", "rule": HIGHER}
-    outcome, _ = C.measure(claim, runs)
+    outcome, _ = C.measure(claim_of(HIGHER), runs)
     assert 0.005 < outcome.tests["|for"] < 0.01
     assert C.decide_all({"c": outcome}, 0.05)["c"].verdict == C.SUPPORTED
     many = {f"x{i}": C.Outcome("-", {"|for": 0.5}, lambda adj, alpha: (C.INCONCLUSIVE, ""))
@@ -320,29 +325,27 @@ def test_final_metrics_of_runs_that_did_not_complete_do_not_exist() -> None:
 
 
 def test_dataset_placeholders() -> None:
-    claim = {"id": "s", "per_dataset": {"target": {"mnist": 0.95, "cifar10": 0.4}},
-             "rule": {"metric": "steps_to:val/acc>={target}"}}
-    assert C.with_dataset(claim, "cifar10")["rule"]["metric"] == "steps_to:val/acc>=0.4"
-    assert C.with_dataset(claim, "mnist")["rule"]["metric"] == "steps_to:val/acc>=0.95"
+    spec = C.load_spec()
+    assert spec.claim("speeds_training", "cifar10").rule.metric == "steps_to:test/acc>=0.4"
+    assert spec.claim("speeds_training", "mnist").rule.metric == "steps_to:test/acc>=0.95"
+    assert spec.claim("speeds_training", "mnist").tune.metric == "steps_to:val/acc>=0.95"
 
 
 def test_declared_claims_are_complete() -> None:
     spec = C.load_spec()
-    ids = [c["id"] for c in spec["claims"]]
     assert {"overfitting", "vanishing", "exploding", "explosion_at_init", "stability",
             "learning_rate", "cost", "literal_inference", "speeds_training", "ics_explains",
-            "ics_reduced", "smoother_landscape", "batch_noise_regularises"} == set(ids)
-    for c in spec["claims"]:
-        sweep = spec["sweeps"][c["sweep"]]
-        assert set(C.BUDGETS) <= set(sweep["budgets"]), c["id"]
-        assert c["rule"]["type"] in C.RULES and c["decision"] and c["if_not_supported"]
-        assert "threshold" in c["rule"] or "margin" in c["rule"], c["id"]
-        standard = sweep["budgets"]["standard"]
-        if "timing" in sweep:
-            assert len(standard["seeds"]) >= 5
+            "ics_reduced", "smoother_landscape", "batch_noise_regularises"} == set(spec.ids)
+    for c in spec.claims():
+        sweep = spec.sweeps[c.sweep]
+        assert set(C.BUDGETS) <= set(sweep.budgets), c.id
+        assert c.rule.type in C.RULES and c.decision and c.if_not_supported
+        standard = sweep.budgets["standard"]
+        if sweep.timing:
+            assert len(standard.seeds) >= 5
             continue
         seeds = [o for o in standard if o.startswith("seed=")]
-        assert seeds and len(seeds[0].split("=")[1].split(",")) >= 5, c["id"]
+        assert seeds and len(seeds[0].split("=")[1].split(",")) >= 5, c.id
 
 
 @pytest.mark.slow  # every claim's sweep end to end: `pytest -m slow`
@@ -358,12 +361,12 @@ def test_claims_end_to_end_on_generated_data(cli, mnist_root: Path, tmp_path: Pa
     prov = data["provenance"]
     assert {"bnexp", "git_sha", "torch", "claims_yaml_sha256", "threads", "devices", "dataset",
             "load_average_start", "load_average_end"} <= set(prov) and prov["dataset"] == "mnist"
-    assert [c["id"] for c in data["claims"]] == [c["id"] for c in C.load_claims()]
+    assert [c["id"] for c in data["claims"]] == C.load_spec().ids
     for c in data["claims"]:
         assert c["verdict"] in ("supported", "not supported", "inconclusive") and c["reason"]
         assert {"effect", "numbers", "runs", "statuses", "not_completed"} <= set(c)
-    for c in C.load_claims():
-        section = text.split(f"## {c['title']}")[1].split("\n## ")[0]
+    for c in C.load_spec().claims():
+        section = text.split(f"## {c.title}")[1].split("\n## ")[0]
         assert "**Preliminary verdict: " in section
         assert "Decision rule (declared before the runs)" in section
         verdict = section.split("**Preliminary verdict: ")[1].split(".**")[0]
@@ -455,6 +458,41 @@ def test_a_precondition_margin_and_a_bad_guard() -> None:
     v = verdict({**HIGHER, "requires": [{**near, "margin": 0.005}]},
                 compare_runs(up, base) + control)
     assert v.verdict == C.INCONCLUSIVE
-    with pytest.raises(BnexpError, match="is not a verdict"):
+    with pytest.raises(BnexpError, match="`not_supported` is not one of .*`not supported`"):
         verdict({**HIGHER, "requires": [{**near, "blocks": "not_supported"}]},
                 compare_runs(up, base) + control)
+
+
+def test_preconditions_hold_or_fail_per_level() -> None:
+    """`requires:` is checked at every `each:` level on that level's runs (claim 13: LayerNorm's
+    gap against BN's at each batch size), and its line names the level. Over all runs the
+    means would mix the levels (here: met, 0.0525 > 0.05), hiding that it fails at batch 32."""
+    base = [0.05, 0.051, 0.049, 0.0505, 0.0495]
+    rule = {**HIGHER, "expect": "lower", "threshold": 0.005, "each": "trainer.batch_size",
+            "requires": [{"metric": "m", "a": "layer", "b": "torch", "expect": "higher",
+                          "why": "LayerNorm does not show BN's gap"}]}
+    runs = []
+    for batch, layer_shift in ((32, -0.005), (128, 0.01)):
+        at = {"trainer.batch_size": batch}
+        runs += [run("ghost", s, {"m": g - 0.02}, **at) for s, g in enumerate(base)]
+        runs += [run("torch", s, {"m": g}, **at) for s, g in enumerate(base)]
+        runs += [run("layer", s, {"m": g + layer_shift}, **at) for s, g in enumerate(base)]
+    rule["a"], rule["b"] = "ghost", "torch"
+    v = verdict(rule, runs)
+    assert "at trainer.batch_size=32: precondition NOT met" in v.effect
+    assert "at trainer.batch_size=128: precondition met" in v.effect
+    assert v.verdict == C.INCONCLUSIVE
+    assert "trainer.batch_size=32: inconclusive (precondition not met" in v.reason
+    assert "trainer.batch_size=128: supported" in v.reason
+
+
+def test_two_runs_with_one_seed_in_a_group_are_an_error_naming_both() -> None:
+    """Never a silent overwrite: a claim that leaves a swept key unaccounted for (here the lr)
+    would otherwise keep whichever run came last for each seed."""
+    base = [0.90, 0.91, 0.92]
+    runs = (compare_runs([b + 0.05 for b in base], base, **{"optim.lr": 0.1})
+            + compare_runs([b - 0.05 for b in base], base, **{"optim.lr": 0.3}))
+    with pytest.raises(BnexpError, match="Two runs with seed 0 in one group") as err:
+        verdict(HIGHER, runs)
+    assert str(runs[0].dir) in str(err.value) and str(runs[6].dir) in str(err.value)
+    assert verdict(HIGHER, runs, where={"optim.lr": [0.1]}).verdict == C.SUPPORTED

@@ -26,11 +26,11 @@ def _fake_figures(groups: list[Any], folder: Path) -> dict[str, Path]:
 def build(out: Path) -> None:
     spec = C.load_spec()
     sweep_runs = golden_runs.sweep_runs()
-    claims = [C.with_dataset(c, "mnist") for c in spec["claims"]]
+    claims = spec.claims("mnist")
     outcomes, wheres = {}, {}
     for claim in claims:
-        outcomes[claim["id"]], wheres[claim["id"]] = C.measure(claim, sweep_runs[claim["sweep"]][0])
-    verdicts = C.decide_all(outcomes, float(spec.get("alpha", 0.05)))
+        outcomes[claim.id], wheres[claim.id] = C.measure(claim, sweep_runs[claim.sweep][0])
+    verdicts = C.decide_all(outcomes, spec.alpha)
     C.write_claims(out, "standard", spec, claims, [], verdicts, wheres, sweep_runs,
                    golden_runs.PROVENANCE)
 

@@ -120,12 +120,10 @@ def claim_metric_names() -> set[str]:
     sweep runs on, with the ``{target}``-style placeholders filled in as ``bnexp claims`` does."""
     spec = C.load_spec()
     names = set()
-    for claim in spec["claims"]:
-        for dataset in spec["sweeps"][claim["sweep"]]["datasets"]:
-            filled = C.with_dataset(claim, dataset)
-            rule = filled["rule"]
-            found = [rule.get(k) for k in ("metric", "metric_a", "metric_b")]
-            found += [filled.get("tune", {}).get("metric"), *filled.get("report", [])]
+    for claims in spec.by_dataset.values():
+        for claim in claims:
+            found = [getattr(claim.rule, k, None) for k in ("metric", "metric_a", "metric_b")]
+            found += [claim.tune and claim.tune.metric, *claim.report]
             names.update(filter(None, found))
     return names
 

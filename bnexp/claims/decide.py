@@ -1,0 +1,95 @@
+"""Phase 2: from Holm-adjusted p-values to verdicts.
+
+All p-values of one ``bnexp claims`` call form one family (Holm); a rule's two one-sided tests
+per level decide it (``decide_one``); levels combine so that a general claim needs every level
+and one counterexample refutes it (``combine``); and a value that is only a bound (a run that
+never reached its steps-to target) may not decide in the direction it flatters
+(``censor_guard``).
+"""
+
+from __future__ import annotations
+
+from bnexp.claims.outcome import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    Decision,
+    Outcome,
+    Undecidable,
+    Verdict,
+)
+from bnexp.metrics import censored
+from bnexp.runs import Run
+from bnexp.stats import holm
+
+
+def decide_one(oriented: float, thr: float, p_for: float, p_against: float, alpha: float,
+               shown: str) -> Decision:
+    if p_for < alpha:
+        return SUPPORTED, (f"the effect is shown to reach the declared threshold ({shown}; "
+                           f"one-sided p = {p_for:.2g} after Holm)")
+    if p_against < alpha:
+        return NOT_SUPPORTED, (f"the effect is shown not to reach the declared threshold "
+                               f"({shown}): it is smaller, zero or reversed (one-sided p = "
+                               f"{p_against:.2g} after Holm)")
+    where = "above" if oriented >= thr else "below"
+    return INCONCLUSIVE, (f"the estimate lies {where} the declared threshold ({shown}) but "
+                          f"neither side is shown after Holm (reaches it: p = {p_for:.2g}; falls "
+                          f"short: p = {p_against:.2g}); more seeds would narrow the interval")
+
+
+def combine(per_level: list[tuple[str, str, str]]) -> Decision:
+    """Every level supported -> supported; any not supported -> not supported."""
+    if len(per_level) == 1:
+        return per_level[0][1], per_level[0][2]
+    verdicts = [v for _, v, _ in per_level]
+    detail = "; ".join(f"{lvl}: {v} ({why})" for lvl, v, why in per_level)
+    if all(v == SUPPORTED for v in verdicts):
+        return SUPPORTED, f"supported at every level: {detail}"
+    if NOT_SUPPORTED in verdicts:
+        bad = ", ".join(lvl for lvl, v, _ in per_level if v == NOT_SUPPORTED)
+        return NOT_SUPPORTED, f"refuted at {bad}: {detail}"
+    return INCONCLUSIVE, f"not decided at every level: {detail}"
+
+
+def censoring(ra: list[Run], rb: list[Run], metric: str) -> tuple[int, int]:
+    """How many runs of a and b only give a lower bound (never reached a steps_to target)."""
+    def count(runs: list[Run]) -> int:
+        return sum(censored(r.summary, r.records, metric) for r in runs)
+    ca, cb = count(ra), count(rb)
+    if ra and rb and ca == len(ra) and cb == len(rb):
+        raise Undecidable(f"no run of either variant reached the target ({metric}) within its "
+                          "budget: the runs say nothing about which is faster")
+    return ca, cb
+
+
+def censor_guard(verdict: Decision, cens: tuple[int, int], expect: str, a: str, b: str
+                 ) -> Decision:
+    """A censored value is a lower bound: it may not decide in the direction it flatters.
+    (expect lower: censored a-runs flatter a, censored b-runs flatter b.)"""
+    ca, cb = cens
+    flattered = {SUPPORTED: (ca, a), NOT_SUPPORTED: (cb, b)}
+    if expect == "higher":
+        flattered = {SUPPORTED: (cb, b), NOT_SUPPORTED: (ca, a)}
+    n, who = flattered.get(verdict[0], (0, ""))
+    if n:
+        return INCONCLUSIVE, (f"{verdict[1]}, but {n} run(s) of {who} never reached the target, "
+                              "so their value is only a bound that favours this verdict")
+    return verdict
+
+
+def decide_all(outcomes: dict[str, Outcome], alpha: float) -> dict[str, Verdict]:
+    """Holm over every p-value of the call, then each rule's decision."""
+    raw = {f"{cid}::{name}": p for cid, o in outcomes.items() for name, p in o.tests.items()}
+    adjusted = holm(raw)
+    verdicts = {}
+    for cid, o in outcomes.items():
+        if o.decide is None:
+            verdicts[cid] = Verdict(INCONCLUSIVE, o.effect, o.reason or "no test could be run",
+                                    o.numbers)
+            continue
+        adj = {name: adjusted[f"{cid}::{name}"] for name in o.tests}
+        verdict, reason = o.decide(adj, alpha)
+        numbers = {**o.numbers, "p_values": o.tests, "p_holm": adj, "holm_family": len(raw)}
+        verdicts[cid] = Verdict(verdict, o.effect, reason, numbers)
+    return verdicts

@@ -1,0 +1,147 @@
+"""``bnexp claims``: check the call, run the sweeps the chosen claims need (reusing finished
+runs), decide every claim with one Holm family, and write claims.md and claims.json.
+
+Sweeps live in ``<out>/sweeps/<sweep>-<budget>-<dataset>/``, so a second call reuses completed
+runs, and two calls on one ``--out`` split the jobs between them (bnexp.sweep claims each job).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnexp.claims.decide import decide_all
+from bnexp.claims.measure import measure
+from bnexp.claims.render import SweepRuns, write_claims
+from bnexp.claims.rules import SPECS
+from bnexp.claims.spec import BUDGETS, Claim, Spec, Sweep, TimingBudget, load, parse_claim, shipped_path
+from bnexp.errors import BnexpError
+from bnexp.rundir import new_run_dir
+from bnexp.runs import find_runs
+
+
+def load_spec(path: Path | None = None) -> Spec:
+    """A claims file, validated completely (bnexp's own by default)."""
+    return load(path or shipped_path(), SPECS)
+
+
+def claim_from_dict(data: dict[str, Any]) -> Claim:
+    """A claim declared in Python (as one entry of claims.yaml), validated the same way."""
+    return parse_claim(data, SPECS)
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    claims: list[Claim]  # to run, in the file's order
+    skipped: list[Claim]  # their sweep does not support the dataset
+    dataset: str
+    budget: str
+
+
+def _dataset(overrides: list[str]) -> str:
+    names = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("data", "data.name")]
+    return names[-1] if names else "mnist"
+
+
+def plan(budget: str, overrides: list[str], only: list[str] | None,
+         spec_path: Path | None = None) -> Plan:
+    """Check the call before anything runs (the whole claims file included)."""
+    if any(o.lstrip("+~").split("=", 1)[0] == "output_dir" for o in overrides):
+        raise BnexpError("bnexp claims keeps its sweeps, figures and claims.md together under "
+                         "--out, so output_dir= would have no effect: pass --out DIR instead.")
+    if budget not in BUDGETS:
+        raise BnexpError(f"--budget {budget} is not a budget. Use one of: {', '.join(BUDGETS)} "
+                         "(e.g. --budget quick).")
+    spec = load_spec(spec_path)
+    if only and set(only) - set(spec.ids):
+        raise BnexpError(f"Unknown claim in --only {','.join(only)}. Known claims: "
+                         f"{', '.join(spec.ids)}.")
+    dataset = _dataset(overrides)
+    chosen = [cid for cid in spec.ids if not only or cid in only]
+    run = [c for c in spec.claims(dataset) if c.id in chosen]
+    skipped = [c for d in spec.by_dataset for c in spec.claims(d)
+               if c.id in chosen and c.id not in {r.id for r in run}]
+    skipped = list({c.id: c for c in skipped}.values())
+    for c in run:
+        if budget not in spec.sweeps[c.sweep].budgets:
+            raise BnexpError(f"--budget {budget} is not declared for claim {c.id} (its sweep "
+                             f"{c.sweep} has {', '.join(spec.sweeps[c.sweep].budgets)}).")
+    if not run:
+        raise BnexpError(f"No selected claim supports data={dataset} (see `datasets:` in "
+                         f"{spec.path}); pick another dataset or other claims.")
+    return Plan(spec, run, skipped, dataset, budget)
+
+
+def _run_sweep(name: str, sweep: Sweep, p: Plan, overrides: list[str], out: Path,
+               echo: Any) -> SweepRuns:
+    """One sweep (training or timing) into its shared directory; its runs read back."""
+    from bnexp.sweep import run_sweep
+    from bnexp.timing import run_timing_sweep
+
+    sweep_dir = new_run_dir(out, f"{name}-{p.budget}-{p.dataset}", "sweeps", unique=False)
+    budget = sweep.budgets[p.budget]
+    base = [*([f"experiment={sweep.preset}"] if sweep.preset else []), *overrides]
+    if isinstance(budget, TimingBudget):
+        kinds = list(sweep.timing.variants) if sweep.timing else []
+        args = [*base, f"--variants={','.join(kinds)}", f"--rounds={budget.rounds}",
+                f"--window={budget.window}", f"--seeds={','.join(map(str, budget.seeds))}"]
+        echo(f"[timing] bnexp time {' '.join(args)} -> {sweep_dir}")
+        run_timing_sweep(base, kinds, budget.seeds, budget.rounds, budget.window, sweep_dir)
+    else:
+        args = [*base[:1 if sweep.preset else 0], *budget, *overrides]
+        echo(f"[{name}] bnexp train -m {' '.join(args)} -> {sweep_dir}")
+        run_sweep(args, ["bnexp", "claims", "--budget", p.budget], sweep_dir=sweep_dir)
+    runs, problems = find_runs([sweep_dir])
+    return runs, problems, sweep_dir, args
+
+
+def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | None = None,
+               echo: Any = print, spec_path: Path | None = None) -> Path:
+    """Run the sweeps the chosen claims need, decide, and write ``<out>/claims.md`` and
+    ``<out>/claims.json`` atomically."""
+    p = plan(budget, overrides, only, spec_path)
+    started = _stamp_start()
+    out.mkdir(parents=True, exist_ok=True)
+    sweep_runs = {name: _run_sweep(name, p.spec.sweeps[name], p, overrides, out, echo)
+                  for name in dict.fromkeys(c.sweep for c in p.claims)}
+    outcomes, wheres = {}, {}
+    for claim in p.claims:
+        outcomes[claim.id], wheres[claim.id] = measure(claim, sweep_runs[claim.sweep][0])
+    verdicts = decide_all(outcomes, p.spec.alpha)
+    for claim in p.claims:
+        v = verdicts[claim.id]
+        echo(f"[{claim.id}] {v.verdict}: {v.reason}")
+    provenance = _provenance(started, p, overrides, sweep_runs)
+    return write_claims(out, budget, p.spec, p.claims, p.skipped, verdicts, wheres, sweep_runs,
+                        provenance)
+
+
+def _stamp_start() -> dict[str, Any]:
+    return {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "t0": time.time(),
+            "load_start": list(os.getloadavg())}
+
+
+def _provenance(started: dict[str, Any], p: Plan, overrides: list[str],
+                sweep_runs: dict[str, SweepRuns]) -> dict[str, Any]:
+    """What produced the verdicts: versions, code, the rules' hash, the machine and its load."""
+    from importlib.metadata import version
+
+    import bnexp
+    from bnexp.runlog import git_sha
+
+    summaries = [r.summary for runs, *_ in sweep_runs.values() for r in runs]
+    return {
+        "bnexp": bnexp.__version__, "git_sha": git_sha(), "torch": version("torch"),
+        "claims_yaml_sha256": hashlib.sha256(p.spec.path.read_bytes()).hexdigest(),
+        "dataset": p.dataset, "budget": p.budget, "overrides": overrides,
+        "threads": sorted({s["threads"] for s in summaries if "threads" in s}),
+        "devices": sorted({s["device"] for s in summaries if "device" in s}),
+        "cpu_count": os.cpu_count(), "started": started["started"],
+        "wall_time_s": round(time.time() - started["t0"], 1),
+        "load_average_start": started["load_start"], "load_average_end": list(os.getloadavg()),
+    }
