@@ -248,15 +248,18 @@ class TrainerConfig:
 
 @dataclass
 class ProbeConfig:
-    enabled: bool = MISSING
+    """The probes' cadence, probe batch and switches: each probe kind (bnexp/probes/registry.py)
+    runs while ``enabled`` and its own switch below are on (act/, grad/, update/: ``enabled``)."""
+
+    enabled: bool = MISSING  # all probes
     every: int = MISSING  # steps between probes (activation statistics, gradient norms)
-    hist_every: int = MISSING  # steps between histograms; 0 disables them
+    hist_every: int = MISSING  # steps between histograms (the Histograms kind); 0 disables them
     batch_size: int = MISSING  # size of the fixed probe batch, drawn once from the training split
     unit: int = MISSING  # the tracked unit (MLP) / channel (CNN) of every layer
     max_elements: int = MISSING  # percentiles of larger tensors use a fixed sample of this size
     per_unit: bool = MISSING  # also every unit's own p15/p50/p85 of each nonlinearity input
-    ics: bool = MISSING  # Santurkar's internal covariate shift per layer (bnexp/landscape.py)
-    landscape: bool = MISSING  # loss/gradient along the gradient direction (bnexp/landscape.py)
+    ics: bool = MISSING  # Santurkar's internal covariate shift per layer (bnexp/probes/ics.py)
+    landscape: bool = MISSING  # loss/gradient along the gradient (bnexp/probes/loss_landscape.py)
     landscape_multiples: list[float] = MISSING  # landscape step sizes, in multiples of the lr
 
 

@@ -2,7 +2,8 @@
 covariate shift in their optimisation sense, and the loss landscape along the gradient.
 
 Both are pure functions of the model, the training batch ``(x, y)`` and (for ICS) the optimizer,
-called at a probe step before the training step. The loss is the training step's,
+called at a probe step before the training step by the probe kinds bnexp/probes/ics.py and
+bnexp/probes/loss_landscape.py. The loss is the training step's,
 ``F.cross_entropy(model(x).float(), y)``, in float32 and in the model's current mode: the caller
 keeps it in train mode, so BN normalises with the batch's statistics as in the step.
 
