@@ -291,3 +291,97 @@ def test_preset_grid_runs_through_multirun(cli, mnist_root, tmp_path) -> None:
     assert len(dirs) == 2 and all("norm=" in d.name for d in dirs)
     manifest = json.loads((only_sweep(tmp_path / "out") / "sweep.json").read_text())
     assert manifest["grid"] == {"norm": ["none", "torch"]} and len(manifest["jobs"]) == 2
+
+
+# Two bnexp calls on one sweep directory, as two `bnexp claims` on the same --out: each job is
+# trained by exactly one of them (each training announced by a wrapper around bnexp.train.train).
+CONCURRENT = """
+import sys
+from pathlib import Path
+
+import bnexp.train
+from bnexp.sweep import run_sweep
+
+real = bnexp.train.train
+
+
+def announced(cfg, overrides, run_dir=None):
+    print(f"TRAINED {run_dir.name}", flush=True)
+    return real(cfg, overrides, run_dir=run_dir)
+
+
+bnexp.train.train = announced
+_, rows, failed = run_sweep(sys.argv[2:], ["test"], sweep_dir=Path(sys.argv[1]))
+print("STATUSES", " ".join(r["status"] for r in rows), flush=True)
+sys.exit(1 if failed else 0)
+"""
+
+
+def trained_once_each(sweep_dir: Path, outputs: list[str], n_jobs: int, lone: Path) -> None:
+    """Every job trained by exactly one call, written once: one TensorBoard event file, as many
+    metrics.jsonl records as a lone run of the same config, no earlier attempt set aside."""
+    trained = [line.split()[1] for out in outputs for line in out.splitlines()
+               if line.startswith("TRAINED ")]
+    dirs = job_dirs(sweep_dir)
+    assert sorted(trained) == sorted(d.name for d in dirs) and len(dirs) == n_jobs, outputs
+    lone_lines = len((lone / "metrics.jsonl").read_text().splitlines())
+    for d in dirs:
+        assert json.loads((d / "summary.json").read_text())["status"] == "completed"
+        assert len(list((d / "tb").glob("events.out.tfevents.*"))) == 1, d
+        assert len((d / "metrics.jsonl").read_text().splitlines()) == lone_lines, d
+        assert not (d / ".previous").exists(), d
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert {j["status"] for j in manifest["jobs"].values()} == {"completed"}
+    assert manifest["finished"] is True and manifest["failed"] == 0
+
+
+@pytest.mark.slow  # two processes, each importing torch: ~20 s on 2 cores
+def test_two_calls_on_one_sweep_split_the_jobs(mnist_root, tmp_path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    args = [f"data.root={mnist_root}", f"output_dir={tmp_path / 'out'}", *FAST,
+            "trainer.epochs=2", "seed=0,1,2,3"]
+    sweep_dir = tmp_path / "out" / "sweeps" / "shared"
+    calls = []
+    for _ in range(2):  # the second starts while the first plans or runs its first job
+        calls.append(subprocess.Popen([sys.executable, "-c", CONCURRENT, str(sweep_dir), *args],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+        time.sleep(2)
+    outputs = [c.communicate(timeout=300)[0] for c in calls]
+    assert [c.returncode for c in calls] == [0, 0], outputs
+    for out in outputs:  # each ends with the whole sweep, the other call's jobs included
+        assert "STATUSES completed completed completed completed" in out, out
+
+    from bnexp.sweep import run_sweep  # a lone run of the same config, for its record count
+
+    lone_dir, _, _ = run_sweep([*args[:-1], "seed=0,1"], ["test"], sweep_dir=tmp_path / "lone")
+    trained_once_each(sweep_dir, outputs, 4, job_dirs(lone_dir)[0])
+
+
+def test_a_rerun_after_a_kill_starts_from_a_clean_directory(cli, mnist_root, tmp_path) -> None:
+    """A job killed mid-training (its lock freed by its death) leaves tb/ events, a partial
+    metrics.jsonl and no summary.json: the resumed sweep trains it again into a clean
+    directory, the killed attempt's files set aside under .previous/."""
+    result = sweep(cli, mnist_root, tmp_path / "out", "seed=0")
+    assert result.exit_code == 0, result.output
+    sweep_dir = only_sweep(tmp_path / "out")
+    (job,) = job_dirs(sweep_dir)
+    lone_lines = len((job / "metrics.jsonl").read_text().splitlines())
+    (job / "summary.json").unlink()  # as if killed before the end
+    with open(job / "metrics.jsonl", "a") as f:
+        f.write('{"step": 99, "kind": "step", "train/lo')  # cut mid-record
+    from bnexp.runlock import lock_path, try_claim
+
+    lock = try_claim(lock_path(sweep_dir, job.name))  # the dead holder's claim: free
+    assert lock is not None
+    lock.release()
+    result = cli("train", "-m", "--resume", str(sweep_dir))
+    assert result.exit_code == 0, result.output
+    assert len(list((job / "tb").glob("events.out.tfevents.*"))) == 1
+    assert len((job / "metrics.jsonl").read_text().splitlines()) == lone_lines
+    (previous,) = (job / ".previous").iterdir()
+    assert (previous / "tb").is_dir() and (previous / "metrics.jsonl").exists()
+    assert (job / ".hydra").is_dir()  # Hydra's files for this attempt stay

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 import bnexp.timing as timing
@@ -39,3 +40,76 @@ def test_time_command_prints_overheads(cli, mnist_root, tmp_path) -> None:
     assert "none" in result.output and "torch" in result.output
     bad = cli("time", "--variants", "none,bogus")
     assert bad.exit_code == 2 and "bogus" in bad.output
+
+
+def timing_base(mnist_root) -> list[str]:
+    from tests.conftest import TINY
+
+    return [f"data.root={mnist_root}", *TINY, "model=mlp", "trainer.threads=1"]
+
+
+def test_timing_sweep_keeps_timed_seeds_and_redoes_half_written_ones(mnist_root, tmp_path,
+                                                                     monkeypatch) -> None:
+    from bnexp.rundir import timing_run_name
+
+    timed = []
+    real = timing.run_interleaved
+    monkeypatch.setattr(timing, "run_interleaved",
+                        lambda cfg, *a: timed.append(cfg.seed) or real(cfg, *a))
+    out, kinds = tmp_path / "t", ["none", "torch"]
+    timing.run_timing_sweep(timing_base(mnist_root), kinds, [0, 1], 1, 2, out)
+    assert timed == [0, 1]
+    for seed in (0, 1):
+        for k in kinds:
+            summary = json.loads((out / timing_run_name(seed, k) / "summary.json").read_text())
+            assert summary["status"] == "completed" and summary["seed"] == seed
+    kept = (out / timing_run_name(0, "none") / "summary.json").stat().st_mtime_ns
+    (out / timing_run_name(1, "torch") / "summary.json").unlink()  # killed mid-write
+    timing.run_timing_sweep(timing_base(mnist_root), kinds, [0, 1], 1, 2, out)
+    assert timed == [0, 1, 1]  # seed 0 kept, seed 1 timed again, both variants
+    assert (out / timing_run_name(0, "none") / "summary.json").stat().st_mtime_ns == kept
+    for k in kinds:  # the half-written attempt set aside, whole, in both variants
+        (previous,) = (out / timing_run_name(1, k) / ".previous").iterdir()
+        assert (previous / "config.yaml").exists()
+        assert json.loads((out / timing_run_name(1, k) / "summary.json").read_text())["seed"] == 1
+
+
+CONCURRENT = """
+import sys
+from pathlib import Path
+
+import bnexp.timing as timing
+
+real = timing.run_interleaved
+
+
+def announced(cfg, *args):
+    print(f"TIMED {cfg.seed}", flush=True)
+    return real(cfg, *args)
+
+
+timing.run_interleaved = announced
+timing.run_timing_sweep(sys.argv[2:], ["none", "torch"], [0, 1, 2], 1, 2, Path(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow  # two processes, each importing torch: ~15 s on 2 cores
+def test_two_timing_calls_split_the_seeds(mnist_root, tmp_path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "t"
+    calls = []
+    for _ in range(2):
+        calls.append(subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT, str(out), *timing_base(mnist_root)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        time.sleep(1)
+    outputs = [c.communicate(timeout=300)[0] for c in calls]
+    assert [c.returncode for c in calls] == [0, 0], outputs
+    timed = [line.split()[1] for o in outputs for line in o.splitlines()
+             if line.startswith("TIMED ")]
+    assert sorted(timed) == ["0", "1", "2"], outputs  # every seed timed once, by one call
+    variants = [d for d in out.iterdir() if not d.name.startswith(".")]
+    assert len(variants) == 6 and not any((d / ".previous").exists() for d in variants)
