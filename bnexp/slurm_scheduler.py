@@ -145,7 +145,7 @@ def refused_message(message: str, params: dict[str, Any]) -> str:
     hints = [(("processor", "cpu"), "hydra.launcher.cpus_per_task"),
              (("memory",), "hydra.launcher.mem_gb"),
              (("partition",), "hydra.launcher.partition"),
-             (("time limit",), "hydra.launcher.timeout_min"),
+             (("time limit", "timelimit", "wallduration"), "hydra.launcher.timeout_min"),
              (("account",), "hydra.launcher.account"),
              (("qos",), "hydra.launcher.qos"),
              (("gres", "gpu"), "hydra.launcher.gpus_per_node"),
