@@ -158,9 +158,9 @@ def report(
 @app.command()
 def claims(
     overrides: Overrides = None,
-    budget: Annotated[str, typer.Option(help="quick (a preview, < 15 min on 2 cores), standard "
-                                        "(>= 5 seeds: the verdicts to cite), full (a cluster), "
-                                        "or test (tiny).")] = "quick",
+    budget: Annotated[str, typer.Option(help="quick (a preview: 3 seeds, short training), "
+                                        "standard (>= 5 seeds: the verdicts to cite), full (a "
+                                        "cluster), or test (tiny).")] = "quick",
     out: Annotated[Path, typer.Option(help="Where claims.md, figures/ and the sweeps go.")] = Path(
         "outputs/claims"),
     only: Annotated[str | None, typer.Option(

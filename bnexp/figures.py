@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,17 @@ def _legend(ax: Any, n: int) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
+# What produced the figures being drawn (date, machine, command), printed small at the bottom
+# of each one: a PNG passed around on its own still says where its numbers came from.
+_STAMP: ContextVar[str] = ContextVar("stamp", default="")
+
+
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
+    if _STAMP.get():
+        fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.16))
+        fig.text(0.995, 0.005, _STAMP.get(), ha="right", va="bottom", fontsize=6, color="0.45")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -295,10 +304,25 @@ FIGURES = {
 }
 
 
-def all_figures(groups: list[Group], folder: Path) -> dict[str, Path]:
+def all_figures(groups: list[Group], folder: Path, stamp: str = "") -> dict[str, Path]:
+    """Every figure the runs have data for; ``stamp`` (date, machine, command) on each."""
     made = {}
-    for title, (name, draw) in FIGURES.items():
-        path = draw(groups, folder / name)
-        if path is not None:
-            made[title] = path
+    token = _STAMP.set(stamp)
+    try:
+        for title, (name, draw) in FIGURES.items():
+            path = draw(groups, folder / name)
+            if path is not None:
+                made[title] = path
+    finally:
+        _STAMP.reset(token)
     return made
+
+
+def stamp_text(command: str, started: str | None = None) -> str:
+    """'<date> · <host>, <n> CPUs · <command>': the line ``all_figures`` prints on each figure."""
+    import os
+    import platform
+    import time
+
+    when = started or time.strftime("%Y-%m-%d %H:%M")
+    return f"{when} · {platform.node() or 'unknown host'}, {os.cpu_count()} CPUs · {command}"

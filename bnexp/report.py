@@ -68,7 +68,8 @@ def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
 def _write_report_files(paths: list[Path], out: Path, runs: list[Run], problems: list,
                         keys: list[str], groups: list[Group]) -> dict[str, Path]:
     _write_csv(out / "results.csv", results_rows(groups))
-    made = figures.all_figures(groups, out / "figures")
+    made = figures.all_figures(groups, out / "figures", figures.stamp_text(
+        "bnexp report " + " ".join(map(str, paths))))
     lines = ["# bnexp report", "", f"{len(runs)} runs from {', '.join(map(str, paths))}; "
              f"grouped by: {', '.join(keys) or '(nothing varies)'}.", "",
              "Values: mean [95% t-interval] (n seeds) over completed runs.", "",

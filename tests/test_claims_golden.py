@@ -18,7 +18,7 @@ from tests import golden_runs
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def _fake_figures(groups: list[Any], folder: Path) -> dict[str, Path]:
+def _fake_figures(groups: list[Any], folder: Path, stamp: str = "") -> dict[str, Path]:
     """Figure paths without drawing: the golden files compare text, not pixels."""
     return {"learning curves": folder / "curves.png"} if groups else {}
 

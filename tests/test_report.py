@@ -243,3 +243,21 @@ def test_optimization_landscape_figure_is_drawn_only_from_its_probes(tmp_path: P
     fake_run(plain, "a", "none", 0, 0.9, 0.01)
     assert figures.optimization_landscape(group_runs(find_runs([plain])[0])[1],
                                           tmp_path / "p.png") is None
+
+
+def test_every_figure_says_what_produced_it(tmp_path: Path) -> None:
+    """all_figures' stamp (date, machine, command) is printed on each figure it saves."""
+    import matplotlib.pyplot as plt
+
+    fig, _ = plt.subplots()
+    token = figures._STAMP.set(figures.stamp_text("bnexp report outputs/x", "2026-12-06 12:00"))
+    try:
+        figures._save(fig, tmp_path / "f.png")
+    finally:
+        figures._STAMP.reset(token)
+    texts = [t.get_text() for t in fig.texts]
+    assert len(texts) == 1 and texts[0].startswith("2026-12-06 12:00 · ")
+    assert "CPUs · bnexp report outputs/x" in texts[0]
+    fig, _ = plt.subplots()
+    figures._save(fig, tmp_path / "g.png")  # outside all_figures: no stamp
+    assert not fig.texts

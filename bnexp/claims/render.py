@@ -32,8 +32,8 @@ def write_claims(out: Path, budget: str, spec: Spec, claims: list[Claim], skippe
         for claim in claims:
             runs, problems, _, args = sweep_runs[claim.sweep]
             shown, _ = select(runs, claim.where)  # figures: the runs the rule uses
-            made = (figures.all_figures(group_runs(shown)[1], tmp / "figures" / claim.id)
-                    if shown else {})
+            made = (figures.all_figures(group_runs(shown)[1], tmp / "figures" / claim.id,
+                                        _stamp(provenance)) if shown else {})
             made = {t: out / p.relative_to(tmp) for t, p in made.items()}
             sections.append(section(claim, budget, args, runs, verdicts[claim.id],
                                     wheres[claim.id], made, problems, out, spec))
@@ -45,6 +45,13 @@ def write_claims(out: Path, budget: str, spec: Spec, claims: list[Claim], skippe
             "not_run": [{"id": c.id, "reason": f"its sweep does not support data="
                          f"{provenance['dataset']}"} for c in skipped]})
     return out / "claims.md"
+
+
+def _stamp(prov: dict[str, Any]) -> str:
+    from bnexp import figures
+
+    command = " ".join(["bnexp claims --budget", prov["budget"], *prov["overrides"]])
+    return figures.stamp_text(command, prov["started"])
 
 
 def claim_json(claim: Claim, v: Verdict, sweep: SweepRuns) -> dict[str, Any]:
