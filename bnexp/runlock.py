@@ -5,10 +5,11 @@ A claim is an exclusive ``flock`` on ``<sweep dir>/.locks/<name>.lock`` (``<name
 directory name, or ``seed=<seed>`` for a timing sweep's seed). The kernel holds it for the open
 file and frees it when the holder's process ends, however it ends (``kill -9`` included), so a
 dead holder's lock is stale by construction and the next claim takes it over; no pid has to be
-checked and no crash leaves a lock behind. The holder writes its pid, host and start time into
-the file, for the messages of those who wait. The files are never deleted (deleting a lock file
-while another process opens it would let two holders in). Across machines (SLURM tasks on a
-shared filesystem) this relies on the filesystem's locks: NFS (v4, or v3 with lockd) has them.
+checked and no crash leaves a lock behind. The holder writes its pid, host, start time (and
+SLURM task id, inside a task) into the file, for the messages of those who wait. The files are
+never deleted (deleting a lock file while another process opens it would let two holders in).
+Across machines (SLURM tasks on a shared filesystem) this relies on the filesystem's locks:
+NFS (v4, or v3 with lockd) has them.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def try_claim(path: Path) -> RunLock | None:
         return None
     os.ftruncate(fd, 0)
     who = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    env = os.environ
+    if "SLURM_ARRAY_TASK_ID" in env:  # the launcher tells its own tasks from other calls'
+        who["slurm_task"] = f"{env.get('SLURM_ARRAY_JOB_ID')}_{env['SLURM_ARRAY_TASK_ID']}"
     os.write(fd, json.dumps(who).encode())
     return RunLock(path, fd)
 

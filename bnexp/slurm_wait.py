@@ -30,7 +30,7 @@ from bnexp.errors import BnexpError
 from bnexp.manifest import merge_job
 from bnexp.metrics import COMPLETED, DIVERGED, FAILED, FINISHED, INTERRUPTED
 from bnexp.rundir import summary_so_far, write_summary
-from bnexp.runlock import HELD, claimed, lock_path
+from bnexp.runlock import HELD, claimed, holder, lock_path
 from bnexp.slurm_scheduler import (
     ACTIVE,
     NEVER,
@@ -273,8 +273,11 @@ class Waiter:
         assert status is not None
         job_dir = self.launcher.job_dir(task.overrides, task.num)
         if status != HELD and touch_summary:
-            with claimed(lock_path(self.sweep_dir, job_dir.name)) as lock:
-                status = self._write_summary(task, job_dir, verdict) if lock else HELD
+            lock = lock_path(self.sweep_dir, job_dir.name)
+            with claimed(lock) as mine:
+                if mine is None and (holder(lock) or {}).get("slurm_task") == t:
+                    return  # its own process is still exiting: record it at the next poll
+                status = self._write_summary(task, job_dir, verdict) if mine else HELD
         if status == HELD:
             self._show(t, "held by another bnexp call on this sweep: waited for at the end")
         else:
