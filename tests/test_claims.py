@@ -496,3 +496,14 @@ def test_two_runs_with_one_seed_in_a_group_are_an_error_naming_both() -> None:
         verdict(HIGHER, runs)
     assert str(runs[0].dir) in str(err.value) and str(runs[6].dir) in str(err.value)
     assert verdict(HIGHER, runs, where={"optim.lr": [0.1]}).verdict == C.SUPPORTED
+
+
+def test_a_bug_in_a_rule_stays_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a data problem (Undecidable) becomes 'inconclusive'; a KeyError or TypeError in a
+    rule is a bug and must not be reported as a verdict."""
+    def broken(runs, factor, rule):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(C.RULES["compare"], "measure", broken)
+    with pytest.raises(KeyError, match="oops"):
+        verdict(HIGHER, compare_runs([0.9, 0.91], [0.9, 0.91]))

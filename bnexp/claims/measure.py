@@ -61,11 +61,11 @@ def measure(claim: Claim, runs: list[Run]) -> tuple[Outcome, str]:
         outcome = rule.measure(tuned, factor, claim.rule)
     except Undecidable as exc:
         outcome = Outcome("-", reason=str(exc))
-    if hasattr(rule, "context"):
-        context = rule.context(runs, tuned, factor, claim.rule, claim.tune and claim.tune.by)
-        extra = {**({"same_setting": context.pop("same_setting")} if "same_setting" in context
-                    else {}), **extra, **context}
-    outcome.numbers.update(extra)
+    context = (rule.context(runs, tuned, factor, claim.rule, claim.tune and claim.tune.by)
+               if hasattr(rule, "context") else {})
+    # claims.json's order: the same-setting comparison, the tuning, then the other variants
+    outcome.numbers.update({k: context[k] for k in ("same_setting",) if k in context}, **extra,
+                           **{k: v for k, v in context.items() if k != "same_setting"})
     return outcome, "; ".join(filter(None, [where, *notes]))
 
 
