@@ -43,11 +43,11 @@ from bnexp.build import (
 )
 from bnexp.config import flatten, optional_keys
 from bnexp.data import TensorLoader, load_splits
-from bnexp.dirnames import new_run_dir
 from bnexp.models import batch_statistics, build_model
 from bnexp.norm import prepare_kernels
 from bnexp.probes import Probes, probe_layout
 from bnexp.progress import Progress
+from bnexp.rundir import new_run_dir
 from bnexp.runlog import RunLog, git_sha
 from bnexp.threads import ThreadShare
 

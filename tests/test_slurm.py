@@ -241,7 +241,8 @@ def test_unsatisfiable_request_is_one_paragraph(cluster, cli, mnist_root, tmp_pa
 def test_claims_and_report_through_the_cluster(cluster, cli, mnist_root, tmp_path) -> None:
     from bnexp import claims as C
 
-    first = next(c["id"] for c in C.load_claims() if "timing" not in c.get("sweep", {}))
+    spec = C.load_spec()
+    first = next(c.id for c in spec.claims() if spec.sweeps[c.sweep].timing is None)
     out = tmp_path / "claims"
     result = cli("claims", "--budget", "test", "--out", str(out), "--only", first,
                  "hydra/launcher=submitit_slurm", f"data.root={mnist_root}",
