@@ -507,3 +507,36 @@ def test_a_bug_in_a_rule_stays_a_traceback(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(C.RULES["compare"], "measure", broken)
     with pytest.raises(KeyError, match="oops"):
         verdict(HIGHER, compare_runs([0.9, 0.91], [0.9, 0.91]))
+
+
+@pytest.mark.slow  # two `bnexp claims` processes at once: `pytest -m slow`
+def test_two_claims_calls_on_one_out_write_every_run_once(mnist_root: Path, tmp_path: Path) -> None:
+    """Two `bnexp claims --only exploding` on one --out, started together, used to train the
+    same jobs twice into the same directories (metrics.jsonl records doubled, two event files
+    per run). Now each job is claimed by one call, the other skips it and waits, and both
+    write the verdicts."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "claims"
+    bnexp = Path(sys.executable).parent / "bnexp"
+    args = [str(bnexp), "claims", "--budget", "test", "--only", "exploding", "--out", str(out),
+            f"data.root={mnist_root}", *[o for o in TINY if not o.startswith("trainer.epochs")]]
+    calls = []
+    for _ in range(2):
+        calls.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+        time.sleep(0.5)  # both import torch (seconds) before their first job: they overlap
+    outputs = [c.communicate(timeout=600)[0] for c in calls]
+    assert [c.returncode for c in calls] == [0, 0], outputs
+    assert "(another bnexp call on this sweep)" in "".join(outputs), outputs  # they did meet
+    jobs = [p.parent for p in (out / "sweeps").rglob("summary.json")]
+    assert len(jobs) == 8  # 2 norms x 2 gains x 2 seeds, each once
+    lines = {len((j / "metrics.jsonl").read_text().splitlines()) for j in jobs}
+    assert len(lines) == 1, lines  # every run's records written once (same config, same length)
+    for j in jobs:
+        assert json.loads((j / "summary.json").read_text())["status"] in ("completed", "diverged")
+        assert len(list((j / "tb").glob("events.out.tfevents.*"))) == 1, j
+        assert not (j / ".previous").exists(), j
+    assert json.loads((out / "claims.json").read_text())["claims"][0]["runs"] == 8
