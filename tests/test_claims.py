@@ -149,7 +149,7 @@ def test_holm_across_claims_can_turn_a_verdict() -> None:
     outcome, _ = C.measure(claim_of(HIGHER), runs)
     assert 0.005 < outcome.tests["|for"] < 0.01
     assert C.decide_all({"c": outcome}, 0.05)["c"].verdict == C.SUPPORTED
-    many = {f"x{i}": C.Outcome("-", {"|for": 0.5}, lambda adj, alpha: (C.INCONCLUSIVE, ""))
+    many = {f"x{i}": C.Outcome("-", {"|for": 0.5}, lambda adj, alpha, notes: (C.INCONCLUSIVE, ""))
             for i in range(10)}
     assert C.decide_all({"c": outcome, **many}, 0.05)["c"].verdict == C.INCONCLUSIVE
 

@@ -30,7 +30,7 @@ def build(out: Path) -> None:
     outcomes, wheres = {}, {}
     for claim in claims:
         outcomes[claim.id], wheres[claim.id] = C.measure(claim, sweep_runs[claim.sweep][0])
-    verdicts = C.decide_all(outcomes, spec.alpha)
+    verdicts = C.decide_all(outcomes, spec.alpha, spec.max_seeds)
     C.write_claims(out, "standard", spec, claims, [], verdicts, wheres, sweep_runs,
                    golden_runs.PROVENANCE)
 

@@ -9,6 +9,8 @@ never reached its steps-to target) may not decide in the direction it flatters
 
 from __future__ import annotations
 
+import math
+
 from bnexp.claims.outcome import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
@@ -18,13 +20,14 @@ from bnexp.claims.outcome import (
     Undecidable,
     Verdict,
 )
+from bnexp.claims.power import NOT_DECIDABLE, words
 from bnexp.metrics import censored
 from bnexp.runs import Run
 from bnexp.stats import holm
 
 
 def decide_one(oriented: float, thr: float, p_for: float, p_against: float, alpha: float,
-               shown: str) -> Decision:
+               shown: str, outlook: str = "more seeds would narrow the interval") -> Decision:
     if p_for < alpha:
         return SUPPORTED, (f"the effect is shown to reach the declared threshold ({shown}; "
                            f"one-sided p = {p_for:.2g} after Holm)")
@@ -33,9 +36,12 @@ def decide_one(oriented: float, thr: float, p_for: float, p_against: float, alph
                                f"({shown}): it is smaller, zero or reversed (one-sided p = "
                                f"{p_against:.2g} after Holm)")
     where = "above" if oriented >= thr else "below"
+    if outlook.startswith(NOT_DECIDABLE):
+        return INCONCLUSIVE, (f"{outlook} (the estimate lies {where} the declared threshold, "
+                              f"{shown})")
     return INCONCLUSIVE, (f"the estimate lies {where} the declared threshold ({shown}) but "
                           f"neither side is shown after Holm (reaches it: p = {p_for:.2g}; falls "
-                          f"short: p = {p_against:.2g}); more seeds would narrow the interval")
+                          f"short: p = {p_against:.2g}); {outlook}")
 
 
 def combine(per_level: list[tuple[str, str, str]]) -> Decision:
@@ -78,10 +84,14 @@ def censor_guard(verdict: Decision, cens: tuple[int, int], expect: str, a: str, 
     return verdict
 
 
-def decide_all(outcomes: dict[str, Outcome], alpha: float) -> dict[str, Verdict]:
-    """Holm over every p-value of the call, then each rule's decision."""
+def decide_all(outcomes: dict[str, Outcome], alpha: float, cap: int = 40
+               ) -> dict[str, Verdict]:
+    """Holm over every p-value of the call, then each rule's decision, with what deciding an
+    undecided level would take (bnexp/claims/power.py; ``cap``: the most seeds a claim may
+    be given, declared in the claims file)."""
     raw = {f"{cid}::{name}": p for cid, o in outcomes.items() for name, p in o.tests.items()}
     adjusted = holm(raw)
+    m = max(1, sum(not math.isnan(p) for p in raw.values()))
     verdicts = {}
     for cid, o in outcomes.items():
         if o.decide is None:
@@ -89,7 +99,11 @@ def decide_all(outcomes: dict[str, Outcome], alpha: float) -> dict[str, Verdict]
                                     o.numbers)
             continue
         adj = {name: adjusted[f"{cid}::{name}"] for name in o.tests}
-        verdict, reason = o.decide(adj, alpha)
-        numbers = {**o.numbers, "p_values": o.tests, "p_holm": adj, "holm_family": len(raw)}
+        outlooks = {level: f(alpha / m) for level, f in o.outlooks.items()}
+        notes = {level: words(ol, cap, alpha, m) for level, ol in outlooks.items()}
+        verdict, reason = o.decide(adj, alpha, notes)
+        numbers = {**o.numbers, "p_values": o.tests, "p_holm": adj, "holm_family": len(raw),
+                   "power": {level or "all": {**ol.as_json(), "cap": cap, "level": alpha / m}
+                             for level, ol in outlooks.items()}}
         verdicts[cid] = Verdict(verdict, o.effect, reason, numbers)
     return verdicts

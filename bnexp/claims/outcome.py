@@ -11,9 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bnexp.claims.power import Outlook
+
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 Decision = tuple[str, str]  # (verdict, reason)
+# A rule's decision from its Holm-adjusted p-values, alpha, and per level the outlook in words
+# (what deciding an undecided level would take).
+Decide = Callable[[dict[str, float], float, dict[str, str]], Decision]
 
 
 class Undecidable(Exception):
@@ -25,9 +30,11 @@ class Undecidable(Exception):
 class Outcome:
     effect: str  # the measured effect in a sentence
     tests: dict[str, float] = field(default_factory=dict)  # raw p-values by name
-    decide: Callable[[dict[str, float], float], Decision] | None = None
+    decide: Decide | None = None
     numbers: dict[str, Any] = field(default_factory=dict)  # for claims.json
     reason: str = ""  # why inconclusive, when no test could be run
+    # per level: the outlook at a per-test level (Holm's strictest step, alpha / m)
+    outlooks: dict[str, Callable[[float], Outlook]] = field(default_factory=dict)
 
 
 @dataclass

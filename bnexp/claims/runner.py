@@ -112,7 +112,7 @@ def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | N
     outcomes, wheres = {}, {}
     for claim in p.claims:
         outcomes[claim.id], wheres[claim.id] = measure(claim, sweep_runs[claim.sweep][0])
-    verdicts = decide_all(outcomes, p.spec.alpha)
+    verdicts = decide_all(outcomes, p.spec.alpha, p.spec.max_seeds)
     for claim in p.claims:
         v = verdicts[claim.id]
         echo(f"[{claim.id}] {v.verdict}: {v.reason}")

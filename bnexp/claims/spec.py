@@ -118,6 +118,7 @@ class Spec:
 
     path: Path
     alpha: float
+    max_seeds: int  # the most seeds a claim may be given: beyond it, no more are projected
     sweeps: dict[str, Sweep]
     ids: list[str]
     by_dataset: dict[str, list[Claim]]
@@ -215,11 +216,15 @@ def parse(data: Any, path: Path, rules: dict[str, type[RuleSpec]]) -> Spec:
     try:
         if not isinstance(data, dict):
             raise Bad("", "a claims file is a mapping with `sweeps:` and `claims:`")
-        extra = sorted(set(data) - {"alpha", "sweeps", "claims"})
+        top = ["alpha", "max_seeds", "sweeps", "claims"]
+        extra = sorted(set(data) - set(top))
         if extra:
-            hint = did_you_mean(extra[0], ["alpha", "sweeps", "claims"])
-            raise Bad(extra[0], f"unknown top-level key{hint}; a claims file has `alpha`, "
-                       "`sweeps` and `claims`")
+            hint = did_you_mean(extra[0], top)
+            raise Bad(extra[0], f"unknown top-level key{hint}; a claims file has "
+                      f"{', '.join(f'`{k}`' for k in top)}")
+        max_seeds = read_value(int, data.get("max_seeds", 40), "max_seeds")
+        if max_seeds < 2:
+            raise Bad("max_seeds", f"{max_seeds}: a claim needs at least 2 seeds")
         alpha = read_value(float, data.get("alpha", 0.05), "alpha")
         if not 0 < alpha < 1:
             raise Bad("alpha", f"{alpha} is not a significance level between 0 and 1")
@@ -239,7 +244,7 @@ def parse(data: Any, path: Path, rules: dict[str, type[RuleSpec]]) -> Spec:
     for _, per in parsed:
         for dataset, claim in per.items():
             by_dataset.setdefault(dataset, []).append(claim)
-    return Spec(path, float(alpha), sweeps, ids, by_dataset)
+    return Spec(path, float(alpha), max_seeds, sweeps, ids, by_dataset)
 
 
 def parse_claim(data: dict[str, Any], rules: dict[str, type[RuleSpec]]) -> Claim:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -24,6 +25,7 @@ from bnexp.claims.estimates import (
     variant,
 )
 from bnexp.claims.outcome import INCONCLUSIVE, Decision, Outcome, Undecidable
+from bnexp.claims.power import t_outlook
 from bnexp.claims.spec import Precondition, RuleSpec
 from bnexp.claims.typed import MetricName
 from bnexp.claims.words import level_sentences, name
@@ -110,6 +112,7 @@ def _measure_level(level: str, lruns: list[Run], factor: str, rule: Spec,
         state.why = str(exc)
         return state
     state.oriented, p_for, p_against = _directional(est, rule)
+    out.outlooks[level] = partial(t_outlook, est, state.oriented - rule.threshold_on_scale())
     out.tests[f"{level}|for"], out.tests[f"{level}|against"] = p_for, p_against
     out.numbers["levels"][level or "all"] = {**est_json(est, rule.scale), "p_against": p_against,
                                              "censored": list(state.cens)}
@@ -122,13 +125,14 @@ def _measure_level(level: str, lruns: list[Run], factor: str, rule: Spec,
     return state
 
 
-def _decide_level(state: _Level, adj: dict[str, float], alpha: float, rule: Spec) -> Decision:
+def _decide_level(state: _Level, adj: dict[str, float], alpha: float, rule: Spec,
+                  notes: dict[str, str]) -> Decision:
     if "all" in state.failed:
         return INCONCLUSIVE, state.failed["all"]
     if state.oriented is None:
         return INCONCLUSIVE, state.why
     verdict = decide_one(state.oriented, rule.threshold_on_scale(), adj[f"{state.name}|for"],
-                         adj[f"{state.name}|against"], alpha, rule.shown())
+                         adj[f"{state.name}|against"], alpha, rule.shown(), notes[state.name])
     verdict = censor_guard(verdict, state.cens, rule.expect, rule.a, rule.b)
     if verdict[0] in state.failed:
         return INCONCLUSIVE, f"{verdict[1]}, but {state.failed[verdict[0]]}"
@@ -144,8 +148,9 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
     if out.numbers["requires"]:
         out.effect += "; " + "; ".join(out.numbers["requires"])
 
-    def decide(adj: dict[str, float], alpha: float) -> Decision:
-        return combine([(s.name or "all", *_decide_level(s, adj, alpha, rule)) for s in states])
+    def decide(adj: dict[str, float], alpha: float, notes: dict[str, str]) -> Decision:
+        return combine([(s.name or "all", *_decide_level(s, adj, alpha, rule, notes))
+                        for s in states])
 
     out.decide = decide
     return out

@@ -4,6 +4,7 @@ supported when the difference is shown to lie beyond the margin. ``each:`` as fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 from bnexp.claims.decide import combine
@@ -18,6 +19,7 @@ from bnexp.claims.estimates import (
     variant,
 )
 from bnexp.claims.outcome import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Decision, Outcome, Undecidable
+from bnexp.claims.power import NOT_DECIDABLE, tost_outlook
 from bnexp.claims.spec import RuleSpec
 from bnexp.claims.typed import MetricName
 from bnexp.claims.words import level_sentences, name
@@ -37,7 +39,8 @@ class Spec(RuleSpec):
         return None if self.margin > 0 else f"`margin: {self.margin}` must be > 0"
 
 
-def _decide_level(level: str, adj: dict[str, float], alpha: float, rule: Spec) -> Decision:
+def _decide_level(level: str, adj: dict[str, float], alpha: float, rule: Spec,
+                  note: str) -> Decision:
     k, unit = label(rule.metric_a)
     m = f"±{k * rule.margin:g}{unit}"
     p_for, p_against = adj[f"{level}|for"], adj[f"{level}|against"]
@@ -45,13 +48,17 @@ def _decide_level(level: str, adj: dict[str, float], alpha: float, rule: Spec) -
         return SUPPORTED, f"equivalent within {m} (TOST, Holm p = {p_for:.2g})"
     if p_against < alpha:
         return NOT_SUPPORTED, f"the difference is shown to exceed {m} (Holm p = {p_against:.2g})"
+    if note.startswith(NOT_DECIDABLE):
+        return INCONCLUSIVE, note
     return INCONCLUSIVE, (f"neither equivalence within {m} nor a larger difference is "
-                          f"significant (TOST Holm p = {p_for:.2g}, beyond: {p_against:.2g})")
+                          f"significant (TOST Holm p = {p_for:.2g}, beyond: {p_against:.2g}); "
+                          f"{note}")
 
 
 def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
     margin = float(rule.margin)
     effects, tests, numbers, order = [], {}, {"margin": margin, "levels": {}}, []
+    outlooks: dict = {}
     for level, lruns in levels(runs, rule.each):
         tag = f"{level}: " if level else ""
         try:
@@ -63,6 +70,7 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
             order.append((level, str(exc)))
             continue
         tests[f"{level}|for"], tests[f"{level}|against"] = est.tost(margin), est.p_beyond(margin)
+        outlooks[level] = partial(tost_outlook, est, margin)
         numbers["levels"][level or "all"] = {**est_json(est, "linear"), "p_tost": est.tost(margin),
                                              "p_beyond": est.p_beyond(margin)}
         effects.append(f"{tag}{rule.metric_a} of {factor}={rule.a} minus {rule.metric_b} "
@@ -70,12 +78,13 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
                        f"{describe_test(est)}")
         order.append((level, ""))
 
-    def decide(adj: dict[str, float], alpha: float) -> Decision:
+    def decide(adj: dict[str, float], alpha: float, notes: dict[str, str]) -> Decision:
         return combine([(level or "all", INCONCLUSIVE, why) if why
-                        else (level or "all", *_decide_level(level, adj, alpha, rule))
+                        else (level or "all", *_decide_level(level, adj, alpha, rule,
+                                                             notes[level]))
                         for level, why in order])
 
-    return Outcome("; ".join(effects), tests, decide, numbers)
+    return Outcome("; ".join(effects), tests, decide, numbers, outlooks=outlooks)
 
 
 def plain(rule: Spec, numbers: dict[str, Any], say: str) -> tuple[list[str], str]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 from bnexp import metrics
 from bnexp.claims.decide import combine, decide_one
 from bnexp.claims.estimates import describe, describe_test, est_json, estimate, geomean, run_values, variant
 from bnexp.claims.outcome import Decision, Outcome, Undecidable
+from bnexp.claims.power import t_outlook
 from bnexp.claims.spec import RuleSpec
 from bnexp.claims.typed import MetricName
 from bnexp.claims.words import name
@@ -48,9 +50,11 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
     relaxed = run_values(variant(runs, factor, rule.a), metrics.at_step(rule.metric, "last"))
     effect = (f"per-layer growth toward the input with {factor}={rule.a}: {rate:.3f} "
               f"(95% CI {math.exp(own.lo):.3f} to {math.exp(own.hi):.3f}; {describe_test(own)}, "
-              f"p = {own.p:.2g}); theory {theory:.4f}, measured {100 * (rate / theory - 1):+.1f}%; "
+              f"one-sided p that it exceeds {rule.threshold:g} = {own.p_greater(thr):.2g}); "
+              f"theory {theory:.4f}, measured {100 * (rate / theory - 1):+.1f}%; "
               f"with {factor}={rule.b}: {geomean(b.values()):.3f}; "
-              f"ratio {rule.a}/{rule.b}: {describe(diff, 'log', '')}, p = {diff.p:.2g}; "
+              f"ratio {rule.a}/{rule.b}: {describe(diff, 'log', '')}, one-sided p that it "
+              f"exceeds {rule.threshold:g} = {diff.p_greater(thr):.2g}; "
               f"after training (last probe) the {rule.a} rate relaxes to "
               f"{geomean(relaxed.values()):.3f}")
     tests = {"own|for": own.p_greater(thr), "own|against": own.p_less(thr),
@@ -59,13 +63,18 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
                "ratio_to_b": est_json(diff, "log"), "relative_error_vs_theory": rate / theory - 1,
                "rate_b": dict(b), "rate_last": relaxed}
 
-    def decide(adj: dict[str, float], alpha: float) -> Decision:
+    def decide(adj: dict[str, float], alpha: float, notes: dict[str, str]) -> Decision:
         shown = f"{rule.threshold:g}x per layer"
-        own_v = decide_one(own.effect, thr, adj["own|for"], adj["own|against"], alpha, shown)
-        diff_v = decide_one(diff.effect, thr, adj["diff|for"], adj["diff|against"], alpha, shown)
-        return combine([(f"{rule.a}'s growth > 1", *own_v), (f"{rule.a} vs {rule.b}", *diff_v)])
+        own_v = decide_one(own.effect, thr, adj["own|for"], adj["own|against"], alpha, shown,
+                           notes["own"])
+        diff_v = decide_one(diff.effect, thr, adj["diff|for"], adj["diff|against"], alpha, shown,
+                            notes["diff"])
+        return combine([(f"{rule.a}'s growth > {rule.threshold:g}", *own_v),
+                        (f"{rule.a} vs {rule.b}", *diff_v)])
 
-    return Outcome(effect, tests, decide, numbers)
+    outlooks = {"own": partial(t_outlook, own, own.effect - thr),
+                "diff": partial(t_outlook, diff, diff.effect - thr)}
+    return Outcome(effect, tests, decide, numbers, outlooks=outlooks)
 
 
 def plain(rule: Spec, numbers: dict[str, Any], say: str) -> tuple[list[str], str]:

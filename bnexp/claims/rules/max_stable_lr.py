@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,6 +16,7 @@ from bnexp import metrics
 from bnexp.claims.decide import decide_one
 from bnexp.claims.estimates import seed_of, variant
 from bnexp.claims.outcome import Decision, Outcome, Undecidable
+from bnexp.claims.power import sign_outlook
 from bnexp.claims.spec import RuleSpec
 from bnexp.claims.words import name
 from bnexp.runs import Run, factor_value
@@ -105,11 +107,13 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
                f"{np.mean(diffs):+.2f}); exact sign tests over {len(diffs)} seeds: at least "
                f"{thr:g} step(s) higher p = {p_for:.2g}, fewer p = {p_against:.2g}")
 
-    def decide(adj: dict[str, float], alpha: float) -> Decision:
+    def decide(adj: dict[str, float], alpha: float, notes: dict[str, str]) -> Decision:
         return decide_one(float(np.mean(diffs)), thr, adj["for"], adj["against"], alpha,
-                          f"{thr:g} grid step(s) higher, for most seeds")
+                          f"{thr:g} grid step(s) higher, for most seeds", notes[""])
 
-    return Outcome(effect, {"for": p_for, "against": p_against}, decide, numbers)
+    agree_for, agree_against = sum(d >= thr for d in diffs), sum(d < thr for d in diffs)
+    return Outcome(effect, {"for": p_for, "against": p_against}, decide, numbers,
+                   outlooks={"": partial(sign_outlook, agree_for, agree_against, len(diffs))})
 
 
 def plain(rule: Spec, numbers: dict[str, Any], say: str) -> tuple[list[str], str]:
