@@ -446,7 +446,10 @@ def _reached(records: list[dict], tag: str, target: float) -> list[int]:
 def steps_to(summary: dict, records: list[dict], tag: str, target: float) -> float | None:
     """The first step at which ``tag`` (e.g. val/acc, from trainer.val_every_steps and the epoch
     evaluations) reached ``target``. A run that never did, diverged or not, counts as taking its
-    whole budget (``total_steps``): censored at the worst outcome, never dropped."""
+    whole budget (``total_steps``): censored at the worst outcome, never dropped. A run that
+    reached the target and diverged later counts its steps to the target (declared, not an
+    accident): the question is how soon a net gets there, and it did; its divergence is counted
+    in every table and is what the learning-rate claim (5) is about."""
     hits = _reached(records, tag, target)
     if hits:
         return float(min(hits))

@@ -540,3 +540,21 @@ def test_two_claims_calls_on_one_out_write_every_run_once(mnist_root: Path, tmp_
         assert len(list((j / "tb").glob("events.out.tfevents.*"))) == 1, j
         assert not (j / ".previous").exists(), j
     assert json.loads((out / "claims.json").read_text())["claims"][0]["runs"] == 8
+
+
+def test_crossfit_tuning_never_lets_a_seed_choose_its_own_run() -> None:
+    """Seed 0's lucky validation score at lr 0.03 would choose lr 0.03 for every seed if one lr
+    were chosen on all seeds (pooled); cross-fitted, seed 0 gets the lr best on seeds 1-3."""
+    runs = []
+    for s in range(4):
+        for lr, val in ((0.03, 1.0 if s == 0 else 0.9), (0.1, 0.5 if s == 0 else 0.92)):
+            runs.append(run("torch", s, {"val/acc": val, "m": lr}, **{"optim.lr": lr}))
+            runs.append(run("none", s, {"val/acc": val, "m": 0.0}, **{"optim.lr": lr}))
+    crossfit = {"by": "optim.lr", "metric": "val/acc", "best": "max"}
+    _, chosen = C.tune(runs, "norm", ["torch"], claim_of(HIGHER, tune=crossfit).tune)
+    assert chosen["torch"]["per_seed"] == {"0": 0.1, "1": 0.03, "2": 0.03, "3": 0.03}
+    _, pooled = C.tune(runs, "norm", ["torch"],
+                       claim_of(HIGHER, tune={**crossfit, "select": "pooled"}).tune)
+    assert set(pooled["torch"]["per_seed"].values()) == {0.03}
+    _, where = C.measure(claim_of(HIGHER, tune=crossfit), runs)
+    assert "optim.lr=0.03/0.1 by seed (0: 0.1, 1: 0.03, 2: 0.03, 3: 0.03)" in where

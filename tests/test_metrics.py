@@ -282,3 +282,15 @@ def test_mean_over_probes_averages_layers_first() -> None:
     assert value({}, records, "mean:ics/*/l2") is None
     with pytest.raises(ValueError, match="at most one"):
         value({}, records, "mean:ics/*/*")
+
+
+def test_steps_to_credits_a_run_that_reached_the_target_and_then_diverged() -> None:
+    """Declared in metrics.steps_to: reaching the target counts, whatever happened after."""
+    records = [{"step": s, "kind": "val", "val/acc": a}
+               for s, a in ((100, 0.5), (200, 0.96), (300, 0.97))]
+    diverged = {"status": "diverged", "total_steps": 1000, "diverged_step": 350}
+    assert M.value(diverged, records, "steps_to:val/acc>=0.95") == 200
+    assert not M.censored(diverged, records, "steps_to:val/acc>=0.95")
+    never = [{"step": 100, "kind": "val", "val/acc": 0.5}]
+    assert M.value(diverged, never, "steps_to:val/acc>=0.95") == 1000  # the whole budget
+    assert M.censored(diverged, never, "steps_to:val/acc>=0.95")

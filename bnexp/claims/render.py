@@ -9,6 +9,7 @@ from typing import Any
 
 from bnexp import metrics
 from bnexp.claims.estimates import seed_of, select
+from bnexp.claims.measure import chosen_words
 from bnexp.claims.outcome import NOT_SUPPORTED, Verdict
 from bnexp.claims.rules import RULES
 from bnexp.claims.spec import Claim, Spec, shipped_path
@@ -41,7 +42,9 @@ def write_claims(out: Path, budget: str, spec: Spec, claims: list[Claim], skippe
         (tmp / "claims.md").write_text(text + "\n")
         write_json_atomic(tmp / "claims.json", {
             "provenance": provenance, "alpha": spec.alpha,
-            "claims": [claim_json(c, verdicts[c.id], sweep_runs[c.sweep]) for c in claims],
+            "preliminary": budget in PREVIEW_BUDGETS,
+            "claims": [{**claim_json(c, verdicts[c.id], sweep_runs[c.sweep]),
+                        "preliminary": budget in PREVIEW_BUDGETS} for c in claims],
             "not_run": [{"id": c.id, "reason": f"its sweep does not support data="
                          f"{provenance['dataset']}"} for c in skipped]})
     return out / "claims.md"
@@ -105,23 +108,27 @@ def header(budget: str, spec: Spec, claims: list[Claim], skipped: list[Claim],
     return "\n".join(lines) + "\n"
 
 
-def plain(claim: Claim, v: Verdict) -> str:
+def plain(claim: Claim, v: Verdict, preview: bool = False) -> str:
     """The verdict in one or two sentences a student can follow: effect, interval, test,
     threshold, conclusion (each rule type words its own)."""
     parts, bound = RULES[claim.rule.type].plain(claim.rule, v.numbers, claim.say)
     if not parts:
         return ""
     text = "; ".join(parts)
+    so = (f"so, from this preview, it is **preliminarily {v.verdict}**" if preview
+          else f"so it is **{v.verdict}**")
     return (f"In plain words: {text[0].upper() + text[1:]}. The claim needed {bound}, with a "
-            f"significant test; so it is **{v.verdict}**.")
+            f"significant test; {so}.")
 
 
 def _tuned_line(claim: Claim, tuned: dict[str, Any]) -> list[str]:
     if not tuned or claim.tune is None:
         return []
-    return [f"**Each variant at its own best {claim.tune.by}** (chosen on the validation split "
-            f"by {claim.tune.metric}): " + ", ".join(
-                f"{claim.factor}={k}: {c['value']:g}"
+    how = ("for each seed, the best on the other seeds' validation split" if any(
+        c.get("select") == "crossfit" for c in tuned.values()) else "chosen on the validation split")
+    return [f"**Each variant at its own best {claim.tune.by}** ({how}, by "
+            f"{claim.tune.metric}): " + ", ".join(
+                f"{claim.factor}={k}: {chosen_words(c)}"
                 + (" (at the edge of the grid: the best may lie beyond it)" if c["edge"] else "")
                 + (f" (tied with {', '.join(f'{x:g}' for x in c['tied'] if x != c['value'])}"
                    ": the larger wins, as declared)" if c.get("tied") else "")
@@ -155,10 +162,13 @@ def section(claim: Claim, budget: str, args: list[str], runs: list[Run], v: Verd
     word = "Preliminary verdict" if budget in PREVIEW_BUDGETS else "Verdict"
     reason = v.reason[:1].upper() + v.reason[1:]
     lines = [f"## {claim.title}", "", f"**{word}: {v.verdict}.** {reason}.", ""]
-    if plain(claim, v):
-        lines += [plain(claim, v), ""]
+    preview = budget in PREVIEW_BUDGETS
+    if plain(claim, v, preview):
+        lines += [plain(claim, v, preview), ""]
     if v.verdict == NOT_SUPPORTED and claim.if_not_supported:
-        lines += [f"**Where the write-up is wrong:** {claim.if_not_supported.strip()}", ""]
+        wrong = ("Where the write-up may be wrong (preliminary: a preview budget)" if preview
+                 else "Where the write-up is wrong")
+        lines += [f"**{wrong}:** {claim.if_not_supported.strip()}", ""]
     lines += _tuned_line(claim, v.numbers.get("tuned", {}))
     lines += [f"- Measured: {v.effect}.",
               f"- Decision rule (declared before the runs): {claim.decision}",

@@ -16,7 +16,7 @@ from typing import Any
 
 from bnexp.claims.decide import decide_all
 from bnexp.claims.measure import measure
-from bnexp.claims.render import SweepRuns, write_claims
+from bnexp.claims.render import PREVIEW_BUDGETS, SweepRuns, write_claims
 from bnexp.claims.rules import SPECS
 from bnexp.claims.spec import BUDGETS, Claim, Spec, Sweep, TimingBudget, load, parse_claim, shipped_path
 from bnexp.errors import BnexpError
@@ -115,7 +115,8 @@ def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | N
     verdicts = decide_all(outcomes, p.spec.alpha, p.spec.max_seeds)
     for claim in p.claims:
         v = verdicts[claim.id]
-        echo(f"[{claim.id}] {v.verdict}: {v.reason}")
+        word = f"preliminarily {v.verdict}" if budget in PREVIEW_BUDGETS else v.verdict
+        echo(f"[{claim.id}] {word}: {v.reason}")
     provenance = _provenance(started, p, overrides, sweep_runs)
     return write_claims(out, budget, p.spec, p.claims, p.skipped, verdicts, wheres, sweep_runs,
                         provenance)

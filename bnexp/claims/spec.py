@@ -69,6 +69,10 @@ class Tuning:
     by: str
     metric: MetricName
     best: Literal["max", "min"] = "max"
+    # crossfit: each seed's run is taken at the setting best on the OTHER seeds, so a seed's
+    # own noise never chooses the run that decides the claim; pooled: one setting for all
+    # seeds, chosen on all of them (the runs that decide the claim also chose it)
+    select: Literal["crossfit", "pooled"] = "crossfit"
 
 
 @dataclass(frozen=True, kw_only=True)
