@@ -7,6 +7,7 @@ import math
 import statistics
 from collections import defaultdict
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from bnexp import metrics  # noqa: E402
 from bnexp.runs import Group, Run, factor_value, varying_keys  # noqa: E402
@@ -326,3 +328,159 @@ def stamp_text(command: str, started: str | None = None) -> str:
 
     when = started or time.strftime("%Y-%m-%d %H:%M")
     return f"{when} · {platform.node() or 'unknown host'}, {os.cpu_count()} CPUs · {command}"
+
+
+# --- The claims' forest plot: every claim level against its own declared threshold ----------
+
+VERDICT_COLORS = {  # Okabe-Ito (colour-blind safe), and the verdict is also written at the right
+    "supported": "#009E73",
+    "not supported": "#D55E00",
+    "inconclusive": "#7F7F7F",
+}
+FOREST_CLIP = 20.0  # threshold units; an interval reaching beyond is cut here and marked
+FOREST_LINEAR = 2.0  # the x axis is linear within +-this (0 and 1 decide), logarithmic beyond
+
+
+@dataclass(frozen=True)
+class ForestRow:
+    """One claim level of the forest plot. ``effect``, ``lo`` and ``hi`` (its 95% interval) and
+    ``threshold`` are on the claim's own scale: ratios for ``scale="log"``, differences for
+    ``"linear"``. ``threshold`` is the declared positive number (1.25, 0.01); ``expect`` gives
+    its direction ("higher": effect >= threshold, "lower": effect <= -threshold or, for ratios,
+    <= 1/threshold), or "within" for an equivalence margin (|effect| <= threshold)."""
+
+    label: str
+    effect: float
+    lo: float
+    hi: float
+    threshold: float
+    scale: str
+    expect: str
+    verdict: str
+
+
+def _on_scale(value: float, scale: str) -> float:
+    """A value on the scale the claim is tested on: log of a ratio (a non-positive ratio is
+    -inf, drawn clipped), or the difference itself."""
+    if scale == "linear" or math.isnan(value):
+        return value
+    if scale != "log":
+        raise ValueError(f"ForestRow.scale must be 'log' or 'linear', not {scale!r}")
+    return math.log(value) if value > 0 else -math.inf
+
+
+def forest_x(row: ForestRow) -> tuple[float, float, float]:
+    """(x, lo, hi) in threshold units: 0 = no effect, 1 = the declared threshold, right = the
+    claimed direction. With f the identity (linear) or log (log scale) and t = |f(threshold)|:
+    higher: f(effect) / t; lower: -f(effect) / t; within: |f(effect)| / t (the claim is left of
+    1), its interval [min |f(lo..hi)|, max |f(lo..hi)|] / t, from 0 when it spans no effect."""
+    t = abs(_on_scale(row.threshold, row.scale))
+    if not t > 0 or not math.isfinite(t):
+        raise ValueError(f"{row.label}: threshold {row.threshold} is no distance on the "
+                         f"{row.scale} scale, so it cannot be the unit")
+    e, lo, hi = (_on_scale(v, row.scale) / t for v in (row.effect, row.lo, row.hi))
+    if row.expect == "higher":
+        return e, lo, hi
+    if row.expect == "lower":
+        return -e, -hi, -lo
+    if row.expect != "within":
+        raise ValueError(f"ForestRow.expect must be higher, lower or within, not {row.expect!r}")
+    spans_zero = lo <= 0 <= hi
+    return abs(e), 0.0 if spans_zero else min(abs(lo), abs(hi)), max(abs(lo), abs(hi))
+
+
+def forest_clip(x: float, lo: float, hi: float, limit: float = FOREST_CLIP
+                ) -> tuple[float, float, float, bool, bool]:
+    """(x, lo, hi) cut to [-limit, limit], with whether the interval continues left / right."""
+    def cut(v: float) -> float:
+        return v if math.isnan(v) else max(-limit, min(limit, v))
+    return cut(x), cut(lo), cut(hi), lo < -limit or x < -limit, hi > limit or x > limit
+
+
+def _forest_value_text(row: ForestRow) -> str:
+    """The row's numbers on its own scale, for the column at the right."""
+    if math.isnan(row.effect):
+        return "no estimate"
+    r = "×" if row.scale == "log" else ""
+    t = max(row.threshold, 1 / row.threshold) if r else abs(row.threshold)
+    thr = {"higher": f"≥ {r}{t:.3g}", "lower": f"≤ ×1/{t:.3g}" if r else f"≤ {-t:.3g}",
+           "within": f"within {'×÷' if r else '±'}{t:.3g}"}[row.expect]
+    return f"{r}{row.effect:.3g} [{row.lo:.3g}, {row.hi:.3g}], claim {thr}"
+
+
+def _forest_row(ax: Any, y: int, row: ForestRow) -> None:
+    color = VERDICT_COLORS.get(row.verdict, "black")
+    x, lo, hi, left, right = forest_clip(*forest_x(row))
+    marker = "D" if row.expect == "within" else "o"
+    if math.isnan(x):
+        ax.plot([0], [y], marker="x", color=color, ms=7, ls="none")
+    else:
+        if not math.isnan(lo) and not math.isnan(hi):
+            ax.hlines(y, lo, hi, color=color, lw=2.2)
+        ax.plot([x], [y], marker=marker, color=color, ms=7, ls="none", mec="white", mew=0.8)
+    for continues, edge, arrow in ((left, -FOREST_CLIP, "<"), (right, FOREST_CLIP, ">")):
+        if continues:
+            ax.plot([edge], [y], marker=arrow, color=color, ms=8, ls="none", gid="clipped")
+    ax.annotate(row.verdict, (1.0, y), xycoords=ax.get_yaxis_transform(), xytext=(6, 0),
+                textcoords="offset points", va="center", fontsize=7.5, color=color,
+                fontweight="bold")
+    ax.annotate(_forest_value_text(row), (1.0, y), xycoords=ax.get_yaxis_transform(),
+                xytext=(72, 0), textcoords="offset points", va="center", fontsize=7.5,
+                color="0.2")
+
+
+def _forest_legend(ax: Any) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", lw=2.2, label=word)
+               for word, c in VERDICT_COLORS.items()]
+    handles += [Line2D([], [], color="0.3", marker="D", ls="none",
+                       label="equivalence: |effect| / margin (claim: left of 1)"),
+                Line2D([], [], color="0.3", marker=">", ls="none",
+                       label=f"interval continues beyond ±{FOREST_CLIP:g}")]
+    ax.legend(handles=handles, fontsize=7.5, loc="lower center", ncol=len(handles),
+              bbox_to_anchor=(0.5, 1.0), frameon=False, handlelength=1.6, columnspacing=1.2)
+
+
+def _forest_figure(rows: list[ForestRow]) -> Any:
+    n = len(rows)
+    xs = [v for row in rows for v in forest_clip(*forest_x(row))[:3] if math.isfinite(v)]
+    fig, ax = plt.subplots(figsize=(12, 0.34 * n + 2.2))
+    for y, row in enumerate(rows):
+        if y % 2:
+            ax.axhspan(y - 0.5, y + 0.5, color="0.95", zorder=0)
+        _forest_row(ax, y, row)
+    ax.axvline(0, color="0.3", ls="--", lw=1, label="no effect")
+    ax.axvline(1, color="black", ls="--", lw=1.2, label="declared threshold")
+    ax.set_xscale("symlog", linthresh=FOREST_LINEAR, linscale=1.3)
+    lim = (min([-1.0, *xs]) * 1.15 - 0.1, max([2.0, *xs]) * 1.15 + 0.1)
+    ticks = [t for t in (-20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20) if lim[0] <= t <= lim[1]]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlim(*lim)
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_ylim(n - 0.5, -0.5)  # the first row at the top
+    ax.set_yticks(range(n), [row.label for row in rows], fontsize=8)
+    for x, word in ((0, "no effect"), (1, "threshold")):
+        ax.text(x, -0.5, word, ha="center", va="bottom", fontsize=7, color="0.3")
+    ax.set_xlabel("effect in units of its declared threshold (1 = threshold, 0 = no effect; "
+                  "right = the claimed direction;\n"
+                  f"linear within ±{FOREST_LINEAR:g}, logarithmic beyond)", fontsize=8.5)
+    counts = {w: sum(r.verdict == w for r in rows) for w in VERDICT_COLORS}
+    ax.set_title("Every claim's effect against its declared threshold, with 95% intervals — "
+                 + ", ".join(f"{k} {w}" for w, k in counts.items()), fontsize=10, pad=26)
+    _forest_legend(ax)
+    ax.grid(axis="x", color="0.88", lw=0.6)
+    return fig
+
+
+def forest_plot(rows: list[ForestRow], path: Path, stamp: str = "") -> Path | None:
+    """The claims at a glance: one row per claim level (the first at the top), its effect and
+    interval in threshold units (see ``forest_x``), coloured by verdict; None for no rows.
+    ``stamp`` (else the one ``all_figures`` has set) is printed at the bottom."""
+    if not rows:
+        return None
+    token = _STAMP.set(stamp or _STAMP.get())
+    try:
+        return _save(_forest_figure(rows), path)
+    finally:
+        _STAMP.reset(token)
