@@ -13,6 +13,7 @@ import pytest
 
 from bnexp import claims as C
 from bnexp import figures
+from bnexp.claims.family import family_size
 from tests import golden_runs
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -30,7 +31,8 @@ def build(out: Path) -> None:
     outcomes, wheres = {}, {}
     for claim in claims:
         outcomes[claim.id], wheres[claim.id] = C.measure(claim, sweep_runs[claim.sweep][0])
-    verdicts = C.decide_all(outcomes, spec.alpha, spec.max_seeds)
+    verdicts = C.decide_all(outcomes, spec.alpha, spec.max_seeds,
+                            family_size(spec, "mnist", "standard"))
     C.write_claims(out, "standard", spec, claims, [], verdicts, wheres, sweep_runs,
                    golden_runs.PROVENANCE)
 
@@ -47,3 +49,22 @@ if __name__ == "__main__":  # regenerate: python -m tests.test_claims_golden
     figures.all_figures = _fake_figures  # type: ignore[assignment]
     build(GOLDEN)
     sys.exit(0)
+
+
+def test_the_family_is_declared_once_and_only_calls_are_as_strict() -> None:
+    """The claims file's family at standard: 2 tests per level (4 for growth_at_init), levels
+    from each claim's `each:` values at that budget (kept to its `where:`). A call with --only
+    adjusts within that whole family: never more lenient than the full call."""
+    spec = C.load_spec()
+    assert family_size(spec, "mnist", "standard") == 2 + 2 + 6 + 4 + 8 + 2 + 2 + 8 + 2 + 2 + 4 + 4 + 4
+    sweep_runs = golden_runs.sweep_runs()
+    outcomes = {c.id: C.measure(c, sweep_runs[c.sweep][0])[0] for c in spec.claims()}
+    full = C.decide_all(outcomes, spec.alpha, spec.max_seeds, 50)
+    only = C.decide_all({"vanishing": outcomes["vanishing"], "cost": outcomes["cost"]},
+                        spec.alpha, spec.max_seeds, 50)
+    for cid in ("vanishing", "cost"):
+        assert only[cid].numbers["holm_family"] == 50
+        for name, p in only[cid].numbers["p_holm"].items():
+            assert p >= full[cid].numbers["p_holm"][name]
+    alone = C.decide_all({"cost": outcomes["cost"]}, spec.alpha, spec.max_seeds)  # no family
+    assert alone["cost"].numbers["p_holm"]["|for"] < only["cost"].numbers["p_holm"]["|for"]

@@ -84,14 +84,17 @@ def censor_guard(verdict: Decision, cens: tuple[int, int], expect: str, a: str, 
     return verdict
 
 
-def decide_all(outcomes: dict[str, Outcome], alpha: float, cap: int = 40
-               ) -> dict[str, Verdict]:
+def decide_all(outcomes: dict[str, Outcome], alpha: float, cap: int = 40,
+               family: int = 0) -> dict[str, Verdict]:
     """Holm over every p-value of the call, then each rule's decision, with what deciding an
     undecided level would take (bnexp/claims/power.py; ``cap``: the most seeds a claim may
-    be given, declared in the claims file)."""
+    be given, declared in the claims file). ``family``: the claims file's declared number of
+    tests (bnexp/claims/family.py); those this call did not compute count with p = 1."""
     raw = {f"{cid}::{name}": p for cid, o in outcomes.items() for name, p in o.tests.items()}
-    adjusted = holm(raw)
-    m = max(1, sum(not math.isnan(p) for p in raw.values()))
+    computed = sum(not math.isnan(p) for p in raw.values())
+    untested = {f"::untested::{i}": 1.0 for i in range(max(0, family - computed))}
+    adjusted = holm({**raw, **untested})
+    m = max(1, computed + len(untested))
     verdicts = {}
     for cid, o in outcomes.items():
         if o.decide is None:
@@ -102,7 +105,8 @@ def decide_all(outcomes: dict[str, Outcome], alpha: float, cap: int = 40
         outlooks = {level: f(alpha / m) for level, f in o.outlooks.items()}
         notes = {level: words(ol, cap, alpha, m) for level, ol in outlooks.items()}
         verdict, reason = o.decide(adj, alpha, notes)
-        numbers = {**o.numbers, "p_values": o.tests, "p_holm": adj, "holm_family": len(raw),
+        numbers = {**o.numbers, "p_values": o.tests, "p_holm": adj, "holm_family": m,
+                   "holm_computed": computed,
                    "power": {level or "all": {**ol.as_json(), "cap": cap, "level": alpha / m}
                              for level, ol in outlooks.items()}}
         verdicts[cid] = Verdict(verdict, o.effect, reason, numbers)

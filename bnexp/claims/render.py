@@ -89,9 +89,7 @@ def header(budget: str, spec: Spec, claims: list[Claim], skipped: list[Claim],
         f"declared in `{_spec_name(spec)}` before the runs, applied by "
         "`bnexp/claims/`; none is written by hand. Every claim has an effect-size threshold "
         "and two one-sided tests against it: that the effect reaches it (for) and that it "
-        "falls short (against); all "
-        f"{sum(len(v.numbers.get('p_values', {})) for v in verdicts.values())} p-values of "
-        f"this call are Holm-adjusted together at alpha = {spec.alpha}. "
+        f"falls short (against); {_family_words(verdicts)}, at alpha = {spec.alpha}. "
         "'Supported' means the whole declared effect is shown, 'not supported' that the effect "
         "is shown to be smaller (or zero, or reversed); anything else is 'inconclusive', with "
         "the reason.", "",
@@ -106,6 +104,17 @@ def header(budget: str, spec: Spec, claims: list[Claim], skipped: list[Claim],
     if skipped:
         lines += ["Not run on this dataset: " + ", ".join(c.id for c in skipped) + ".", ""]
     return "\n".join(lines) + "\n"
+
+
+def _family_words(verdicts: dict[str, Verdict]) -> str:
+    family = max((v.numbers.get("holm_family", 0) for v in verdicts.values()), default=0)
+    computed = sum(len(v.numbers.get("p_values", {})) for v in verdicts.values())
+    if family <= computed:
+        return f"all {computed} p-values of this call are Holm-adjusted together"
+    return (f"the {computed} p-values of this call are Holm-adjusted as part of the claims "
+            f"file's whole declared family of {family} tests, the {family - computed} not "
+            "computed here counting as never rejected (p = 1), so a call with --only decides "
+            "exactly as strictly as a full one")
 
 
 def plain(claim: Claim, v: Verdict, preview: bool = False) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bnexp.claims.decide import decide_all
+from bnexp.claims.family import family_size
 from bnexp.claims.measure import measure
 from bnexp.claims.render import PREVIEW_BUDGETS, SweepRuns, write_claims
 from bnexp.claims.rules import SPECS
@@ -112,7 +113,8 @@ def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | N
     outcomes, wheres = {}, {}
     for claim in p.claims:
         outcomes[claim.id], wheres[claim.id] = measure(claim, sweep_runs[claim.sweep][0])
-    verdicts = decide_all(outcomes, p.spec.alpha, p.spec.max_seeds)
+    verdicts = decide_all(outcomes, p.spec.alpha, p.spec.max_seeds,
+                          family_size(p.spec, p.dataset, budget))
     for claim in p.claims:
         v = verdicts[claim.id]
         word = f"preliminarily {v.verdict}" if budget in PREVIEW_BUDGETS else v.verdict

@@ -39,6 +39,7 @@ class RuleSpec:
     paired: bool
     TYPE: ClassVar[str] = ""
     NAME: ClassVar[str] = "rule"  # in error messages: "a compare rule"
+    TESTS_PER_LEVEL: ClassVar[int] = 2  # p-values per level: for the claim, against it
 
     def problem(self) -> str | None:
         """A constraint between keys that their types cannot express; None when fine."""

@@ -25,6 +25,7 @@ from bnexp.stats import InsufficientData, one_sample
 class Spec(RuleSpec):
     TYPE: ClassVar[str] = "growth_at_init"
     NAME: ClassVar[str] = "a growth_at_init rule's"
+    TESTS_PER_LEVEL: ClassVar[int] = 4  # its own rate and the ratio to b, each for and against
     metric: MetricName
     threshold: float
     theory: float = math.nan
