@@ -263,6 +263,20 @@ class ProbeConfig:
     landscape_multiples: list[float] = MISSING  # landscape step sizes, in multiples of the lr
 
 
+# What a resumed sweep does with a finished run that is stale (made by another code version, or
+# its config.yaml differs from the job's config composed now; bnexp/reuse.py): a str with its
+# choices here rather than one more enum, as it steers the sweep, not the training.
+STALE_CHOICES = ("rerun", "reuse", "refuse")
+
+
+@dataclass
+class SweepConfig:
+    """How ``bnexp train -m`` and ``bnexp claims`` treat their sweeps (bnexp/sweep.py); no run's
+    numbers depend on it (bnexp/reuse.py leaves ``sweep.*`` out of the comparison)."""
+
+    stale: str = MISSING  # rerun (old files to .previous/) | reuse (keep) | refuse (stop, exit 2)
+
+
 @dataclass
 class BnexpConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -271,6 +285,7 @@ class BnexpConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = MISSING
     name: str = MISSING
     output_dir: str = MISSING
@@ -421,6 +436,9 @@ def _check_ranges(flat: dict[str, Any]) -> None:
         raise BnexpError(f"probe.landscape_multiples={list(multiples)} must be a non-empty list "
                          "of positive numbers, e.g. `probe.landscape_multiples=[0.5,1,2,4]`.")
     _check_norm_sizes(flat)
+    if flat.get("sweep.stale", "rerun") not in STALE_CHOICES:
+        raise BnexpError(f"sweep.stale={flat['sweep.stale']!r} is not a valid choice. Use one "
+                         f"of: {', '.join(STALE_CHOICES)} (for example `sweep.stale=reuse`).")
     momentum = flat.get("norm.momentum")
     if momentum is not None and not 0 <= momentum <= 1:
         raise BnexpError(f"norm.momentum={momentum} must be in [0, 1] or null.")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,8 @@ from torch.utils.tensorboard.summary import hparams
 
 from bnexp.jsonio import atomic_path
 from bnexp.metrics import HPARAM_METRICS, run_layout  # the HParams metrics, the curves charts
+from bnexp.reuse import git_sha  # noqa: F401  (training and the claims stamp runs with it)
 from bnexp.rundir import write_summary
-
-
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _trial_named(ssi: Summary, run_name: str) -> Summary:

@@ -21,12 +21,14 @@ from typing import Any
 import yaml
 
 from bnexp import metrics
+from bnexp.reuse import code_version
 from bnexp.rundir import SUMMARY, read_summary
 from bnexp.stats import mean_ci
 
 # Keys that never define a group: they differ between runs without being an experimental factor.
 IGNORED_KEYS = {"seed", "name", "output_dir", "data.root", "trainer.threads", "trainer.progress",
-                "trainer.device", "data.download", "data.verify", "trainer.checkpoint"}
+                "trainer.device", "data.download", "data.verify", "trainer.checkpoint",
+                "sweep.stale"}
 
 
 @dataclass
@@ -40,6 +42,12 @@ class Run:
     @property
     def status(self) -> str:
         return self.summary.get("status", "unknown")
+
+    @property
+    def code_version(self) -> str:
+        """The code that made the run: ``bnexp 0.1.0 (git 1a2b3c4d5e6f)``, ``bnexp 0.1.0``
+        outside a git checkout, ``unknown`` when its summary.json records no version."""
+        return code_version(self.summary)
 
     def metric(self, key: str) -> float | None:
         """A final metric (``test/acc``), a summary field, or a derived metric
@@ -133,6 +141,16 @@ def find_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
         except ValueError as exc:
             problems.append((run_dir, str(exc)))
     return runs, problems
+
+
+def code_versions(runs: list[Run]) -> dict[str, int]:
+    """How many of ``runs`` each code version made, most first (ties by name):
+    ``{"bnexp 0.1.0 (git 1a2b3c4d5e6f)": 40, "bnexp 0.1.0 (git 0f9e8d7c6b5a)": 2}``. One key:
+    every run was made by the same code."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in runs:
+        counts[r.code_version] += 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def varying_keys(runs: list[Run]) -> list[str]:

@@ -15,7 +15,11 @@ overrides) for it, and the CLI only prints. In order:
    in sweep.json (``bnexp.manifest``), so parallel launchers can update it as jobs finish. A
    job that fails records ``failed`` in its own summary.json and the sweep goes on.
 4. ``--resume DIR`` re-plans the sweep from its sweep.json and runs only the jobs without a
-   finished result; ``status_table`` reads every job's summary.json back.
+   finished result; ``status_table`` reads every job's summary.json back. A finished run made
+   by another code version, or whose config.yaml differs from the job's config composed now
+   (a preset edited since), is stale (``bnexp.reuse``): ``sweep.stale`` says whether it is
+   re-run (default; its files go to ``.previous/``), kept, or refused (nothing runs again,
+   exit 2); ``run_sweep`` prints once how many runs were reused and re-run, and why.
 5. Two calls on one sweep directory at once (``bnexp claims`` twice on the same ``--out``)
    split the jobs: a job another live process holds is skipped, and ``run_sweep`` waits for
    it before it returns, so both calls end with every result, each written once.
@@ -24,6 +28,7 @@ overrides) for it, and the CLI only prints. In order:
 from __future__ import annotations
 
 import os
+import time
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -38,7 +43,9 @@ from bnexp.errors import BnexpError, one_line_warnings
 from bnexp.hydra_app import compose_with_hydra, config_dir, parse_overrides
 from bnexp.manifest import MANIFEST, create_manifest, read_manifest, update_manifest
 from bnexp.metrics import CANCELLED, FAILED, INTERRUPTED, PLANNED, RUNNING, TIMEOUT
+from bnexp.reuse import as_written, code_stamp, stale_reason
 from bnexp.rundir import (
+    PREVIOUS,
     finished_summary,
     job_dirname,
     new_run_dir,
@@ -165,6 +172,8 @@ def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None =
     each returns once the other's jobs are over too. Returns the sweep directory, the job rows
     of ``status_table`` and the number of failed jobs.
     ``on_start(sweep_dir)`` is called once the directory is known, before any job runs.
+    A stale finished run (``bnexp.reuse``) is re-run, kept or refused as ``sweep.stale`` says;
+    refused ones raise BnexpError once the other jobs are over (``report_reuse``).
     """
     if resume is None and sweep_dir is not None and (sweep_dir / MANIFEST).exists():
         resume = sweep_dir
@@ -180,10 +189,12 @@ def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None =
             update_manifest(sweep_dir, finished=False, resumed_with=command)
         if on_start is not None:
             on_start(sweep_dir)
+        started = time.time()
         _hydra_multirun(hydra_overrides, sweep_dir)
     wait_for_others(sweep_dir, lambda text: print(f"sweep: {text}", flush=True))
     rows, failed = status_table(sweep_dir)
     update_manifest(sweep_dir, finished=True, failed=failed)
+    report_reuse(sweep_dir, started)
     return sweep_dir, rows, failed
 
 
@@ -214,7 +225,10 @@ def _hydra_multirun(overrides: list[str], sweep_dir: Path) -> None:
 
 def resume_args(resume: Path, overrides: list[str]) -> list[str]:
     """The overrides of the sweep in ``resume`` (from its sweep.json). Given again, they must
-    be the same: a resumed sweep is never turned into another one."""
+    be the same: a resumed sweep is never turned into another one. ``sweep.*`` overrides
+    (``sweep.stale=reuse``) are this call's own: they are neither compared nor kept."""
+    per_call = [o for o in overrides if _per_call(o)]
+    overrides = [o for o in overrides if not _per_call(o)]
     manifest = read_manifest(resume)
     if not manifest:
         raise BnexpError(f"--resume {resume}: no sweep.json there. Pass the directory of an "
@@ -224,12 +238,18 @@ def resume_args(resume: Path, overrides: list[str]) -> list[str]:
     if saved is None and command[:3] == ["bnexp", "train", "-m"]:  # an older sweep.json
         saved = [o for o in command[3:] if not o.startswith("sweep.resume=")]
     if saved is None:  # older, and not started by `bnexp train -m`: the grid check decides
-        return overrides
+        return [*overrides, *per_call]
+    saved = [o for o in saved if not _per_call(o)]
     if overrides and sorted(overrides) != sorted(saved):
         raise BnexpError(f"--resume {resume}: that sweep was started with `{' '.join(saved)}`, "
                          f"not `{' '.join(overrides)}`. Resume it with no overrides (its own "
                          "are used), or start a new sweep without --resume.")
-    return saved
+    return [*saved, *per_call]
+
+
+def _per_call(override: str) -> bool:
+    """How this call treats the sweep (``sweep.stale=...``), not what the sweep is."""
+    return override.lstrip("+~").split("=", 1)[0].startswith("sweep.")
 
 
 def _check_same_grid(sweep_dir: Path, grid: dict[str, list[str]]) -> None:
@@ -248,8 +268,9 @@ def run_job(cfg: Any) -> str:
 
     The job is claimed first (``bnexp.runlock``): one that another live process holds (a
     second bnexp call on this sweep) is left to it and returns ``held``; the sweep waits for
-    it at its end. A claimed job with a finished result is kept (resume); any other starts
-    from a clean directory (an unfinished attempt's files go to ``.previous/``)."""
+    it at its end. A claimed job with a finished result is kept (resume) unless it is stale
+    and ``sweep.stale=rerun`` (``_keep_finished``); any other starts from a clean directory
+    (an unfinished or stale attempt's files go to ``.previous/``)."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
@@ -261,18 +282,76 @@ def run_job(cfg: Any) -> str:
             print(f"[job {num}] run by {describe(holder(lock))} (another bnexp call on this "
                   "sweep): skipped here, waited for at the end", flush=True)
             return HELD
-        done = finished_summary(job_dir)
-        if done is not None:
-            update_manifest(sweep_dir, jobs={str(num): {**entry, "status": done["status"],
-                                                        "resumed": "skipped"}})
-            print(f"[job {num}] already {done['status']}, skipped: {job_dir}", flush=True)
-            return done["status"]
+        kept = _keep_finished(cfg, entry, job_dir, sweep_dir)
+        if kept is not None:
+            return kept
         set_aside_previous_attempt(job_dir)
         _share_cores(cfg, hc.launcher)
         update_manifest(sweep_dir, jobs={str(num): {**entry, "status": RUNNING}})
         status = _train_job(cfg, entry, job_dir, sweep_dir)
         update_manifest(sweep_dir, jobs={str(num): {**entry, "status": status}})
         return status
+
+
+def _keep_finished(cfg: Any, entry: dict[str, Any], job_dir: Path, sweep_dir: Path
+                   ) -> str | None:
+    """The status of the job's finished run if it is kept, recorded in sweep.json; None when the
+    job is to run: no finished run, or a stale one (``bnexp.reuse``) under sweep.stale=rerun.
+    Records in ``entry`` when it was decided and why the run is stale (``report_reuse``)."""
+    num = entry["num"]
+    entry["decided"] = time.time()
+    done = finished_summary(job_dir)
+    if done is None:
+        return None
+    mode = OmegaConf.select(cfg, "sweep.stale", default="rerun")
+    reason = stale_reason(job_dir, done, as_written(OmegaConf.to_yaml(cfg, resolve=True)))
+    if reason is not None:
+        entry["stale"] = reason
+        if mode == "rerun":
+            print(f"[job {num}] stale, re-run ({reason}); the old files go to {PREVIOUS}/",
+                  flush=True)
+            return None
+        entry["refused"] = mode == "refuse"
+    update_manifest(sweep_dir, jobs={str(num): {**entry, "status": done["status"],
+                                                "resumed": "skipped"}})
+    print(f"[job {num}] already {done['status']}{', stale' if reason else ''}, "
+          f"{'left as it is' if entry.get('refused') else 'skipped'}: {job_dir}", flush=True)
+    return done["status"]
+
+
+def report_reuse(sweep_dir: Path, since: float) -> None:
+    """Print once what this call did with finished runs (the jobs it decided since ``since``):
+    how many were reused, how many re-run because stale and why, with one example. Stale runs
+    that sweep.stale=refuse left alone raise BnexpError (exit 2), everything kept."""
+    jobs = [j for j in read_manifest(sweep_dir).get("jobs", {}).values()
+            if j.get("decided", 0) >= since]
+    kept = [j for j in jobs if j.get("resumed") == "skipped"]
+    stale = sorted((j for j in jobs if j.get("stale")), key=lambda j: j["num"])
+    if not kept and not stale:
+        return
+    rerun = [j for j in stale if j.get("resumed") != "skipped"]
+    refused = [j for j in stale if j.get("refused")]
+    kinds = {k: sum(j["stale"].startswith(k) for j in stale) for k in ("code", "config")}
+    why = " and ".join(f"{n} by their {k}" for k, n in kinds.items() if n)
+    example = f"e.g. job {stale[0]['num']}: {stale[0]['stale']}" if stale else ""
+    if refused:
+        raise BnexpError(
+            f"{sweep_dir}: {_runs(len(refused))} stale ({why}; {example}), and "
+            "sweep.stale=refuse left them as they are (nothing was re-run or removed). Re-run "
+            "them with sweep.stale=rerun (their files go to .previous/), keep them with "
+            "sweep.stale=reuse (the verdicts then mix code versions or configs), or use a new "
+            "directory.")
+    line = f"sweep: reused {_runs(len(kept), verb=False)}"
+    if rerun:
+        line += f", re-ran {len(rerun)} because stale ({why}; {example})"
+    elif stale:
+        line += f", {len(stale)} of them stale, kept by sweep.stale=reuse ({why}; {example})"
+    print(line, flush=True)
+
+
+def _runs(n: int, verb: bool = True) -> str:
+    """``1 finished run is`` / ``2 finished runs are`` (without the verb: ``... runs``)."""
+    return f"{n} finished run{'' if n == 1 else 's'}" + ((" is" if n == 1 else " are") if verb else "")
 
 
 def _train_job(cfg: Any, entry: dict[str, Any], job_dir: Path, sweep_dir: Path) -> str:
@@ -297,7 +376,7 @@ def _train_job(cfg: Any, entry: dict[str, Any], job_dir: Path, sweep_dir: Path) 
         if not summary_so_far(job_dir):  # training never got to write one
             write_summary(job_dir, {"status": FAILED, "run_dir": str(job_dir),
                                     "error": f"{type(exc).__name__}: {exc}",
-                                    "user_error": isinstance(exc, BnexpError)})
+                                    "user_error": isinstance(exc, BnexpError), **code_stamp()})
         message = str(exc) if isinstance(exc, BnexpError) else traceback.format_exc()
         print(f"[job {num}] failed: {message}", flush=True)
         return FAILED
