@@ -5,6 +5,7 @@ sentence or a number shows up as a diff to review; regenerate the files on purpo
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ def _fake_figures(groups: list[Any], folder: Path, stamp: str = "") -> dict[str,
     return {"learning curves": folder / "curves.png"} if groups else {}
 
 
+def _fake_forest(rows: list[Any], path: Path, stamp: str = "") -> Path | None:
+    return path if rows else None
+
+
 def build(out: Path) -> None:
     spec = C.load_spec()
     sweep_runs = golden_runs.sweep_runs()
@@ -40,6 +45,7 @@ def build(out: Path) -> None:
 def test_claims_md_and_json_match_the_golden_files(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(figures, "all_figures", _fake_figures)
+    monkeypatch.setattr(figures, "forest_plot", _fake_forest)
     build(tmp_path)
     for name in ("claims.md", "claims.json"):
         assert (tmp_path / name).read_text() == (GOLDEN / name).read_text(), name
@@ -47,6 +53,7 @@ def test_claims_md_and_json_match_the_golden_files(tmp_path: Path,
 
 if __name__ == "__main__":  # regenerate: python -m tests.test_claims_golden
     figures.all_figures = _fake_figures  # type: ignore[assignment]
+    figures.forest_plot = _fake_forest  # type: ignore[assignment]
     build(GOLDEN)
     sys.exit(0)
 
@@ -68,3 +75,29 @@ def test_the_family_is_declared_once_and_only_calls_are_as_strict() -> None:
             assert p >= full[cid].numbers["p_holm"][name]
     alone = C.decide_all({"cost": outcomes["cost"]}, spec.alpha, spec.max_seeds)  # no family
     assert alone["cost"].numbers["p_holm"]["|for"] < only["cost"].numbers["p_holm"]["|for"]
+
+
+def test_the_forest_plot_gets_every_level_with_its_own_verdict(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """claims.md opens with one forest plot: a row per claim level, coloured by that level's
+    verdict (a claim refuted at one gain may be supported at another)."""
+    seen: list = []
+
+    def capture(rows: list, path: Path, stamp: str = "") -> Path | None:
+        seen.extend(rows)
+        return _fake_forest(rows, path, stamp)
+
+    monkeypatch.setattr(figures, "all_figures", _fake_figures)
+    monkeypatch.setattr(figures, "forest_plot", capture)
+    build(tmp_path)
+    rows = {r.label: r for r in seen}
+    assert "![Every claim's effect against its threshold](figures/forest.png)" in \
+        (tmp_path / "claims.md").read_text()
+    assert rows["3. exploding (model.init_gain=1.1)"].verdict == "not supported"
+    assert {r.verdict for r in seen if r.label.startswith("3. exploding")} >= {"not supported"}
+    assert rows["8. explosion_at_init (torch's growth > 1.05)"].expect == "higher"
+    assert rows["7. literal_inference (trainer.batch_size=4)"].expect == "within"
+    assert not any(r.label.startswith("5.") for r in seen)  # sign tests: no interval to draw
+    levels = json.loads((tmp_path / "claims.json").read_text())["claims"]
+    exploding = next(c for c in levels if c["id"] == "exploding")
+    assert exploding["numbers"]["level_verdicts"]["model.init_gain=1.1"] == "not supported"

@@ -45,7 +45,13 @@ def decide_one(oriented: float, thr: float, p_for: float, p_against: float, alph
 
 
 def combine(per_level: list[tuple[str, str, str]]) -> Decision:
-    """Every level supported -> supported; any not supported -> not supported."""
+    """Every level supported -> supported; any not supported -> not supported. The third item
+    is each level's own verdict (for the forest plot)."""
+    levels = {lvl: v for lvl, v, _ in per_level}
+    return (*_combined(per_level), levels)  # type: ignore[return-value]
+
+
+def _combined(per_level: list[tuple[str, str, str]]) -> tuple[str, str]:
     if len(per_level) == 1:
         return per_level[0][1], per_level[0][2]
     verdicts = [v for _, v, _ in per_level]
@@ -104,10 +110,11 @@ def decide_all(outcomes: dict[str, Outcome], alpha: float, cap: int = 40,
         adj = {name: adjusted[f"{cid}::{name}"] for name in o.tests}
         outlooks = {level: f(alpha / m) for level, f in o.outlooks.items()}
         notes = {level: words(ol, cap, alpha, m) for level, ol in outlooks.items()}
-        verdict, reason = o.decide(adj, alpha, notes)
+        verdict, reason, *levels = o.decide(adj, alpha, notes)
         numbers = {**o.numbers, "p_values": o.tests, "p_holm": adj, "holm_family": m,
                    "holm_computed": computed,
                    "power": {level or "all": {**ol.as_json(), "cap": cap, "level": alpha / m}
-                             for level, ol in outlooks.items()}}
+                             for level, ol in outlooks.items()},
+                   "level_verdicts": levels[0] if levels else {"all": verdict}}
         verdicts[cid] = Verdict(verdict, o.effect, reason, numbers)
     return verdicts

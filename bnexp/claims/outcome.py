@@ -15,7 +15,7 @@ from bnexp.claims.power import Outlook
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
-Decision = tuple[str, str]  # (verdict, reason)
+Decision = tuple[str, ...]  # (verdict, reason[, {level: verdict}])
 # A rule's decision from its Holm-adjusted p-values, alpha, and per level the outlook in words
 # (what deciding an undecided level would take).
 Decide = Callable[[dict[str, float], float, dict[str, str]], Decision]

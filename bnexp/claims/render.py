@@ -29,6 +29,7 @@ def write_claims(out: Path, budget: str, spec: Spec, claims: list[Claim], skippe
     from bnexp import figures
 
     with staging(out, ("figures", "claims.md", "claims.json")) as tmp:
+        forest = _forest(claims, verdicts, tmp / "figures" / "forest.png", provenance)
         sections = []
         for claim in claims:
             runs, problems, _, args = sweep_runs[claim.sweep]
@@ -38,7 +39,9 @@ def write_claims(out: Path, budget: str, spec: Spec, claims: list[Claim], skippe
             made = {t: out / p.relative_to(tmp) for t, p in made.items()}
             sections.append(section(claim, budget, args, runs, verdicts[claim.id],
                                     wheres[claim.id], made, problems, out, spec))
-        text = header(budget, spec, claims, skipped, verdicts, provenance) + "\n".join(sections)
+        text = (header(budget, spec, claims, skipped, verdicts, provenance)
+                + (f"![Every claim's effect against its threshold](figures/{forest.name})\n\n"
+                   if forest else "") + "\n".join(sections))
         (tmp / "claims.md").write_text(text + "\n")
         write_json_atomic(tmp / "claims.json", {
             "provenance": provenance, "alpha": spec.alpha,
@@ -48,6 +51,23 @@ def write_claims(out: Path, budget: str, spec: Spec, claims: list[Claim], skippe
             "not_run": [{"id": c.id, "reason": f"its sweep does not support data="
                          f"{provenance['dataset']}"} for c in skipped]})
     return out / "claims.md"
+
+
+def _forest(claims: list[Claim], verdicts: dict[str, Verdict], path: Path,
+            prov: dict[str, Any]) -> Path | None:
+    """One forest plot: every claim level's estimate in units of its threshold."""
+    from bnexp import figures
+
+    rows = []
+    for c in claims:
+        rule = RULES[c.rule.type]
+        v = verdicts[c.id]
+        for r in (rule.forest(c.rule, v.numbers) if hasattr(rule, "forest") else []):
+            label = c.title.split(" ", 1)[0] + " " + c.id + (f" ({r['level']})" if r["level"] else "")
+            verdict = v.numbers.get("level_verdicts", {}).get(r["level"] or "all", v.verdict)
+            rows.append(figures.ForestRow(label, r["effect"], r["lo"], r["hi"], r["threshold"],
+                                          r["scale"], r["expect"], verdict))
+    return figures.forest_plot(rows, path, _stamp(prov))
 
 
 def _stamp(prov: dict[str, Any]) -> str:
@@ -170,10 +190,11 @@ def section(claim: Claim, budget: str, args: list[str], runs: list[Run], v: Verd
             where: str, made: dict[str, Path], problems: list, out: Path, spec: Spec) -> str:
     word = "Preliminary verdict" if budget in PREVIEW_BUDGETS else "Verdict"
     reason = v.reason[:1].upper() + v.reason[1:]
-    lines = [f"## {claim.title}", "", f"**{word}: {v.verdict}.** {reason}.", ""]
     preview = budget in PREVIEW_BUDGETS
-    if plain(claim, v, preview):
+    lines = [f"## {claim.title}", ""]
+    if plain(claim, v, preview):  # the answer first: the estimate and its interval
         lines += [plain(claim, v, preview), ""]
+    lines += [f"**{word}: {v.verdict}.** {reason}.", ""]
     if v.verdict == NOT_SUPPORTED and claim.if_not_supported:
         wrong = ("Where the write-up may be wrong (preliminary: a preview budget)" if preview
                  else "Where the write-up is wrong")

@@ -5,7 +5,10 @@
 - ``measure(runs, factor, spec) -> Outcome``: the effect, its p-values and its decision,
 - ``plain(spec, numbers, say) -> (clauses, bound)``: its verdict in plain words,
 - optionally ``context(all_runs, tuned_runs, factor, spec, tune_by) -> dict``: what claims.md
-  prints beside the verdict.
+  prints beside the verdict,
+- optionally ``forest(spec, numbers) -> list[dict]``: its estimates with 95% intervals for the
+  forest plot at the top of claims.md (a rule without intervals, like max_stable_lr's sign
+  tests, has none).
 
 Adding one = a module, its line below, a test reaching each verdict, and its claims.yaml entry.
 """

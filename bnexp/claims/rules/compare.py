@@ -161,6 +161,14 @@ def plain(rule: Spec, numbers: dict[str, Any], say: str) -> tuple[list[str], str
     return parts, rule.shown()
 
 
+def forest(rule: Spec, numbers: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each level's estimate for the forest plot (bnexp.figures.ForestRow's fields)."""
+    return [{"level": "" if level == "all" else level, "effect": est["effect"],
+             "lo": est["interval"][0], "hi": est["interval"][1], "threshold": rule.threshold,
+             "scale": est["scale"], "expect": rule.expect}
+            for level, est in numbers.get("levels", {}).items()]
+
+
 # ---------------------------------------------------------------------------------------------
 # Beside the verdict: the comparison at every shared setting, and the other variants
 # ---------------------------------------------------------------------------------------------

@@ -87,6 +87,14 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
     return Outcome("; ".join(effects), tests, decide, numbers, outlooks=outlooks)
 
 
+def forest(rule: Spec, numbers: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each level's difference and its interval against the margin, for the forest plot."""
+    return [{"level": "" if level == "all" else level, "effect": est["effect"],
+             "lo": est["interval"][0], "hi": est["interval"][1], "threshold": rule.margin,
+             "scale": "linear", "expect": "within"}
+            for level, est in numbers.get("levels", {}).items()]
+
+
 def plain(rule: Spec, numbers: dict[str, Any], say: str) -> tuple[list[str], str]:
     parts = level_sentences(numbers, say, name(rule.a), name(rule.b), rule.metric_a, margin=True)
     return parts, f"±{rule.margin * 100:g} points"

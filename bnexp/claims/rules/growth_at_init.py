@@ -78,6 +78,16 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
     return Outcome(effect, tests, decide, numbers, outlooks=outlooks)
 
 
+def forest(rule: Spec, numbers: dict[str, Any]) -> list[dict[str, Any]]:
+    """Its own rate and its ratio to b, each against the threshold, for the forest plot."""
+    return [{"level": level, "effect": numbers[key]["effect"], "lo": numbers[key]["interval"][0],
+             "hi": numbers[key]["interval"][1], "threshold": rule.threshold, "scale": "log",
+             "expect": "higher"}
+            for key, level in (("rate", f"{rule.a}'s growth > {rule.threshold:g}"),
+                               ("ratio_to_b", f"{rule.a} vs {rule.b}"))
+            if key in numbers]
+
+
 def plain(rule: Spec, numbers: dict[str, Any], say: str) -> tuple[list[str], str]:
     if "rate" not in numbers:
         return [], ""
