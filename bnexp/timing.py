@@ -12,7 +12,9 @@ all variants within the same few seconds.
 ``run_interleaved`` writes one run directory per variant (summary.json with
 ``final["time/step_ms_median"]``, config.yaml, overrides.yaml), so reports and claims read them
 like any other run. ``run_timing_sweep`` does it for several seeds into one directory, keeping
-seeds already timed, and claims each seed first (``bnexp.runlock``) so that two calls on the
+seeds already timed by this code version with this config and these rounds (``bnexp.reuse``;
+``sweep.stale`` says whether a stale seed is timed again, kept or refused), and claims each seed
+first (``bnexp.runlock``) so that two calls on the
 same directory split the seeds instead of timing each twice (two timings at once would also
 slow each other down and spoil both).
 """
@@ -29,10 +31,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnexp.build import make_optimizer, make_scheduler, resolve_device, seed_everything, use_channels_last
 from bnexp.data import TensorLoader, load_splits
+from bnexp.errors import BnexpError
 from bnexp.hydra_app import compose_config
 from bnexp.metrics import COMPLETED
 from bnexp.models import build_model
 from bnexp.norm import prepare_kernels
+from bnexp.reuse import TIMING_HARMLESS, as_written, code_stamp, stale_reason
 from bnexp.rundir import finished_summary, set_aside_previous_attempt, timing_run_name, write_summary
 from bnexp.runlock import claimed, lock_path, wait_for_others
 from bnexp.train import train_step
@@ -112,13 +116,13 @@ def run_interleaved(cfg: DictConfig, kinds: list[str], rounds: int, window: int,
     for k, ms in times.items():
         run_dir = out / timing_run_name(cfg.seed, k)
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        config["norm"] = OmegaConf.to_container(variant_norm(cfg, k), enum_to_str=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+        (run_dir / "config.yaml").write_text(variant_config_yaml(cfg, k))
         run_overrides = [*overrides, f"seed={cfg.seed}", f"norm={k}"]
         (run_dir / "overrides.yaml").write_text("".join(f"- {o}\n" for o in run_overrides))
+        stamp = code_stamp()
+        stamp["versions"]["torch"] = torch.__version__
         summary = {
-            "status": COMPLETED, "seed": cfg.seed, "threads": torch.get_num_threads(),
+            **stamp, "status": COMPLETED, "seed": cfg.seed, "threads": torch.get_num_threads(),
             "device": str(resolve_device(cfg.trainer.device)), "kind": "interleaved timing",
             "variants": kinds, "rounds": rounds, "window_steps": window,
             "window_ms": ms, "wall_time_s": time.perf_counter() - started,
@@ -131,38 +135,87 @@ def run_interleaved(cfg: DictConfig, kinds: list[str], rounds: int, window: int,
     return summaries
 
 
+def variant_config_yaml(cfg: DictConfig, kind: str) -> str:
+    """The config.yaml of one variant's run: the run's config with the variant's norm."""
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    config["norm"] = OmegaConf.to_container(variant_norm(cfg, kind), enum_to_str=True)
+    return OmegaConf.to_yaml(config)
+
+
 def run_timing_sweep(base: list[str], kinds: list[str], seeds: list[int], rounds: int,
                      window: int, sweep_dir: Path) -> None:
     """Time ``kinds`` interleaved for every seed into ``sweep_dir`` (``seed=<s>,norm=<kind>/``),
     the config composed from ``base`` overrides plus ``seed=<s>``.
 
-    A seed whose variants all have a finished summary.json is kept. Each other seed is claimed
-    first: one that another live process holds is left to it and waited for at the end (and
-    timed here after all if that process died before finishing it); a half-written seed (a
-    killed earlier attempt) is timed again from clean directories."""
+    Each seed is claimed first: one that another live process holds is left to it and waited
+    for at the end (and timed here after all if that process died before finishing it). A seed
+    whose variants all have a finished summary.json is kept unless stale (``_stale_seed``);
+    a stale one is timed again, kept or refused (BnexpError) as ``sweep.stale`` says; a
+    half-written or stale seed is timed again from clean directories. Prints once how many
+    seeds were kept and re-timed, and why."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    todo = list(seeds)
+    todo, decided = list(seeds), {}
     while todo:
         held = [seed for seed in todo
-                if not _time_seed(base, kinds, seed, rounds, window, sweep_dir)]
+                if not _time_seed(base, kinds, seed, (rounds, window), sweep_dir, decided)]
         if held:
             wait_for_others(sweep_dir, lambda text: print(f"timing: {text}", flush=True))
         todo = [seed for seed in held if not _seed_done(sweep_dir, seed, kinds)]
+    kept = [s for s, why in decided.items() if why == ""]
+    stale = {s: why for s, why in decided.items() if why}
+    if kept or stale:
+        line = f"timing: reused {len(kept)} timed seeds"
+        if stale:
+            seed, why = next(iter(stale.items()))
+            line += f", timed {len(stale)} again because stale (e.g. seed {seed}: {why})"
+        print(line, flush=True)
 
 
 def _seed_done(sweep_dir: Path, seed: int, kinds: list[str]) -> bool:
     return all(finished_summary(sweep_dir / timing_run_name(seed, k)) for k in kinds)
 
 
-def _time_seed(base: list[str], kinds: list[str], seed: int, rounds: int, window: int,
-               sweep_dir: Path) -> bool:
-    """Time one seed unless it is done; False when another live process holds it."""
+def _time_seed(base: list[str], kinds: list[str], seed: int, timing: tuple[int, int],
+               sweep_dir: Path, decided: dict[int, str]) -> bool:
+    """Time one seed unless it is done and current (``decided[seed]``: "" when kept, else why
+    it was stale); False when another live process holds it."""
     with claimed(lock_path(sweep_dir, f"seed={seed}")) as lock:
         if lock is None:
             return False
-        if not _seed_done(sweep_dir, seed, kinds):
-            for k in kinds:  # a killed attempt's variants, complete or not: all timed again
-                set_aside_previous_attempt(sweep_dir / timing_run_name(seed, k))
-            cfg = compose_config([*base, f"seed={seed}"])
-            run_interleaved(cfg, kinds, rounds, window, sweep_dir, base)
+        cfg = compose_config([*base, f"seed={seed}"])
+        why = _stale_seed(cfg, kinds, timing, sweep_dir) if _seed_done(
+            sweep_dir, seed, kinds) else None
+        mode = OmegaConf.select(cfg, "sweep.stale", default="rerun")
+        if why is not None:
+            decided[seed] = why
+            if not why or mode == "reuse":
+                return True
+            if mode == "refuse":
+                raise BnexpError(
+                    f"{sweep_dir}: the timing of seed {seed} is stale ({why}), and "
+                    "sweep.stale=refuse left it as it is. Time it again with sweep.stale=rerun "
+                    "(its files go to .previous/), keep it with sweep.stale=reuse, or use a new "
+                    "directory.")
+        for k in kinds:  # a killed or stale attempt's variants, complete or not: all timed again
+            set_aside_previous_attempt(sweep_dir / timing_run_name(seed, k))
+        run_interleaved(cfg, kinds, *timing, sweep_dir, base)
         return True
+
+
+def _stale_seed(cfg: DictConfig, kinds: list[str], timing: tuple[int, int], sweep_dir: Path
+                ) -> str:
+    """Why a seed's finished timing no longer stands for this one ("" if it does): other
+    variants, rounds or window, another code version, or another config (threads compared:
+    step times depend on them, ``bnexp.reuse.TIMING_HARMLESS``)."""
+    asked = {"variants": list(kinds), "rounds": timing[0], "window_steps": timing[1]}
+    for k in kinds:
+        run_dir = sweep_dir / timing_run_name(cfg.seed, k)
+        summary = finished_summary(run_dir) or {}
+        had = {key: summary.get(key) for key in asked}
+        if had != asked:
+            return f"timing: timed with {had}, now {asked}"
+        why = stale_reason(run_dir, summary, as_written(variant_config_yaml(cfg, k)),
+                           TIMING_HARMLESS)
+        if why:
+            return why
+    return ""

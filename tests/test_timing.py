@@ -113,3 +113,42 @@ def test_two_timing_calls_split_the_seeds(mnist_root, tmp_path) -> None:
     assert sorted(timed) == ["0", "1", "2"], outputs  # every seed timed once, by one call
     variants = [d for d in out.iterdir() if not d.name.startswith(".")]
     assert len(variants) == 6 and not any((d / ".previous").exists() for d in variants)
+
+
+def test_timing_sweep_times_stale_seeds_again(mnist_root, tmp_path, monkeypatch, capsys) -> None:
+    """A seed timed by other code, or with other rounds, is timed again (sweep.stale=rerun);
+    sweep.stale=reuse keeps it, sweep.stale=refuse stops with a user error and touches nothing."""
+    from bnexp.errors import BnexpError
+    from bnexp.reuse import git_sha
+    from bnexp.rundir import timing_run_name
+
+    timed = []
+    real = timing.run_interleaved
+    monkeypatch.setattr(timing, "run_interleaved",
+                        lambda cfg, *a: timed.append(cfg.seed) or real(cfg, *a))
+    out, kinds = tmp_path / "t", ["none", "torch"]
+    timing.run_timing_sweep(timing_base(mnist_root), kinds, [0, 1], 1, 2, out)
+    summary_path = out / timing_run_name(1, "torch") / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["git_sha"] == git_sha() and summary["versions"]["bnexp"]
+    summary_path.write_text(json.dumps({**summary, "git_sha": "e" * 40}))
+    mtime = summary_path.stat().st_mtime_ns
+
+    with pytest.raises(BnexpError, match="seed 1 is stale"):
+        timing.run_timing_sweep([*timing_base(mnist_root), "sweep.stale=refuse"], kinds, [0, 1],
+                                1, 2, out)
+    timing.run_timing_sweep([*timing_base(mnist_root), "sweep.stale=reuse"], kinds, [0, 1], 1, 2,
+                            out)
+    assert timed == [0, 1] and summary_path.stat().st_mtime_ns == mtime
+    capsys.readouterr()
+    timing.run_timing_sweep(timing_base(mnist_root), kinds, [0, 1], 1, 2, out)
+    assert timed == [0, 1, 1]  # seed 1 by other code: timed again, both variants
+    assert "reused 1 timed seeds, timed 1 again because stale (e.g. seed 1: code: made by " \
+           "bnexp" in capsys.readouterr().out
+    assert json.loads(summary_path.read_text())["git_sha"] == git_sha()
+    assert list((out / timing_run_name(1, "none") / ".previous").iterdir())
+    timing.run_timing_sweep(timing_base(mnist_root), kinds, [0], 2, 2, out)  # more rounds
+    assert timed == [0, 1, 1, 0]
+    timing.run_timing_sweep([*timing_base(mnist_root)[:-1], "trainer.threads=2"], kinds, [0], 2,
+                            2, out)  # threads: what the step times depend on
+    assert timed == [0, 1, 1, 0, 0]
