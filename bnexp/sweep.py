@@ -415,7 +415,8 @@ def status_table(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
         rows.append({"num": int(num), "overrides": job["overrides"],
                      "status": summary.get("status", job.get("status", "unknown")),
                      "test_acc": summary.get("final", {}).get("test/acc"),
-                     "resumed": job.get("resumed"), "dir": job.get("dir"),
+                     "resumed": job.get("resumed"), "stale": job.get("stale"),
+                     "dir": job.get("dir"),
                      "error": summary.get("error")})
     values: dict[str, set[str]] = {}
     for r in rows:

@@ -153,3 +153,4 @@ def test_a_fixed_sweep_directory_resumes_with_its_own_stale_setting(mnist_root, 
     assert rows[0]["resumed"] == "skipped" and _mtime(job) == mtime
     _, rows, _ = run_sweep(args, ["test"], sweep_dir=sweep_dir)
     assert rows[0]["resumed"] is None and _mtime(job) != mtime
+    assert rows[0]["stale"].startswith("code: made by bnexp")  # status_table says why
