@@ -168,6 +168,12 @@ def claims(
     spec: Annotated[Path | None, typer.Option(
         help="A claims file of your own (the schema of configs/claims/claims.yaml) instead "
              "of bnexp's.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="With --budget adaptive: stop adding looks when the next would not fit.")] = None,
+    plan_only: Annotated[bool, typer.Option(
+        "--plan", help="Run nothing: print per claim and sweep the runs, the estimated minutes "
+                       "and, from an earlier claims.json, the expected chance of a decision.")
+    ] = False,
 ) -> None:
     """Run the experiment presets and write claims.md and claims.json: one verdict per claim,
     by the decision rules declared in configs/claims/claims.yaml, or in your own --spec FILE
@@ -177,9 +183,15 @@ def claims(
     with user_errors():
         from bnexp.claims import run_claims
 
+        if plan_only:
+            from bnexp.claims.estimate_plan import print_plan
+
+            print_plan(budget, out, overrides or [], only.split(",") if only else None,
+                       spec, typer.echo)
+            return
         path = run_claims(budget, out, overrides or [],
                           only=only.split(",") if only else None, echo=typer.echo,
-                          spec_path=spec)
+                          spec_path=spec, max_minutes=max_minutes)
     typer.echo(f"claims: {path}")
 
 

@@ -91,11 +91,13 @@ def censor_guard(verdict: Decision, cens: tuple[int, int], expect: str, a: str, 
 
 
 def decide_all(outcomes: dict[str, Outcome], alpha: float, cap: int = 40,
-               family: int = 0) -> dict[str, Verdict]:
+               family: int = 0, ns: tuple[int, ...] = ()) -> dict[str, Verdict]:
     """Holm over every p-value of the call, then each rule's decision, with what deciding an
     undecided level would take (bnexp/claims/power.py; ``cap``: the most seeds a claim may
     be given, declared in the claims file). ``family``: the claims file's declared number of
-    tests (bnexp/claims/family.py); those this call did not compute count with p = 1."""
+    tests (bnexp/claims/family.py); those this call did not compute count with p = 1. ``ns``:
+    seed counts at which claims.json also states each level's projected chance of a decision
+    (the adaptive budget's looks)."""
     raw = {f"{cid}::{name}": p for cid, o in outcomes.items() for name, p in o.tests.items()}
     computed = sum(not math.isnan(p) for p in raw.values())
     untested = {f"::untested::{i}": 1.0 for i in range(max(0, family - computed))}
@@ -113,7 +115,7 @@ def decide_all(outcomes: dict[str, Outcome], alpha: float, cap: int = 40,
         verdict, reason, *levels = o.decide(adj, alpha, notes)
         numbers = {**o.numbers, "p_values": o.tests, "p_holm": adj, "holm_family": m,
                    "holm_computed": computed,
-                   "power": {level or "all": {**ol.as_json(), "cap": cap, "level": alpha / m}
+                   "power": {level or "all": {**ol.as_json(ns), "cap": cap, "level": alpha / m}
                              for level, ol in outlooks.items()},
                    "level_verdicts": levels[0] if levels else {"all": verdict}}
         verdicts[cid] = Verdict(verdict, o.effect, reason, numbers)

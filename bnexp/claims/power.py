@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from scipy import integrate
 from scipy import stats as st
@@ -38,10 +40,14 @@ class Outlook:
     seeds_needed: int | None  # smallest n with power >= TARGET (None: beyond the search)
     min_n: int = 2  # below this the test cannot decide at all
     spread: float | None = None  # per-seed standard deviation of the compared quantity
+    power_at: Callable[[int], float] | None = field(default=None, compare=False, repr=False)
 
-    def as_json(self) -> dict[str, float | int | None]:
+    def as_json(self, ns: tuple[int, ...] = ()) -> dict[str, Any]:
+        """For claims.json; ``ns``: seed counts at which to state the projected power too."""
+        curve = {str(k): self.power_at(k) for k in ns if k >= 2} if self.power_at else {}
         return {"n": self.n, "power": self.power, "seeds_for_80": self.seeds_needed,
-                "min_decidable_n": self.min_n, "per_seed_sd": self.spread}
+                "min_decidable_n": self.min_n, "per_seed_sd": self.spread,
+                **({"power_at": curve} if curve else {})}
 
 
 def _tail(c: float, df: float, nc: float, upper: bool) -> float:
@@ -50,6 +56,9 @@ def _tail(c: float, df: float, nc: float, upper: bool) -> float:
     10.2); this integrand is bounded on a finite interval)."""
     if df > 1000:  # sqrt(V / df) ~ 1: the normal tail
         return float(st.norm.sf(c - nc) if upper else st.norm.cdf(c - nc))
+    fast = float(st.nct.sf(c, df, nc) if upper else st.nct.cdf(c, df, nc))
+    if math.isfinite(fast) and 1e-12 < fast < 1.0 - 1e-12:  # scipy's is exact where it is finite
+        return fast
 
     def at(u: float) -> float:
         z = c * math.sqrt(float(st.chi2.ppf(u, df)) / df) - nc
@@ -78,7 +87,7 @@ def _project(est: Estimate, n: int) -> tuple[float, float]:
     return se, df
 
 
-def _search(power_at: callable, n_now: int, cap: int) -> int | None:  # type: ignore[valid-type]
+def _search(power_at: Callable[[int], float], n_now: int, cap: int) -> int | None:
     """Smallest n in [2, cap] with power_at(n) >= TARGET; power grows with n (checked on a
     doubling grid, then bisected)."""
     hi = 2
@@ -104,7 +113,7 @@ def t_outlook(est: Estimate, shift: float, level: float, cap: int = 100_000) -> 
 
     spread = est.se * math.sqrt(n) if est.test != "Welch t" else None
     return Outlook(n, _t_power(shift, est.se, est.df, level), _search(power_at, n, cap),
-                   spread=spread)
+                   spread=spread, power_at=power_at)
 
 
 def tost_outlook(est: Estimate, margin: float, level: float, cap: int = 100_000) -> Outlook:
@@ -124,7 +133,7 @@ def tost_outlook(est: Estimate, margin: float, level: float, cap: int = 100_000)
         return float(min(1.0, max(0.0, inside) + beyond))
 
     return Outlook(est.n_a, power_at(est.n_a), _search(power_at, est.n_a, cap),
-                   spread=est.se * math.sqrt(est.n_a))
+                   spread=est.se * math.sqrt(est.n_a), power_at=power_at)
 
 
 def sign_min_n(level: float) -> int:
@@ -149,7 +158,8 @@ def sign_outlook(agree_for: int, agree_against: int, n: int, level: float,
     def power_at(k: int) -> float:
         return min(1.0, _sign_power(p_for, k, level) + _sign_power(p_against, k, level))
 
-    return Outlook(n, power_at(n), _search(power_at, n, cap), min_n=sign_min_n(level))
+    return Outlook(n, power_at(n), _search(power_at, n, cap), min_n=sign_min_n(level),
+                   power_at=power_at)
 
 
 def words(o: Outlook, cap: int, alpha: float, m: int) -> str:

@@ -7,6 +7,7 @@ runs, and two calls on one ``--out`` split the jobs between them (bnexp.sweep cl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -14,12 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnexp.claims.adaptive import final_verdict, sequential
 from bnexp.claims.decide import decide_all
 from bnexp.claims.family import family_size
 from bnexp.claims.measure import measure
 from bnexp.claims.render import PREVIEW_BUDGETS, SweepRuns, write_claims
 from bnexp.claims.rules import SPECS
-from bnexp.claims.spec import BUDGETS, Claim, Spec, Sweep, TimingBudget, load, parse_claim, shipped_path
+from bnexp.claims.spec import (
+    ADAPTIVE,
+    BUDGETS,
+    Claim,
+    Spec,
+    Sweep,
+    TimingBudget,
+    load,
+    parse_claim,
+    shipped_path,
+)
 from bnexp.errors import BnexpError
 from bnexp.rundir import new_run_dir
 from bnexp.runs import find_runs
@@ -55,9 +67,9 @@ def plan(budget: str, overrides: list[str], only: list[str] | None,
     if any(o.lstrip("+~").split("=", 1)[0] == "output_dir" for o in overrides):
         raise BnexpError("bnexp claims keeps its sweeps, figures and claims.md together under "
                          "--out, so output_dir= would have no effect: pass --out DIR instead.")
-    if budget not in BUDGETS:
-        raise BnexpError(f"--budget {budget} is not a budget. Use one of: {', '.join(BUDGETS)} "
-                         "(e.g. --budget quick).")
+    if budget not in (*BUDGETS, ADAPTIVE):
+        raise BnexpError(f"--budget {budget} is not a budget. Use one of: "
+                         f"{', '.join((*BUDGETS, ADAPTIVE))} (e.g. --budget quick).")
     spec = load_spec(spec_path)
     if only and set(only) - set(spec.ids):
         raise BnexpError(f"Unknown claim in --only {','.join(only)}. Known claims: "
@@ -69,7 +81,8 @@ def plan(budget: str, overrides: list[str], only: list[str] | None,
                if c.id in chosen and c.id not in {r.id for r in run}]
     skipped = list({c.id: c for c in skipped}.values())
     for c in run:
-        if budget not in spec.sweeps[c.sweep].budgets:
+        declared = spec.adaptive.base if budget == ADAPTIVE else budget
+        if declared not in spec.sweeps[c.sweep].budgets:
             raise BnexpError(f"--budget {budget} is not declared for claim {c.id} (its sweep "
                              f"{c.sweep} has {', '.join(spec.sweeps[c.sweep].budgets)}).")
     if not run:
@@ -78,14 +91,13 @@ def plan(budget: str, overrides: list[str], only: list[str] | None,
     return Plan(spec, run, skipped, dataset, budget)
 
 
-def _run_sweep(name: str, sweep: Sweep, p: Plan, overrides: list[str], out: Path,
-               echo: Any) -> SweepRuns:
-    """One sweep (training or timing) into its shared directory; its runs read back."""
+def run_one_sweep(name: str, sweep: Sweep, budget: list[str] | TimingBudget,
+                  overrides: list[str], sweep_dir: Path, echo: Any, command: list[str]
+                  ) -> list[str]:
+    """One sweep (training or timing) into ``sweep_dir``; the arguments that reproduce it."""
     from bnexp.sweep import run_sweep
     from bnexp.timing import run_timing_sweep
 
-    sweep_dir = new_run_dir(out, f"{name}-{p.budget}-{p.dataset}", "sweeps", unique=False)
-    budget = sweep.budgets[p.budget]
     base = [*([f"experiment={sweep.preset}"] if sweep.preset else []), *overrides]
     if isinstance(budget, TimingBudget):
         kinds = list(sweep.timing.variants) if sweep.timing else []
@@ -96,17 +108,32 @@ def _run_sweep(name: str, sweep: Sweep, p: Plan, overrides: list[str], out: Path
     else:
         args = [*base[:1 if sweep.preset else 0], *budget, *overrides]
         echo(f"[{name}] bnexp train -m {' '.join(args)} -> {sweep_dir}")
-        run_sweep(args, ["bnexp", "claims", "--budget", p.budget], sweep_dir=sweep_dir)
+        run_sweep(args, command, sweep_dir=sweep_dir)
+    return args
+
+
+def _run_sweep(name: str, sweep: Sweep, p: Plan, overrides: list[str], out: Path,
+               echo: Any) -> SweepRuns:
+    """One sweep of the call's budget into its shared directory; its runs read back."""
+    sweep_dir = new_run_dir(out, f"{name}-{p.budget}-{p.dataset}", "sweeps", unique=False)
+    args = run_one_sweep(name, sweep, sweep.budgets[p.budget], overrides, sweep_dir, echo,
+                         ["bnexp", "claims", "--budget", p.budget])
     runs, problems = find_runs([sweep_dir])
     return runs, problems, sweep_dir, args
 
 
 def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | None = None,
-               echo: Any = print, spec_path: Path | None = None) -> Path:
+               echo: Any = print, spec_path: Path | None = None,
+               max_minutes: float | None = None) -> Path:
     """Run the sweeps the chosen claims need, decide, and write ``<out>/claims.md`` and
     ``<out>/claims.json`` atomically."""
     p = plan(budget, overrides, only, spec_path)
     started = _stamp_start()
+    if budget == ADAPTIVE:
+        return _run_adaptive(p, out, overrides, echo, max_minutes, started)
+    if max_minutes is not None:
+        raise BnexpError("--max-minutes bounds an adaptive call; use it with --budget adaptive "
+                         f"(a {budget} call runs its declared sweeps whole).")
     out.mkdir(parents=True, exist_ok=True)
     sweep_runs = {name: _run_sweep(name, p.spec.sweeps[name], p, overrides, out, echo)
                   for name in dict.fromkeys(c.sweep for c in p.claims)}
@@ -121,6 +148,42 @@ def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | N
         echo(f"[{claim.id}] {word}: {v.reason}")
     provenance = _provenance(started, p, overrides, sweep_runs)
     return write_claims(out, budget, p.spec, p.claims, p.skipped, verdicts, wheres, sweep_runs,
+                        provenance)
+
+
+def _run_adaptive(p: Plan, out: Path, overrides: list[str], echo: Any,
+                  max_minutes: float | None, started: dict[str, Any]) -> Path:
+    """The looks (bnexp/claims/adaptive.py), then claims.md and claims.json of the verdicts
+    at each claim's last look."""
+    from bnexp.claims.looks import Looks
+
+    ad = p.spec.adaptive
+    out.mkdir(parents=True, exist_ok=True)
+    looks = Looks(p.spec.sweeps, ad.base, ad.looks, out, p.dataset, overrides, echo)
+    states, record = sequential(p.claims, ad.looks, p.spec.alpha, p.spec.max_seeds,
+                                family_size(p.spec, p.dataset, ad.base), looks.provide,
+                                looks.chooser(max_minutes), echo)
+    verdicts, claims, sweeps, sweep_runs, wheres = {}, [], dict(p.spec.sweeps), {}, {}
+    for s in states.values():
+        if s.verdict is None:  # its sweep never got a look (no time)
+            continue
+        key = f"{s.claim.sweep}@{s.claim.id}"  # its own runs: the seeds of its last look
+        sweeps[key] = p.spec.sweeps[s.claim.sweep]
+        claims.append(dataclasses.replace(s.claim, sweep=key))
+        verdicts[s.claim.id] = final_verdict(s, ad.looks, p.spec.alpha)
+        wheres[s.claim.id] = s.where
+        sweep_runs[key] = (looks.runs(s.claim.sweep, s.look), [], looks.root(s.claim.sweep),
+                           looks.args.get(s.claim.sweep, []))
+        word = verdicts[s.claim.id].verdict
+        echo(f"[{s.claim.id}] {word}: {verdicts[s.claim.id].reason}")
+    provenance = {**_provenance(started, p, overrides, sweep_runs),
+                  "adaptive": {"looks": ad.looks, "base": ad.base, "spending": "bonferroni",
+                               "alpha_per_look": p.spec.alpha / len(ad.looks),
+                               "max_minutes": max_minutes, "record": record,
+                               "seeds": {cid: s.seeds for cid, s in states.items()},
+                               "stop": {cid: s.stop for cid, s in states.items()}}}
+    spec = dataclasses.replace(p.spec, sweeps=sweeps)
+    return write_claims(out, ADAPTIVE, spec, claims, p.skipped, verdicts, wheres, sweep_runs,
                         provenance)
 
 

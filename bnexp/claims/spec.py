@@ -22,6 +22,7 @@ from bnexp.claims.typed import Bad, Hooks, MetricName, did_you_mean, read, read_
 from bnexp.errors import BnexpError
 
 BUDGETS = ("test", "quick", "standard", "full")
+ADAPTIVE = "adaptive"  # looks at the adaptive section's seed counts (bnexp/claims/adaptive.py)
 
 
 class SpecError(BnexpError):
@@ -115,6 +116,15 @@ class Sweep:
     timing: Timing | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Adaptive:
+    """``--budget adaptive``: each sweep at its ``base`` budget's settings, seeds added look by
+    look; alpha split equally over the looks (Bonferroni)."""
+
+    base: str = "standard"
+    looks: list[int] = field(default_factory=lambda: [3, 5, 10, 20])
+
+
 @dataclass(frozen=True)
 class Spec:
     """A whole claims file: its sweeps and, per dataset, its claims with ``{name}``
@@ -127,6 +137,7 @@ class Spec:
     sweeps: dict[str, Sweep]
     ids: list[str]
     by_dataset: dict[str, list[Claim]]
+    adaptive: Adaptive = field(default_factory=Adaptive)
 
     def claims(self, dataset: str = "mnist") -> list[Claim]:
         return self.by_dataset.get(dataset, [])
@@ -193,6 +204,15 @@ def _claim(raw: Any, index: int, sweeps: dict[str, Sweep], rules: dict[str, type
                    exc.problem) from None
 
 
+def _adaptive(raw: Any) -> Adaptive:
+    ad = read(Adaptive, raw, "adaptive", {})
+    if ad.base not in BUDGETS:
+        raise Bad("adaptive.base", f"`{ad.base}` is not a budget{did_you_mean(ad.base, list(BUDGETS))}")
+    if len(ad.looks) < 1 or ad.looks[0] < 2 or sorted(set(ad.looks)) != ad.looks:
+        raise Bad("adaptive.looks", f"{ad.looks}: seed counts, increasing, the first at least 2")
+    return ad
+
+
 def _sweeps(raw: Any) -> dict[str, Sweep]:
     if not isinstance(raw, dict) or not raw:
         raise Bad("sweeps", "a claims file declares its sweeps as a mapping of names")
@@ -221,7 +241,7 @@ def parse(data: Any, path: Path, rules: dict[str, type[RuleSpec]]) -> Spec:
     try:
         if not isinstance(data, dict):
             raise Bad("", "a claims file is a mapping with `sweeps:` and `claims:`")
-        top = ["alpha", "max_seeds", "sweeps", "claims"]
+        top = ["alpha", "max_seeds", "adaptive", "sweeps", "claims"]
         extra = sorted(set(data) - set(top))
         if extra:
             hint = did_you_mean(extra[0], top)
@@ -230,6 +250,7 @@ def parse(data: Any, path: Path, rules: dict[str, type[RuleSpec]]) -> Spec:
         max_seeds = read_value(int, data.get("max_seeds", 40), "max_seeds")
         if max_seeds < 2:
             raise Bad("max_seeds", f"{max_seeds}: a claim needs at least 2 seeds")
+        adaptive = _adaptive(data.get("adaptive", {}))
         alpha = read_value(float, data.get("alpha", 0.05), "alpha")
         if not 0 < alpha < 1:
             raise Bad("alpha", f"{alpha} is not a significance level between 0 and 1")
@@ -249,7 +270,7 @@ def parse(data: Any, path: Path, rules: dict[str, type[RuleSpec]]) -> Spec:
     for _, per in parsed:
         for dataset, claim in per.items():
             by_dataset.setdefault(dataset, []).append(claim)
-    return Spec(path, float(alpha), max_seeds, sweeps, ids, by_dataset)
+    return Spec(path, float(alpha), max_seeds, sweeps, ids, by_dataset, adaptive)
 
 
 def parse_claim(data: dict[str, Any], rules: dict[str, type[RuleSpec]]) -> Claim:
