@@ -184,7 +184,7 @@ def claims(
         from bnexp.claims import run_claims
 
         if plan_only:
-            from bnexp.claims.estimate_plan import print_plan
+            from bnexp.claims.forecast import print_plan
 
             print_plan(budget, out, overrides or [], only.split(",") if only else None,
                        spec, typer.echo)

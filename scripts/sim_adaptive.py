@@ -2,7 +2,7 @@
 
     python scripts/sim_adaptive.py [--reps 2000]
 
-One paired compare claim (threshold 1 point, per-seed spread 1 point), looks at 3, 5, 10 and 20
+One paired compare claim (threshold 1 point, per-seed spread 1 point), looks at 5, 10 and 20
 seeds, alpha 0.05 split over the looks (Bonferroni), run through bnexp's own decision code
 (tests/sim_adaptive.py). Per true effect: the share of each verdict with its Monte-Carlo
 standard error, the mean seeds used, the chance of a decision of a fixed 5-seed design (same

@@ -1,6 +1,7 @@
 """Simulating the adaptive budget (bnexp/claims/adaptive.py) with the real decision code on
-drawn runs: one paired compare claim, per-seed differences ~ Normal(effect, sd), looks at 3, 5,
-10 and 20 seeds. Used by tests/test_adaptive.py and printed by scripts/sim_adaptive.py."""
+drawn runs: one paired compare claim, per-seed differences ~ Normal(effect, sd), looks at 5, 10
+and 20 seeds (claims.yaml's adaptive section). Used by tests/test_adaptive.py and printed by
+scripts/sim_adaptive.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from bnexp.claims import adaptive
 from bnexp.claims.runner import claim_from_dict
 from bnexp.runs import Run
 
-LOOKS = [3, 5, 10, 20]
+LOOKS = [5, 10, 20]
 THRESHOLD = 0.01  # one accuracy point, as claims 1 and 10 declare
 RULE = {"type": "compare", "metric": "m", "a": "torch", "b": "none", "expect": "higher",
         "threshold": THRESHOLD, "paired": True}

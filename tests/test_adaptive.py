@@ -1,5 +1,5 @@
 """The adaptive budget: its error rates by simulation with the real decision code (Bonferroni
-over 4 looks at alpha 0.05, Holm within each), its stopping rules, and a real call end to end."""
+over 3 looks at alpha 0.05, Holm within each), its stopping rules, and a real call end to end."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_futility_stops_a_claim_whose_decision_is_out_of_reach() -> None:
     """A tiny effect with a large spread: no undecided level can reach 80% within 20 seeds."""
     rng = np.random.default_rng(4)
     out = sim.one(sim.THRESHOLD * 1.05, 0.05, rng)
-    assert out.stop == "futility" and out.seeds == 3 and out.verdict == "inconclusive"
+    assert out.stop == "futility" and out.seeds == 5 and out.verdict == "inconclusive"
 
 
 def test_out_of_time_stops_the_sweeps_not_chosen() -> None:
@@ -83,6 +83,9 @@ def test_adaptive_end_to_end(cli, mnist_root: Path, tmp_path: Path) -> None:
             *[o for o in TINY if not o.startswith("trainer.epochs")]]
     result = cli(*args)
     assert result.exit_code == 0, result.output
+    planned = cli(*args[:3], "--plan", *args[3:])  # after the call: every run measured, reused
+    assert planned.exit_code == 0 and "nothing is run" in planned.output, planned.output
+    assert "total: 0 runs to run" in planned.output, planned.output
     data = json.loads((out / "claims.json").read_text())
     ad = data["provenance"]["adaptive"]
     assert ad["looks"] == [2, 3] and ad["spending"] == "bonferroni"
@@ -114,3 +117,14 @@ def test_the_adaptive_section_is_validated(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(C.SpecError, match="increasing"):
         C.load_spec(path)
+
+
+def test_plan_counts_the_grid_of_every_sweep() -> None:
+    """--plan's runs per sweep, from the budget's swept overrides and the preset's grid."""
+    from bnexp.claims.forecast import planned_runs
+
+    spec = C.load_spec()
+    counts = {name: planned_runs(s, "quick") for name, s in spec.sweeps.items()}
+    assert counts["overfit"] == 2 * 3 * 4 and counts["santurkar"] == 2 * 4 * 3 * 3
+    assert counts["lr_range"] == 2 * 8 * 3 and counts["cost"] == 3 * 4
+    assert planned_runs(spec.sweeps["overfit"], "standard", seeds=5) == 5 * 5 * 4

@@ -17,6 +17,7 @@ from typing import Any
 
 from bnexp.claims.adaptive import State, chance_at
 from bnexp.claims.spec import Sweep, TimingBudget
+from bnexp.claims.sweeps import run_one_sweep
 from bnexp.rundir import new_run_dir
 from bnexp.runs import Run, find_runs
 
@@ -45,8 +46,6 @@ class Looks:
         return new_run_dir(self.out, f"{name}-adaptive-{self.dataset}", "sweeps", unique=False)
 
     def _run_look(self, name: str, k: int) -> None:
-        from bnexp.claims.runner import run_one_sweep
-
         lo = self.looks[k - 1] if k else 0
         budget = look_budget(self.sweeps[name], self.base, lo, self.looks[k])
         self.args[name] = run_one_sweep(name, self.sweeps[name], budget, self.overrides,

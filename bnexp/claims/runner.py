@@ -27,11 +27,11 @@ from bnexp.claims.spec import (
     Claim,
     Spec,
     Sweep,
-    TimingBudget,
     load,
     parse_claim,
     shipped_path,
 )
+from bnexp.claims.sweeps import run_one_sweep
 from bnexp.errors import BnexpError
 from bnexp.rundir import new_run_dir
 from bnexp.runs import find_runs
@@ -91,27 +91,6 @@ def plan(budget: str, overrides: list[str], only: list[str] | None,
     return Plan(spec, run, skipped, dataset, budget)
 
 
-def run_one_sweep(name: str, sweep: Sweep, budget: list[str] | TimingBudget,
-                  overrides: list[str], sweep_dir: Path, echo: Any, command: list[str]
-                  ) -> list[str]:
-    """One sweep (training or timing) into ``sweep_dir``; the arguments that reproduce it."""
-    from bnexp.sweep import run_sweep
-    from bnexp.timing import run_timing_sweep
-
-    base = [*([f"experiment={sweep.preset}"] if sweep.preset else []), *overrides]
-    if isinstance(budget, TimingBudget):
-        kinds = list(sweep.timing.variants) if sweep.timing else []
-        args = [*base, f"--variants={','.join(kinds)}", f"--rounds={budget.rounds}",
-                f"--window={budget.window}", f"--seeds={','.join(map(str, budget.seeds))}"]
-        echo(f"[timing] bnexp time {' '.join(args)} -> {sweep_dir}")
-        run_timing_sweep(base, kinds, budget.seeds, budget.rounds, budget.window, sweep_dir)
-    else:
-        args = [*base[:1 if sweep.preset else 0], *budget, *overrides]
-        echo(f"[{name}] bnexp train -m {' '.join(args)} -> {sweep_dir}")
-        run_sweep(args, command, sweep_dir=sweep_dir)
-    return args
-
-
 def _run_sweep(name: str, sweep: Sweep, p: Plan, overrides: list[str], out: Path,
                echo: Any) -> SweepRuns:
     """One sweep of the call's budget into its shared directory; its runs read back."""
@@ -141,7 +120,8 @@ def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | N
     for claim in p.claims:
         outcomes[claim.id], wheres[claim.id] = measure(claim, sweep_runs[claim.sweep][0])
     verdicts = decide_all(outcomes, p.spec.alpha, p.spec.max_seeds,
-                          family_size(p.spec, p.dataset, budget))
+                          family_size(p.spec, p.dataset, budget),
+                          ns=tuple(sorted({*p.spec.adaptive.looks, 5, 10})))
     for claim in p.claims:
         v = verdicts[claim.id]
         word = f"preliminarily {v.verdict}" if budget in PREVIEW_BUDGETS else v.verdict

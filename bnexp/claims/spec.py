@@ -122,7 +122,7 @@ class Adaptive:
     look; alpha split equally over the looks (Bonferroni)."""
 
     base: str = "standard"
-    looks: list[int] = field(default_factory=lambda: [3, 5, 10, 20])
+    looks: list[int] = field(default_factory=lambda: [5, 10, 20])
 
 
 @dataclass(frozen=True)
