@@ -364,7 +364,9 @@ def test_claims_end_to_end_on_generated_data(cli, mnist_root: Path, tmp_path: Pa
     assert [c["id"] for c in data["claims"]] == C.load_spec().ids
     for c in data["claims"]:
         assert c["verdict"] in ("supported", "not supported", "inconclusive") and c["reason"]
-        assert {"effect", "numbers", "runs", "statuses", "not_completed"} <= set(c)
+        assert {"effect", "numbers", "runs", "statuses", "not_completed", "code_versions"} <= set(c)
+        assert sum(c["code_versions"].values()) == c["runs"]  # one code made them all here
+        assert len(c["code_versions"]) == 1
     for c in C.load_spec().claims():
         section = text.split(f"## {c.title}")[1].split("\n## ")[0]
         assert "**Preliminary verdict: " in section

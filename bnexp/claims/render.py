@@ -16,7 +16,7 @@ from bnexp.claims.spec import Claim, Spec, shipped_path
 from bnexp.claims.typed import declared
 from bnexp.jsonio import staging, write_json_atomic
 from bnexp.report import fmt
-from bnexp.runs import Group, Run, group_runs
+from bnexp.runs import Group, Run, code_versions, group_runs
 
 PREVIEW_BUDGETS = ("test", "quick")  # their verdicts are worded as preliminary
 SweepRuns = tuple[list[Run], list, Path, list[str]]  # runs, unreadable dirs, sweep dir, args
@@ -85,7 +85,7 @@ def claim_json(claim: Claim, v: Verdict, sweep: SweepRuns) -> dict[str, Any]:
     return {"id": claim.id, "title": claim.title, "verdict": v.verdict, "reason": v.reason,
             "effect": v.effect, "rule": declared(claim.rule), "numbers": v.numbers,
             "sweep": str(sweep_dir), "args": args,
-            "runs": len(runs), "statuses": statuses,
+            "runs": len(runs), "statuses": statuses, "code_versions": code_versions(runs),
             "not_completed": [{"dir": r.dir.name, "status": r.status,
                                "why": r.summary.get("error") or r.summary.get("diverged_step")}
                               for r in runs if r.status != metrics.COMPLETED],

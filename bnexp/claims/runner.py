@@ -34,7 +34,7 @@ from bnexp.claims.spec import (
 from bnexp.claims.sweeps import run_one_sweep
 from bnexp.errors import BnexpError
 from bnexp.rundir import new_run_dir
-from bnexp.runs import find_runs
+from bnexp.runs import code_versions, find_runs
 
 
 def load_spec(path: Path | None = None) -> Spec:
@@ -186,6 +186,7 @@ def _provenance(started: dict[str, Any], p: Plan, overrides: list[str],
         "claims_yaml_sha256": hashlib.sha256(p.spec.path.read_bytes()).hexdigest(),
         "dataset": p.dataset, "budget": p.budget, "overrides": overrides,
         "threads": sorted({s["threads"] for s in summaries if "threads" in s}),
+        "code_versions": code_versions([r for runs, *_ in sweep_runs.values() for r in runs]),
         "devices": sorted({s["device"] for s in summaries if "device" in s}),
         "cpu_count": os.cpu_count(), "started": started["started"],
         "wall_time_s": round(time.time() - started["t0"], 1),
