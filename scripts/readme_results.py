@@ -65,9 +65,16 @@ def block(data: dict[str, Any]) -> str:
         f"{prov['load_average_start'][0]:.2f} at the start and "
         f"{prov['load_average_end'][0]:.2f} at the end.", "",
         "| claim | verdict | estimate (95% CI) |", "| --- | --- | --- |"]
+    ad = prov.get("adaptive")
+    if ad:
+        lines[-2:] = ["| claim | verdict | seeds (stop) | estimate (95% CI) |",
+                      "| --- | --- | --- | --- |"]
+        lines[0] += (f" Looks at {ad['looks']} seeds, alpha {ad['alpha_per_look']:.3g} per look "
+                     f"(Bonferroni), --max-minutes {ad['max_minutes']}.")
     for c in data["claims"]:
         verdict = c["verdict"] if c["verdict"] == "inconclusive" else f"**{c['verdict']}**"
-        lines.append(f"| {c['title']} | {verdict} | {estimates(c)} |")
+        seeds = f" {ad['seeds'][c['id']]} ({ad['stop'][c['id']]}) |" if ad else ""
+        lines.append(f"| {c['title']} | {verdict} |{seeds} {estimates(c)} |")
     return "\n".join(lines)
 
 
