@@ -19,7 +19,8 @@ from tests.conftest import TINY
 
 def test_wrong_verdicts_at_the_threshold_stay_below_alpha() -> None:
     """An effect exactly at the threshold: 'supported' and 'not supported' are both wrong.
-    Measured 1,500 calls: ~2.7% (Monte-Carlo standard error 0.6 points near 5%)."""
+    Measured: 2.6% of 1,000 calls (scripts/sim_adaptive.py; Monte-Carlo standard error 0.7
+    points near 5%)."""
     r = sim.rates(sim.THRESHOLD, 0.01, 1500, seed=1)
     wrong = r["supported"] + r["not supported"]
     assert wrong <= 0.05, r
@@ -34,8 +35,8 @@ def test_no_false_support_at_zero_effect() -> None:
 
 @pytest.mark.slow  # 200 simulated calls: `pytest -m slow`
 def test_a_clear_effect_is_decided_early() -> None:
-    """Three times the threshold: supported nearly always, at ~6.5 seeds on average, where a
-    fixed design reaching the same power needs more (scripts/sim_adaptive.py prints both)."""
+    """Three times the threshold: supported nearly always (99%), at ~6.5 seeds on average, where
+    a fixed design reaching the same power needs 8 (scripts/sim_adaptive.py prints both)."""
     r = sim.rates(3 * sim.THRESHOLD, 0.01, 200, seed=3)
     assert r["supported"] > 0.9 and r["mean_seeds"] < 8, r
 
