@@ -12,6 +12,16 @@ import bnexp.timing as timing
 from bnexp.timing import run_interleaved
 
 
+@pytest.fixture
+def timed(monkeypatch) -> list[int]:
+    """The seeds run_timing_sweep times, in order (each still timed for real)."""
+    seeds: list[int] = []
+    real = timing.run_interleaved
+    monkeypatch.setattr(timing, "run_interleaved",
+                        lambda cfg, *a: seeds.append(cfg.seed) or real(cfg, *a))
+    return seeds
+
+
 def test_interleaved_timing_writes_one_run_per_variant(cfg, tmp_path, monkeypatch) -> None:
     steps = []
     real_step = timing.train_step
@@ -49,13 +59,9 @@ def timing_base(mnist_root) -> list[str]:
 
 
 def test_timing_sweep_keeps_timed_seeds_and_redoes_half_written_ones(mnist_root, tmp_path,
-                                                                     monkeypatch) -> None:
+                                                                     timed) -> None:
     from bnexp.rundir import timing_run_name
 
-    timed = []
-    real = timing.run_interleaved
-    monkeypatch.setattr(timing, "run_interleaved",
-                        lambda cfg, *a: timed.append(cfg.seed) or real(cfg, *a))
     out, kinds = tmp_path / "t", ["none", "torch"]
     timing.run_timing_sweep(timing_base(mnist_root), kinds, [0, 1], 1, 2, out)
     assert timed == [0, 1]
@@ -115,17 +121,13 @@ def test_two_timing_calls_split_the_seeds(mnist_root, tmp_path) -> None:
     assert len(variants) == 6 and not any((d / ".previous").exists() for d in variants)
 
 
-def test_timing_sweep_times_stale_seeds_again(mnist_root, tmp_path, monkeypatch, capsys) -> None:
+def test_timing_sweep_times_stale_seeds_again(mnist_root, tmp_path, timed, capsys) -> None:
     """A seed timed by other code, or with other rounds, is timed again (sweep.stale=rerun);
     sweep.stale=reuse keeps it, sweep.stale=refuse stops with a user error and touches nothing."""
     from bnexp.errors import BnexpError
     from bnexp.reuse import git_sha
     from bnexp.rundir import timing_run_name
 
-    timed = []
-    real = timing.run_interleaved
-    monkeypatch.setattr(timing, "run_interleaved",
-                        lambda cfg, *a: timed.append(cfg.seed) or real(cfg, *a))
     out, kinds = tmp_path / "t", ["none", "torch"]
     timing.run_timing_sweep(timing_base(mnist_root), kinds, [0, 1], 1, 2, out)
     summary_path = out / timing_run_name(1, "torch") / "summary.json"

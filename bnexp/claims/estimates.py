@@ -15,7 +15,8 @@ from bnexp.runs import Run, factor_value
 from bnexp.stats import Estimate, InsufficientData, paired, welch
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
+    """A config value against a declared one: as numbers where both are (0.1 == "0.1")."""
     try:
         return math.isclose(float(a), float(b))
     except (TypeError, ValueError):
@@ -27,7 +28,7 @@ def select(runs: list[Run], where: dict[str, Any]) -> tuple[list[Run], str]:
     notes = []
     for key, which in where.items():
         if isinstance(which, list):
-            runs = [r for r in runs if any(_same(factor_value(r, key), w) for w in which)]
+            runs = [r for r in runs if any(same_value(factor_value(r, key), w) for w in which)]
             notes.append(f"{key} in {{{', '.join(map(str, which))}}}")
             continue
         values = [float(v) for r in runs if (v := factor_value(r, key)) is not None]

@@ -12,11 +12,9 @@ list if it has one.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import yaml
 
+from bnexp.claims.estimates import same_value
 from bnexp.claims.spec import Claim, Spec, Sweep
 from bnexp.runs import GROUP_KEYS
 
@@ -26,35 +24,34 @@ def _aliases(key: str) -> set[str]:
     return {key, *[group for group, k in GROUP_KEYS.items() if k == key]}
 
 
-def _preset_params(preset: str | None) -> dict[str, Any]:
+def preset_params(preset: str | None) -> dict[str, str]:
+    """A preset's sweeper grid (``hydra.sweeper.params``), keys without ``+``."""
     if not preset:
         return {}
     from bnexp.hydra_app import config_dir
 
     path = config_dir() / "experiment" / f"{preset}.yaml"
     data = yaml.safe_load(path.read_text()) if path.exists() else {}
-    return ((data or {}).get("hydra") or {}).get("sweeper", {}).get("params", {}) or {}
+    params = ((data or {}).get("hydra") or {}).get("sweeper", {}).get("params", {}) or {}
+    return {str(k).lstrip("+"): str(v) for k, v in params.items()}
+
+
+def budget_overrides(sweep: Sweep, budget: str) -> dict[str, str]:
+    """A budget's overrides as key -> value (the last wins), ``+``/``~`` dropped; {} for a
+    timing budget."""
+    overrides = sweep.budgets.get(budget)
+    return dict(o.lstrip("+~").partition("=")[::2] for o in overrides
+                if "=" in o) if isinstance(overrides, list) else {}
 
 
 def swept_values(sweep: Sweep, budget: str, key: str) -> list[str]:
     """The values of ``key`` a sweep runs at ``budget`` ([] when it does not sweep it)."""
     names = _aliases(key)
-    overrides = sweep.budgets.get(budget)
-    for o in reversed(overrides if isinstance(overrides, list) else []):
-        k, _, v = o.lstrip("+~").partition("=")
-        if k in names:
-            return v.split(",")
-    for k, v in _preset_params(sweep.preset).items():
-        if k.lstrip("+") in names:
-            return str(v).split(",")
+    for source in (budget_overrides(sweep, budget), preset_params(sweep.preset)):
+        found = [v for k, v in source.items() if k in names]
+        if found:
+            return found[-1].split(",")
     return []
-
-
-def _same(a: str, b: Any) -> bool:
-    try:
-        return math.isclose(float(a), float(b))
-    except (TypeError, ValueError):
-        return str(a) == str(b)
 
 
 def declared_tests(claim: Claim, sweep: Sweep, budget: str) -> int:
@@ -64,7 +61,8 @@ def declared_tests(claim: Claim, sweep: Sweep, budget: str) -> int:
         values = swept_values(sweep, budget, each)
         kept = claim.where.get(each)
         if isinstance(kept, list):
-            values = [v for v in values if any(_same(v, w) for w in kept)] or [str(w) for w in kept]
+            values = ([v for v in values if any(same_value(v, w) for w in kept)]
+                      or [str(w) for w in kept])
         levels = max(1, len(values))
     return type(claim.rule).TESTS_PER_LEVEL * levels
 

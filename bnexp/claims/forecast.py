@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bnexp.claims.family import swept_values
+from bnexp.claims.family import budget_overrides, preset_params, swept_values
 from bnexp.claims.runner import Plan, plan
 from bnexp.claims.spec import ADAPTIVE, Sweep, TimingBudget
 from bnexp.reuse import code_stamp, code_version
@@ -27,14 +27,10 @@ PER_SWEEP_S = 5.0  # Hydra's planning and the data load of a sweep (measured 3-6
 
 
 def grid_keys(sweep: Sweep, budget: str) -> dict[str, int]:
-    """Each swept key and its number of values (seed included)."""
-    from bnexp.claims.family import _preset_params
-
-    keys: dict[str, int] = {}
-    for k, v in _preset_params(sweep.preset).items():
-        keys[k.lstrip("+")] = len(str(v).split(","))
-    for o in sweep.budgets.get(budget, []) if isinstance(sweep.budgets.get(budget), list) else []:
-        k, _, v = o.lstrip("+~").partition("=")
+    """Each swept key and its number of values (seed included): the preset's grid, with the
+    budget's overrides replacing or adding swept keys."""
+    keys = {k: len(v.split(",")) for k, v in preset_params(sweep.preset).items()}
+    for k, v in budget_overrides(sweep, budget).items():
         if "," in v or k in keys:
             keys[k] = len(v.split(","))
     return keys
@@ -52,8 +48,7 @@ def planned_runs(sweep: Sweep, budget: str, seeds: int | None = None) -> int:
 
 def _steps(sweep: Sweep, budget: str, like: Run) -> float:
     """Training steps of one run at ``budget``, from its overrides and a measured run."""
-    overrides = dict(o.lstrip("+~").partition("=")[::2] for o in sweep.budgets[budget]
-                     if isinstance(o, str) and "=" in o)
+    overrides = budget_overrides(sweep, budget)
     if "trainer.steps" in overrides:
         return float(overrides["trainer.steps"])
     per_epoch = float(like.summary.get("steps_per_epoch") or like.summary.get("total_steps", 1))

@@ -38,7 +38,8 @@ def _pick(scores: dict[float, float], best: str) -> tuple[float, list[float]]:
 
 def _tune_variant(vruns: list[Run], spec: Tuning) -> tuple[list[Run], dict[str, Any]]:
     grid = sorted({float(factor_value(r, spec.by)) for r in vruns})
-    pick, tied = _pick(_scores(vruns, spec, grid), spec.best)
+    scores = _scores(vruns, spec, grid)
+    pick, tied = _pick(scores, spec.best)
     seeds = sorted({seed_of(r) for r in vruns})
     if spec.select == "pooled" or len(seeds) < 2:
         per_seed = {s: pick for s in seeds}
@@ -47,7 +48,7 @@ def _tune_variant(vruns: list[Run], spec: Tuning) -> tuple[list[Run], dict[str, 
                              spec.best)[0] for s in seeds}
     kept = [r for r in vruns if float(factor_value(r, spec.by)) == per_seed[seed_of(r)]]
     values = sorted(set(per_seed.values()))
-    return kept, {"value": pick, "scores": _scores(vruns, spec, grid),
+    return kept, {"value": pick, "scores": scores,
                   "tied": tied if len(tied) > 1 else [],
                   "edge": len(grid) > 1 and any(v in (grid[0], grid[-1]) for v in values),
                   "select": spec.select if len(seeds) > 1 else "pooled",

@@ -87,7 +87,7 @@ def _project(est: Estimate, n: int) -> tuple[float, float]:
     return se, df
 
 
-def _search(power_at: Callable[[int], float], n_now: int, cap: int) -> int | None:
+def _search(power_at: Callable[[int], float], cap: int) -> int | None:
     """Smallest n in [2, cap] with power_at(n) >= TARGET; power grows with n (checked on a
     doubling grid, then bisected)."""
     hi = 2
@@ -112,7 +112,7 @@ def t_outlook(est: Estimate, shift: float, level: float, cap: int = 100_000) -> 
         return _t_power(shift, se, df, level)
 
     spread = est.se * math.sqrt(n) if est.test != "Welch t" else None
-    return Outlook(n, _t_power(shift, est.se, est.df, level), _search(power_at, n, cap),
+    return Outlook(n, _t_power(shift, est.se, est.df, level), _search(power_at, cap),
                    spread=spread, power_at=power_at)
 
 
@@ -132,7 +132,7 @@ def tost_outlook(est: Estimate, margin: float, level: float, cap: int = 100_000)
                   + _tail(-crit2, df, (est.effect + margin) / se, False))
         return float(min(1.0, max(0.0, inside) + beyond))
 
-    return Outlook(est.n_a, power_at(est.n_a), _search(power_at, est.n_a, cap),
+    return Outlook(est.n_a, power_at(est.n_a), _search(power_at, cap),
                    spread=est.se * math.sqrt(est.n_a), power_at=power_at)
 
 
@@ -158,7 +158,7 @@ def sign_outlook(agree_for: int, agree_against: int, n: int, level: float,
     def power_at(k: int) -> float:
         return min(1.0, _sign_power(p_for, k, level) + _sign_power(p_against, k, level))
 
-    return Outlook(n, power_at(n), _search(power_at, n, cap), min_n=sign_min_n(level),
+    return Outlook(n, power_at(n), _search(power_at, cap), min_n=sign_min_n(level),
                    power_at=power_at)
 
 

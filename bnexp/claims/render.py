@@ -192,8 +192,9 @@ def section(claim: Claim, budget: str, args: list[str], runs: list[Run], v: Verd
     reason = v.reason[:1].upper() + v.reason[1:]
     preview = budget in PREVIEW_BUDGETS
     lines = [f"## {claim.title}", ""]
-    if plain(claim, v, preview):  # the answer first: the estimate and its interval
-        lines += [plain(claim, v, preview), ""]
+    answer = plain(claim, v, preview)
+    if answer:  # the answer first: the estimate and its interval
+        lines += [answer, ""]
     lines += [f"**{word}: {v.verdict}.** {reason}.", ""]
     if v.verdict == NOT_SUPPORTED and claim.if_not_supported:
         wrong = ("Where the write-up may be wrong (preliminary: a preview budget)" if preview

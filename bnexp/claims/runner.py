@@ -77,11 +77,11 @@ def plan(budget: str, overrides: list[str], only: list[str] | None,
     dataset = _dataset(overrides)
     chosen = [cid for cid in spec.ids if not only or cid in only]
     run = [c for c in spec.claims(dataset) if c.id in chosen]
-    skipped = [c for d in spec.by_dataset for c in spec.claims(d)
-               if c.id in chosen and c.id not in {r.id for r in run}]
-    skipped = list({c.id: c for c in skipped}.values())
+    ran = {c.id for c in run}
+    skipped = list({c.id: c for d in spec.by_dataset for c in spec.claims(d)
+                    if c.id in chosen and c.id not in ran}.values())  # one per claim
+    declared = spec.adaptive.base if budget == ADAPTIVE else budget
     for c in run:
-        declared = spec.adaptive.base if budget == ADAPTIVE else budget
         if declared not in spec.sweeps[c.sweep].budgets:
             raise BnexpError(f"--budget {budget} is not declared for claim {c.id} (its sweep "
                              f"{c.sweep} has {', '.join(spec.sweeps[c.sweep].budgets)}).")

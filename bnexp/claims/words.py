@@ -17,6 +17,15 @@ def name(value: str) -> str:
     return NAMES.get(str(value), value)
 
 
+def level_forest(numbers: dict[str, Any], threshold: float, expect: str) -> list[dict[str, Any]]:
+    """Each level's estimate and 95% interval for the forest plot (bnexp.figures.ForestRow's
+    fields), against ``threshold`` in the claimed direction (``within`` for a margin)."""
+    return [{"level": "" if level == "all" else level, "effect": est["effect"],
+             "lo": est["interval"][0], "hi": est["interval"][1], "threshold": threshold,
+             "scale": est["scale"], "expect": expect}
+            for level, est in numbers.get("levels", {}).items()]
+
+
 def level_sentences(numbers: dict[str, Any], what: str, a: str, b: str, metric: str,
                     margin: bool) -> list[str]:
     """One clause per level: the effect, its interval, the test and the Holm-adjusted p-values

@@ -28,7 +28,7 @@ from bnexp.claims.outcome import INCONCLUSIVE, Decision, Outcome, Undecidable
 from bnexp.claims.power import t_outlook
 from bnexp.claims.spec import Precondition, RuleSpec
 from bnexp.claims.typed import MetricName
-from bnexp.claims.words import level_sentences, name
+from bnexp.claims.words import level_forest, level_sentences, name
 from bnexp.runs import Run, factor_value
 from bnexp.stats import Estimate
 
@@ -162,11 +162,8 @@ def plain(rule: Spec, numbers: dict[str, Any], say: str) -> tuple[list[str], str
 
 
 def forest(rule: Spec, numbers: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each level's estimate for the forest plot (bnexp.figures.ForestRow's fields)."""
-    return [{"level": "" if level == "all" else level, "effect": est["effect"],
-             "lo": est["interval"][0], "hi": est["interval"][1], "threshold": rule.threshold,
-             "scale": est["scale"], "expect": rule.expect}
-            for level, est in numbers.get("levels", {}).items()]
+    """Each level's estimate for the forest plot."""
+    return level_forest(numbers, rule.threshold, rule.expect)
 
 
 # ---------------------------------------------------------------------------------------------

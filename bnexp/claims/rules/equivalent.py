@@ -22,7 +22,7 @@ from bnexp.claims.outcome import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Decisio
 from bnexp.claims.power import NOT_DECIDABLE, tost_outlook
 from bnexp.claims.spec import RuleSpec
 from bnexp.claims.typed import MetricName
-from bnexp.claims.words import level_sentences, name
+from bnexp.claims.words import level_forest, level_sentences, name
 from bnexp.runs import Run
 
 
@@ -89,10 +89,7 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
 
 def forest(rule: Spec, numbers: dict[str, Any]) -> list[dict[str, Any]]:
     """Each level's difference and its interval against the margin, for the forest plot."""
-    return [{"level": "" if level == "all" else level, "effect": est["effect"],
-             "lo": est["interval"][0], "hi": est["interval"][1], "threshold": rule.margin,
-             "scale": "linear", "expect": "within"}
-            for level, est in numbers.get("levels", {}).items()]
+    return level_forest(numbers, rule.margin, "within")
 
 
 def plain(rule: Spec, numbers: dict[str, Any], say: str) -> tuple[list[str], str]:
