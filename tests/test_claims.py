@@ -220,6 +220,8 @@ def test_steps_to_target_and_censoring() -> None:
     v = verdict(rule, [steps_run("torch", s, None) for s in range(3)]
                 + [steps_run("none", s, None) for s in range(3)])
     assert v.verdict == C.INCONCLUSIVE and "no run of either variant" in v.reason
+    assert "target (steps_to:val/acc>=0.95) is out of reach" in v.reason
+    assert "not a finding about BN" in v.reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +306,8 @@ def test_max_stable_lr_outcomes() -> None:
     v = verdict(LR_RULE, lr_runs({"torch": [0.1] * 10, "none": [0.3] * 10}))
     assert v.verdict == C.NOT_SUPPORTED
     v = verdict(LR_RULE, lr_runs({"torch": [None, None], "none": [None, None]}))
-    assert v.verdict == C.INCONCLUSIVE and "neither variant is stable" in v.reason
+    assert v.verdict == C.INCONCLUSIVE and "out of reach for these runs" in v.reason
+    assert "not a finding about BN" in v.reason and "best: 0.00%" in v.reason
     v = verdict(LR_RULE, lr_runs({"torch": [1.0, 1.0], "none": [1.0, 1.0]}))
     assert v.verdict == C.INCONCLUSIVE and "cannot tell them apart" in v.reason
     v = verdict(LR_RULE, lr_runs({"torch": [0.3], "none": [None]}))
@@ -324,8 +327,25 @@ def test_final_metrics_of_runs_that_did_not_complete_do_not_exist() -> None:
     assert r.metric("abslog10:grad/global@0") == pytest.approx(math.log10(2.0))
 
 
+def test_an_accuracy_floor_out_of_reach_is_said_so_with_the_best_run() -> None:
+    """CIFAR-10's MLP never reaching MNIST's 90%: the reason names the floor and the best
+    run, and claims.json records it, instead of a finding about either variant."""
+    runs = [run(norm, s, {"test/acc": acc}, **{"optim.lr": lr})
+            for norm, acc in (("torch", 0.41), ("none", 0.38)) for s in range(3)
+            for lr in (0.01, 0.1, 1.0)]
+    v = verdict(LR_RULE, runs)
+    assert v.verdict == C.INCONCLUSIVE and "min_acc = 0.9 is out of reach" in v.reason
+    assert "best: 41.00%" in v.reason
+    assert v.numbers["out_of_reach"] == {"min_acc": 0.9, "best_test_acc": 0.41}
+    v = verdict({**LR_RULE, "min_acc": 0.3}, runs)  # the CIFAR-10 floor: both stable
+    assert "out_of_reach" not in v.numbers and "cannot tell them apart" in v.reason
+
+
 def test_dataset_placeholders() -> None:
     spec = C.load_spec()
+    assert spec.claim("learning_rate", "cifar10").rule.min_acc == 0.3  # typed, not "0.3"
+    assert spec.claim("learning_rate", "mnist").rule.min_acc == 0.9
+    assert "test accuracy of 0.8 " in spec.claim("learning_rate", "fashion_mnist").decision
     assert spec.claim("speeds_training", "cifar10").rule.metric == "steps_to:test/acc>=0.4"
     assert spec.claim("speeds_training", "mnist").rule.metric == "steps_to:test/acc>=0.95"
     assert spec.claim("speeds_training", "mnist").tune.metric == "steps_to:val/acc>=0.95"

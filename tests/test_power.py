@@ -67,16 +67,19 @@ def test_a_sign_test_needs_ten_seeds_under_holm_over_42_tests() -> None:
     assert sign_test_greater([1.0] * 9, 0.5) >= LEVEL > sign_test_greater([1.0] * 10, 0.5)
     o = power.sign_outlook(3, 0, 3, LEVEL)
     assert o.power == 0.0 and o.min_n == 10 and o.seeds_needed == 10  # all agree: 10 decide
-    text = power.words(o, 40, 0.05, 42)
-    assert text.startswith("not decidable at this budget") and "at least 10 seeds" in text
+    note = power.words(o, 40, 0.05, 42)
+    assert not note.decidable
+    assert note.text.startswith("not decidable at this budget") and "at least 10 seeds" in note.text
 
 
 def test_words_say_when_the_cap_is_exceeded() -> None:
     o = power.Outlook(n=5, power=0.1, seeds_needed=114)
-    text = power.words(o, 40, 0.05, 30)
-    assert "~114 seeds" in text and "cap of 40" in text and "interval are the answer" in text
+    note = power.words(o, 40, 0.05, 30)
+    text = note.text
+    assert note.decidable and "~114 seeds" in text and "cap of 40" in text
+    assert "interval are the answer" in text
     o = power.Outlook(n=5, power=0.3, seeds_needed=9)
-    assert "~9 seeds would give an 80% chance" in power.words(o, 40, 0.05, 30)
+    assert "~9 seeds would give an 80% chance" in power.words(o, 40, 0.05, 30).text
 
 
 def test_tost_power_in_the_tails_is_finite() -> None:
@@ -85,3 +88,15 @@ def test_tost_power_in_the_tails_is_finite() -> None:
     d = 0.0016 + np.array([-0.002, 0.0, 0.002])
     o = power.tost_outlook(paired(d, np.zeros(3)), 0.01, LEVEL)
     assert 0.0 <= o.power < 0.5 and o.seeds_needed is not None and o.seeds_needed > 3
+
+
+def test_an_undecidable_note_leads_the_reason_whatever_its_words() -> None:
+    """decide_one reads the Note's flag, not its wording: a rephrased sentence still leads."""
+    from bnexp.claims.decide import decide_one
+
+    verdict, reason = decide_one(2.0, 1.0, 0.5, 0.5, 0.05, "1 step",
+                                 power.Note("cannot decide with 3 seeds", decidable=False))
+    assert verdict == "inconclusive" and reason.startswith("cannot decide with 3 seeds")
+    assert "neither side" not in reason
+    verdict, reason = decide_one(2.0, 1.0, 0.5, 0.5, 0.05, "1 step", power.Note("more seeds"))
+    assert "neither side is shown" in reason and reason.endswith("more seeds")

@@ -20,14 +20,16 @@ from bnexp.claims.outcome import (
     Undecidable,
     Verdict,
 )
-from bnexp.claims.power import NOT_DECIDABLE, words
+from bnexp.claims.power import Note, words
 from bnexp.metrics import censored
 from bnexp.runs import Run
 from bnexp.stats import holm
 
+MORE_SEEDS = Note("more seeds would narrow the interval")
+
 
 def decide_one(oriented: float, thr: float, p_for: float, p_against: float, alpha: float,
-               shown: str, outlook: str = "more seeds would narrow the interval") -> Decision:
+               shown: str, outlook: Note = MORE_SEEDS) -> Decision:
     if p_for < alpha:
         return SUPPORTED, (f"the effect is shown to reach the declared threshold ({shown}; "
                            f"one-sided p = {p_for:.2g} after Holm)")
@@ -36,12 +38,12 @@ def decide_one(oriented: float, thr: float, p_for: float, p_against: float, alph
                                f"({shown}): it is smaller, zero or reversed (one-sided p = "
                                f"{p_against:.2g} after Holm)")
     where = "above" if oriented >= thr else "below"
-    if outlook.startswith(NOT_DECIDABLE):
-        return INCONCLUSIVE, (f"{outlook} (the estimate lies {where} the declared threshold, "
-                              f"{shown})")
+    if not outlook.decidable:
+        return INCONCLUSIVE, (f"{outlook.text} (the estimate lies {where} the declared "
+                              f"threshold, {shown})")
     return INCONCLUSIVE, (f"the estimate lies {where} the declared threshold ({shown}) but "
                           f"neither side is shown after Holm (reaches it: p = {p_for:.2g}; falls "
-                          f"short: p = {p_against:.2g}); {outlook}")
+                          f"short: p = {p_against:.2g}); {outlook.text}")
 
 
 def combine(per_level: list[tuple[str, str, str]]) -> Decision:
@@ -70,8 +72,11 @@ def censoring(ra: list[Run], rb: list[Run], metric: str) -> tuple[int, int]:
         return sum(censored(r.summary, r.records, metric) for r in runs)
     ca, cb = count(ra), count(rb)
     if ra and rb and ca == len(ra) and cb == len(rb):
-        raise Undecidable(f"no run of either variant reached the target ({metric}) within its "
-                          "budget: the runs say nothing about which is faster")
+        raise Undecidable(f"the target ({metric}) is out of reach for these runs: no run of "
+                          "either variant reached it within its budget, so they say nothing "
+                          "about which is faster. This is a limit of the constant for this "
+                          "dataset and budget, not a finding about BN: set a lower per-dataset "
+                          "target (claims.yaml, with its justification) or train longer")
     return ca, cb
 
 

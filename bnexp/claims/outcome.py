@@ -11,14 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bnexp.claims.power import Outlook
+from bnexp.claims.power import Note, Outlook
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 Decision = tuple[str, ...]  # (verdict, reason[, {level: verdict}])
 # A rule's decision from its Holm-adjusted p-values, alpha, and per level the outlook in words
 # (what deciding an undecided level would take).
-Decide = Callable[[dict[str, float], float, dict[str, str]], Decision]
+Decide = Callable[[dict[str, float], float, dict[str, Note]], Decision]
 
 
 class Undecidable(Exception):

@@ -32,6 +32,16 @@ NOT_DECIDABLE = "not decidable at this budget"
 
 
 @dataclass(frozen=True)
+class Note:
+    """What an undecided level's reason says about the outlook; ``decidable`` is False where
+    the test cannot decide at this budget whatever the runs show (so the reason leads with it
+    instead of p-values that could never have been small enough)."""
+
+    text: str
+    decidable: bool = True
+
+
+@dataclass(frozen=True)
 class Outlook:
     """One level's outlook: the chance of a decision now and the seeds an 80% chance needs."""
 
@@ -162,18 +172,18 @@ def sign_outlook(agree_for: int, agree_against: int, n: int, level: float,
                    power_at=power_at)
 
 
-def words(o: Outlook, cap: int, alpha: float, m: int) -> str:
+def words(o: Outlook, cap: int, alpha: float, m: int) -> Note:
     """The outlook in a sentence, for an undecided level."""
     holm = f"Holm over the call's {m} tests (strictest step alpha/m = {alpha / m:.2g})"
     if o.n < o.min_n:
-        return (f"{NOT_DECIDABLE}: with {o.n} seeds this test cannot reach the "
-                f"level {holm} needs, whatever the runs show; it needs at least {o.min_n} "
-                "seeds")
+        return Note(f"{NOT_DECIDABLE}: with {o.n} seeds this test cannot reach the "
+                    f"level {holm} needs, whatever the runs show; it needs at least {o.min_n} "
+                    "seeds", decidable=False)
     chance = f"with {o.n} seeds the chance of a decision either way was {o.power:.0%}"
     if o.seeds_needed is None or o.seeds_needed > cap:
         more = (f"~{o.seeds_needed} seeds" if o.seeds_needed is not None
                 else "more seeds than any sweep could run")
-        return (f"{chance}; the effect sits so close to the threshold for its spread that "
-                f"{more} would be needed for an 80% chance under {holm}, beyond the declared "
-                f"cap of {cap}: the estimate and its interval are the answer")
-    return f"{chance}; ~{o.seeds_needed} seeds would give an 80% chance under {holm}"
+        return Note(f"{chance}; the effect sits so close to the threshold for its spread "
+                    f"that {more} would be needed for an 80% chance under {holm}, beyond the "
+                    f"declared cap of {cap}: the estimate and its interval are the answer")
+    return Note(f"{chance}; ~{o.seeds_needed} seeds would give an 80% chance under {holm}")

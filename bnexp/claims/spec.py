@@ -171,7 +171,9 @@ def _hooks(rules: dict[str, type[RuleSpec]]) -> Hooks:
 # ---------------------------------------------------------------------------------------------
 
 def _fill(claim: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """The claim with ``{name}`` placeholders filled from ``per_dataset`` for this dataset."""
+    """The claim with ``{name}`` placeholders filled from ``per_dataset`` for this dataset: a
+    value that is only a placeholder takes the value's own type (``min_acc: "{min_acc}"`` ->
+    0.35), one inside a longer string is substituted as text."""
     values = {k: v.get(dataset) for k, v in (claim.get("per_dataset") or {}).items()
               if isinstance(v, dict)}
     if not values:
@@ -180,10 +182,21 @@ def _fill(claim: dict[str, Any], dataset: str) -> dict[str, Any]:
     if missing:
         raise Bad(f"per_dataset.{missing[0]}", f"no value for data={dataset}, which the claim's "
                    "sweep lists under `datasets:`; add one")
-    text = yaml.safe_dump(claim, sort_keys=False)
-    for k, v in values.items():
-        text = text.replace("{" + k + "}", str(v))
-    return yaml.safe_load(text)
+
+    def sub(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: node[k] if k == "per_dataset" else sub(node[k]) for k in node}
+        if isinstance(node, list):
+            return [sub(x) for x in node]
+        if isinstance(node, str):
+            whole = node[1:-1] if node.startswith("{") and node.endswith("}") else None
+            if whole in values:
+                return values[whole]
+            for k, v in values.items():
+                node = node.replace("{" + k + "}", str(v))
+        return node
+
+    return sub(claim)
 
 
 def _claim(raw: Any, index: int, sweeps: dict[str, Sweep], rules: dict[str, type[RuleSpec]]

@@ -25,7 +25,7 @@ from bnexp.claims.estimates import (
     variant,
 )
 from bnexp.claims.outcome import INCONCLUSIVE, Decision, Outcome, Undecidable
-from bnexp.claims.power import t_outlook
+from bnexp.claims.power import Note, t_outlook
 from bnexp.claims.spec import Precondition, RuleSpec
 from bnexp.claims.typed import MetricName
 from bnexp.claims.words import level_forest, level_sentences, name
@@ -126,7 +126,7 @@ def _measure_level(level: str, lruns: list[Run], factor: str, rule: Spec,
 
 
 def _decide_level(state: _Level, adj: dict[str, float], alpha: float, rule: Spec,
-                  notes: dict[str, str]) -> Decision:
+                  notes: dict[str, Note]) -> Decision:
     if "all" in state.failed:
         return INCONCLUSIVE, state.failed["all"]
     if state.oriented is None:
@@ -148,7 +148,7 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
     if out.numbers["requires"]:
         out.effect += "; " + "; ".join(out.numbers["requires"])
 
-    def decide(adj: dict[str, float], alpha: float, notes: dict[str, str]) -> Decision:
+    def decide(adj: dict[str, float], alpha: float, notes: dict[str, Note]) -> Decision:
         return combine([(s.name or "all", *_decide_level(s, adj, alpha, rule, notes))
                         for s in states])
 

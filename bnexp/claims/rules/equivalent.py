@@ -19,7 +19,7 @@ from bnexp.claims.estimates import (
     variant,
 )
 from bnexp.claims.outcome import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Decision, Outcome, Undecidable
-from bnexp.claims.power import NOT_DECIDABLE, tost_outlook
+from bnexp.claims.power import Note, tost_outlook
 from bnexp.claims.spec import RuleSpec
 from bnexp.claims.typed import MetricName
 from bnexp.claims.words import level_forest, level_sentences, name
@@ -40,7 +40,7 @@ class Spec(RuleSpec):
 
 
 def _decide_level(level: str, adj: dict[str, float], alpha: float, rule: Spec,
-                  note: str) -> Decision:
+                  note: Note) -> Decision:
     k, unit = label(rule.metric_a)
     m = f"±{k * rule.margin:g}{unit}"
     p_for, p_against = adj[f"{level}|for"], adj[f"{level}|against"]
@@ -48,11 +48,11 @@ def _decide_level(level: str, adj: dict[str, float], alpha: float, rule: Spec,
         return SUPPORTED, f"equivalent within {m} (TOST, Holm p = {p_for:.2g})"
     if p_against < alpha:
         return NOT_SUPPORTED, f"the difference is shown to exceed {m} (Holm p = {p_against:.2g})"
-    if note.startswith(NOT_DECIDABLE):
-        return INCONCLUSIVE, note
+    if not note.decidable:
+        return INCONCLUSIVE, note.text
     return INCONCLUSIVE, (f"neither equivalence within {m} nor a larger difference is "
                           f"significant (TOST Holm p = {p_for:.2g}, beyond: {p_against:.2g}); "
-                          f"{note}")
+                          f"{note.text}")
 
 
 def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
@@ -78,7 +78,7 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
                        f"{describe_test(est)}")
         order.append((level, ""))
 
-    def decide(adj: dict[str, float], alpha: float, notes: dict[str, str]) -> Decision:
+    def decide(adj: dict[str, float], alpha: float, notes: dict[str, Note]) -> Decision:
         return combine([(level or "all", INCONCLUSIVE, why) if why
                         else (level or "all", *_decide_level(level, adj, alpha, rule,
                                                              notes[level]))

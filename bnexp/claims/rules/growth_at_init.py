@@ -13,7 +13,7 @@ from bnexp import metrics
 from bnexp.claims.decide import combine, decide_one
 from bnexp.claims.estimates import describe, describe_test, est_json, estimate, geomean, run_values, variant
 from bnexp.claims.outcome import Decision, Outcome, Undecidable
-from bnexp.claims.power import t_outlook
+from bnexp.claims.power import Note, t_outlook
 from bnexp.claims.spec import RuleSpec
 from bnexp.claims.typed import MetricName
 from bnexp.claims.words import name
@@ -64,7 +64,7 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
                "ratio_to_b": est_json(diff, "log"), "relative_error_vs_theory": rate / theory - 1,
                "rate_b": dict(b), "rate_last": relaxed}
 
-    def decide(adj: dict[str, float], alpha: float, notes: dict[str, str]) -> Decision:
+    def decide(adj: dict[str, float], alpha: float, notes: dict[str, Note]) -> Decision:
         shown = f"{rule.threshold:g}x per layer"
         own_v = decide_one(own.effect, thr, adj["own|for"], adj["own|against"], alpha, shown,
                            notes["own"])
