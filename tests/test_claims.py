@@ -281,6 +281,24 @@ def test_growth_at_init_outcomes() -> None:
     assert v.verdict == C.INCONCLUSIVE
 
 
+def test_a_level_outside_the_declared_scope_is_shown_not_tested() -> None:
+    """Claim 4 at lr 1.0: the plain net at chance. That level is shown, left out of the
+    verdict, and named in the reason; with no level inside, the claim is inconclusive."""
+    rule = {**HIGHER, "expect": "lower", "scale": "log", "threshold": 1.25, "each": "optim.lr",
+            "scope": {"metric": "test/acc", "at_least": 0.2, "why": "it does not train"}}
+    runs = [run(norm, s, {"m": m * (1 + 0.01 * s), "test/acc": acc}, **{"optim.lr": lr})
+            for lr, accs, ms in ((0.1, (0.95, 0.96), (1.0, 2.0)), (1.0, (0.96, 0.1), (1.0, 100.0)))
+            for norm, acc, m in zip(("torch", "none"), accs, ms, strict=True)
+            for s in range(6)]
+    v = verdict(rule, runs)
+    assert v.verdict == C.SUPPORTED and "outside the declared scope" in v.reason
+    assert "norm=none's mean test/acc is 0.1 < 0.2: it does not train" in v.reason
+    assert list(v.numbers["levels"]) == ["optim.lr=0.1"]
+    assert "optim.lr=1.0" in v.numbers["out_of_scope"]
+    v = verdict(rule, [r for r in runs if r.config["optim.lr"] == 1.0])
+    assert v.verdict == C.INCONCLUSIVE and "no level is within the claim's declared scope" in v.reason
+
+
 LR_RULE = {"type": "max_stable_lr", "a": "torch", "b": "none", "min_acc": 0.9, "threshold": 1,
            "paired": True}
 

@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import os
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,20 +94,25 @@ def plan(budget: str, overrides: list[str], only: list[str] | None,
 
 
 def _run_sweep(name: str, sweep: Sweep, p: Plan, overrides: list[str], out: Path,
-               echo: Any) -> SweepRuns:
-    """One sweep of the call's budget into its shared directory; its runs read back."""
+               echo: Any, display: Any = None) -> SweepRuns:
+    """One sweep of the call's budget into its shared directory; its runs read back.
+    ``display``: the call's progress display (bnexp/sweep_progress.py), which counts the
+    sweep's runs and takes its output into the sweep's log files."""
     sweep_dir = new_run_dir(out, f"{name}-{p.budget}-{p.dataset}", "sweeps", unique=False)
-    args = run_one_sweep(name, sweep, sweep.budgets[p.budget], overrides, sweep_dir, echo,
-                         ["bnexp", "claims", "--budget", p.budget])
+    with display.stage(name, sweep_dir) if display is not None else nullcontext():
+        args = run_one_sweep(name, sweep, sweep.budgets[p.budget], overrides, sweep_dir, echo,
+                             ["bnexp", "claims", "--budget", p.budget])
     runs, problems = find_runs([sweep_dir])
     return runs, problems, sweep_dir, args
 
 
 def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | None = None,
                echo: Any = print, spec_path: Path | None = None,
-               max_minutes: float | None = None) -> Path:
+               max_minutes: float | None = None,
+               watch: Callable[[Plan], Any] | None = None) -> Path:
     """Run the sweeps the chosen claims need, decide, and write ``<out>/claims.md`` and
-    ``<out>/claims.json`` atomically."""
+    ``<out>/claims.json`` atomically. ``watch(plan)``: the call's progress display (a context
+    manager with ``stage(name, sweep_dir)``, bnexp/claims/watch.py), or None."""
     p = plan(budget, overrides, only, spec_path)
     started = _stamp_start()
     if budget == ADAPTIVE:
@@ -114,8 +121,11 @@ def run_claims(budget: str, out: Path, overrides: list[str], only: list[str] | N
         raise BnexpError("--max-minutes bounds an adaptive call; use it with --budget adaptive "
                          f"(a {budget} call runs its declared sweeps whole).")
     out.mkdir(parents=True, exist_ok=True)
-    sweep_runs = {name: _run_sweep(name, p.spec.sweeps[name], p, overrides, out, echo)
-                  for name in dict.fromkeys(c.sweep for c in p.claims)}
+    display = watch(p) if watch is not None else None
+    with display if display is not None else nullcontext():
+        sweep_runs = {name: _run_sweep(name, p.spec.sweeps[name], p, overrides, out, echo,
+                                       display)
+                      for name in dict.fromkeys(c.sweep for c in p.claims)}
     outcomes, wheres = {}, {}
     for claim in p.claims:
         outcomes[claim.id], wheres[claim.id] = measure(claim, sweep_runs[claim.sweep][0])

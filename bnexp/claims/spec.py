@@ -65,6 +65,18 @@ class Precondition:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Scope:
+    """``scope:`` the levels a claim is about: where either variant's mean ``metric`` (a run
+    that did not complete counts 0) is below ``at_least``, the level is measured and shown but
+    not tested, and the verdict rests on the other levels (e.g. a net stuck at chance is not
+    the training whose drift the claim describes)."""
+
+    metric: MetricName
+    at_least: float
+    why: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Tuning:
     """Each variant at its own best ``by`` (e.g. optim.lr), chosen by ``metric``."""
 

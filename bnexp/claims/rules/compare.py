@@ -26,7 +26,7 @@ from bnexp.claims.estimates import (
 )
 from bnexp.claims.outcome import INCONCLUSIVE, Decision, Outcome, Undecidable
 from bnexp.claims.power import Note, t_outlook
-from bnexp.claims.spec import Precondition, RuleSpec
+from bnexp.claims.spec import Precondition, RuleSpec, Scope
 from bnexp.claims.typed import MetricName
 from bnexp.claims.words import level_forest, level_sentences, name
 from bnexp.runs import Run, factor_value
@@ -46,6 +46,7 @@ class Spec(RuleSpec):
     b_above: float | None = None
     requires: list[Precondition] = field(default_factory=list)
     worst: float | None = None
+    scope: Scope | None = None
 
     def problem(self) -> str | None:
         if self.scale == "log" and not self.threshold > 0:
@@ -96,12 +97,30 @@ class _Level:
     why: str = ""
     cens: tuple[int, int] = (0, 0)
     failed: dict[str, str] = field(default_factory=dict)  # preconditions not met
+    outside: str = ""  # why the level is outside the claim's scope ("" inside)
+
+
+def _outside(lruns: list[Run], factor: str, rule: Spec) -> str:
+    """Why this level is outside the claim's declared scope, or "" if it is inside."""
+    if rule.scope is None:
+        return ""
+    sc, low = rule.scope, []
+    for v in (rule.a, rule.b):
+        vals = list(run_values(variant(lruns, factor, v), sc.metric, 0.0).values())
+        mean = float(np.mean(vals)) if vals else math.nan
+        if not mean >= sc.at_least:
+            low.append(f"{factor}={v}'s mean {sc.metric} is {mean:.3g} < {sc.at_least:g}")
+    return f"{' and '.join(low)}: {sc.why}" if low else ""
 
 
 def _measure_level(level: str, lruns: list[Run], factor: str, rule: Spec,
                    out: Outcome) -> _Level:
     tag = f"{level}: " if level else ""
-    lines, state = [], _Level(level)
+    lines, state = [], _Level(level, outside=_outside(lruns, factor, rule))
+    if state.outside:
+        out.effect += f"{tag}outside the claim's scope, not tested ({state.outside})"
+        out.numbers.setdefault("out_of_scope", {})[level or "all"] = state.outside
+        return state
     try:
         lines, state.failed = preconditions.check(lruns, factor, rule.requires, level)
         ra, rb = variant(lruns, factor, rule.a), variant(lruns, factor, rule.b)
@@ -149,8 +168,16 @@ def measure(runs: list[Run], factor: str, rule: Spec) -> Outcome:
         out.effect += "; " + "; ".join(out.numbers["requires"])
 
     def decide(adj: dict[str, float], alpha: float, notes: dict[str, Note]) -> Decision:
-        return combine([(s.name or "all", *_decide_level(s, adj, alpha, rule, notes))
-                        for s in states])
+        inside = [s for s in states if not s.outside]
+        if not inside:
+            return INCONCLUSIVE, ("no level is within the claim's declared scope: "
+                                  + "; ".join(f"{s.name}: {s.outside}" for s in states))
+        verdict, reason, *rest = combine([(s.name or "all", *_decide_level(s, adj, alpha, rule,
+                                                                           notes))
+                                          for s in inside])
+        outside = "; ".join(f"{s.name}: {s.outside}" for s in states if s.outside)
+        return (verdict, reason + (f" (outside the declared scope, so not tested: {outside})"
+                                   if outside else ""), *rest)
 
     out.decide = decide
     return out
