@@ -1,7 +1,8 @@
 """The run directory's names and its summary.json: the one module that spells either.
 
 Names: ``<output_dir>/runs/<YYYY-MM-DD_HH-MM-SS>_<name>_<uid>/`` for single runs,
-``<output_dir>/sweeps/<YYYY-MM-DD_HH-MM-SS>_<name>_<uid>/`` for sweeps, each job in
+``<output_dir>/sweeps/<YYYY-MM-DD_HH-MM-SS>_<name>_<uid>/`` for sweeps (``<name>`` says what was
+swept unless a preset or ``name=`` names it: ``sweep_name``), each job in
 ``<num>_<overrides>/`` (``job_dirname``), and a timing sweep's variants in
 ``seed=<seed>,norm=<kind>/`` (``timing_run_name``).
 
@@ -20,6 +21,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,19 @@ def new_run_dir(output_dir: str | Path, name: str, kind: str = "runs", unique: b
     path = Path(output_dir) / kind / safe
     path.mkdir(parents=True, exist_ok=not unique)
     return path
+
+
+CONFIG_GROUPS = ("data", "model", "norm", "optim", "reg", "experiment")  # configs/<group>/
+
+
+def sweep_name(fixed: Iterable[str], swept: Iterable[str]) -> str:
+    """A sweep folder's name that says what was swept: the fixed group choices, the swept keys'
+    last parts and ``sweep``: ``model=mlp`` with ``norm`` swept -> ``mlp-norm-sweep``;
+    ``optim.lr`` and ``seed`` swept -> ``lr,seed-sweep``."""
+    choices = [line.split("=", 1)[1] for line in fixed
+               if "=" in line and line.split("=", 1)[0].lstrip("+~") in CONFIG_GROUPS]
+    keys = ",".join(k.rsplit(".", 1)[-1] for k in swept)
+    return "-".join([*choices, keys, "sweep"] if keys else [*choices, "sweep"])
 
 
 def job_dirname(overrides: str) -> str:

@@ -52,6 +52,7 @@ from bnexp.rundir import (
     set_aside_previous_attempt,
     summary_or_failed,
     summary_so_far,
+    sweep_name,
     write_summary,
 )
 from bnexp.runlock import HELD, claimed, describe, holder, lock_path, wait_for_others
@@ -94,7 +95,9 @@ def plan_sweep(overrides: list[str], sweep_dir: Path | None = None
     _check_launcher(base)
     if sweep_dir is None:
         named = any(line.startswith(("experiment=", "name=")) for line in fixed_lines)
-        sweep_dir = new_run_dir(base.output_dir, str(base.name) if named else "sweep", "sweeps")
+        name = str(base.name) if named else sweep_name(fixed_lines, [
+            k for k, values in lines.items() if len(values) != 1])  # mlp-norm-sweep
+        sweep_dir = new_run_dir(base.output_dir, name, "sweeps")
     grid = {key: [line.split("=", 1)[1] for line in ls] for key, ls in lines.items()}
     # Job directories are named by the swept overrides only: the fixed ones are the same for
     # every job and would make names too long for the filesystem.
