@@ -25,6 +25,10 @@ Overrides = Annotated[list[str] | None, typer.Argument(
     show_default=False)]
 DataRoot = Annotated[Path | None, typer.Option(
     "--root", help="Data folder (default: $BNEXP_DATA or ./data).")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Print every job's output (Hydra's job lines, epoch lines) instead "
+    "of one progress display; otherwise it goes to the sweep's sweep.log and each job's "
+    "output.log.")]
 
 
 one_line_warnings()
@@ -55,6 +59,7 @@ def train(
     resume: Annotated[Path | None, typer.Option(
         help="With -m: continue the sweep in this directory (its own grid, from sweep.json); "
         "only jobs without a finished result run.")] = None,
+    verbose: Verbose = False,
 ) -> None:
     """Train one model; OVERRIDES use Hydra's syntax (norm=torch model=cnn optim.lr=0.05)."""
     overrides = list(overrides or [])
@@ -67,7 +72,7 @@ def train(
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     if multirun:
-        _multirun(overrides, resume)
+        _multirun(overrides, resume, verbose)
         return
     with user_errors():
         from bnexp.hydra_app import compose_config
@@ -88,11 +93,12 @@ def train(
         typer.echo(f"the loss became non-finite at step {summary['diverged_step']}")
 
 
-def _multirun(overrides: list[str], resume: Path | None) -> None:
+def _multirun(overrides: list[str], resume: Path | None, verbose: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from bnexp.sweep import UNFINISHED, run_sweep
+    from bnexp.sweep_progress import sweep_watch
 
     started: list[Path] = []
 
@@ -103,7 +109,8 @@ def _multirun(overrides: list[str], resume: Path | None) -> None:
     try:
         with user_errors():
             sweep_dir, rows, failed = run_sweep(overrides, ["bnexp", "train", "-m", *overrides],
-                                                on_start=announce, resume=resume)
+                                                on_start=announce, resume=resume,
+                                                watch=sweep_watch(verbose))
     except KeyboardInterrupt:
         how = (f"`bnexp train -m --resume {started[0]}`" if started
                else "the same command")
@@ -174,6 +181,7 @@ def claims(
         "--plan", help="Run nothing: print per claim and sweep the runs, the estimated minutes "
                        "and, from an earlier claims.json, the expected chance of a decision.")
     ] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run the experiment presets and write claims.md and claims.json: one verdict per claim,
     by the decision rules declared in configs/claims/claims.yaml, or in your own --spec FILE
@@ -182,6 +190,7 @@ def claims(
     Re-running reuses completed runs."""
     with user_errors():
         from bnexp.claims import run_claims
+        from bnexp.claims.watch import claims_watch
 
         if plan_only:
             from bnexp.claims.forecast import print_plan
@@ -191,7 +200,8 @@ def claims(
             return
         path = run_claims(budget, out, overrides or [],
                           only=only.split(",") if only else None, echo=typer.echo,
-                          spec_path=spec, max_minutes=max_minutes)
+                          spec_path=spec, max_minutes=max_minutes,
+                          watch=claims_watch(out, verbose))
     typer.echo(f"claims: {path}")
 
 

@@ -275,6 +275,8 @@ class SweepConfig:
     numbers depend on it (bnexp/reuse.py leaves ``sweep.*`` out of the comparison)."""
 
     stale: str = MISSING  # rerun (old files to .previous/) | reuse (keep) | refuse (stop, exit 2)
+    pack: bool = MISSING  # train jobs that differ only in seed as one packed model (bnexp/pack/)
+    pack_max: int = MISSING  # the most replicas in one packed model (memory)
 
 
 @dataclass
@@ -406,7 +408,7 @@ _POSITIVE = [
     ("trainer.log_every", 50), ("trainer.threads", 2), ("model.depth", 3), ("model.width", 100),
     ("model.init_gain", 1.0), ("model.convs_per_stage", 1), ("data.train_size", 5000),
     ("norm.eps", 1e-5), ("optim.step_size", 1), ("probe.every", 200), ("probe.batch_size", 128),
-    ("probe.max_elements", 4096), ("norm.groups", 4),
+    ("probe.max_elements", 4096), ("norm.groups", 4), ("sweep.pack_max", 8),
 ]
 _NON_NEGATIVE = [
     ("optim.weight_decay", 5e-4), ("optim.momentum", 0.9), ("data.val_size", 5000),

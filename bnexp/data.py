@@ -513,6 +513,7 @@ def load_splits(data_cfg: Any, seed: int, device: torch.device) -> Splits:
         )
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if data_cfg.train_size is not None:
+        _check_train_size(data_cfg.train_size, len(train_idx), n_val, spec.name)
         train_idx = train_idx[: data_cfg.train_size]
     val = (train_x[val_idx].to(device), train_y[val_idx].to(device)) if n_val else None
     return Splits(
@@ -521,6 +522,16 @@ def load_splits(data_cfg: Any, seed: int, device: torch.device) -> Splits:
         test=(test_x.to(device), test_y.to(device)),
         spec=spec,
     )
+
+
+def _check_train_size(train_size: int, available: int, n_val: int, name: str) -> None:
+    """A subset larger than the training split would silently train on all of it."""
+    if train_size > available:
+        held = f" after the {n_val} held out by data.val_size" if n_val else ""
+        raise BnexpError(
+            f"data.train_size={train_size} is larger than the training split: {name} has "
+            f"{available} training images{held}. Pass data.train_size={available} or less, or "
+            "data.train_size=null to train on all of them.")
 
 
 class TensorLoader:

@@ -20,12 +20,14 @@ are tested against them. ``impl`` picks the code that runs in training:
   precision, no C compiler) the torch-ops path ``bnexp.kernels.eager``;
 - ``eager``: the torch-ops path everywhere;
 - ``compiled``: the reference formulas fused by ``torch.compile``.
-The C kernels are built or loaded by ``prepare_kernels(model)`` before training; a forward pass
-never builds them, and until they are loaded ``auto`` runs the torch-ops path (one warning).
+The C kernels are built or loaded by ``prepare_kernels(model)`` before training (``bnexp train``
+does); a layer used on its own loads them on its first CPU float forward instead (once per
+process, with a note), and runs the torch-ops path only where they cannot be built.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -105,18 +107,18 @@ def _torch_ops(impl: str) -> tuple[Any, Any]:
     return eager.forward, eager.backward
 
 
-_UNPREPARED_WARNED: list[bool] = []
-
-
-def _warn_unprepared(x: torch.Tensor) -> None:
-    """Once per process: an ``auto`` layer ran on CPU before the C kernels were loaded."""
-    if _UNPREPARED_WARNED or cpu.load_attempted() or not x.is_cpu \
-            or x.dtype not in (torch.float32, torch.float64):
-        return
-    _UNPREPARED_WARNED.append(True)
-    warnings.warn("BatchNorm(impl='auto') ran before bnexp.norm.prepare_kernels(model): it uses "
-                  "torch ops (same formulas, slower on CPU) until the C kernels are loaded",
-                  stacklevel=2)
+def _load_unprepared(x: torch.Tensor) -> bool:
+    """An ``auto`` layer's first CPU float forward before anyone called ``prepare_kernels``:
+    build or load the C kernels now (once per process, with a note); True when they loaded."""
+    if cpu.load_attempted() or not x.is_cpu or x.dtype not in (torch.float32, torch.float64):
+        return False
+    start = time.perf_counter()
+    if cpu.load():
+        warnings.warn(f"bnexp's BatchNorm loaded its C kernels on its first forward "
+                      f"({time.perf_counter() - start:.1f} s); call "
+                      "bnexp.norm.prepare_kernels(model) before training to pay that up front",
+                      stacklevel=3)
+    return cpu.loaded()
 
 
 class _BatchNormFn(torch.autograd.Function):
@@ -131,12 +133,12 @@ class _BatchNormFn(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 eps: float, impl: str, running: tuple | None) -> torch.Tensor:
         shape = cpu.layout(x, weight, bias, *(running or ())[:2]) if impl == "auto" else None
+        if shape is None and impl == "auto" and _load_unprepared(x):
+            shape = cpu.layout(x, weight, bias, *(running or ())[:2])
         if shape is not None:
             y, stats = cpu.forward(x, shape, weight, bias, eps, *(running or (None,) * 4))
             ctx.save_for_backward(x, weight, stats)
         else:
-            if impl == "auto":
-                _warn_unprepared(x)
             fwd, _ = _torch_ops(impl)
             wc = None if weight is None else weight.to(compute_dtype(x))
             bc = None if bias is None else bias.to(compute_dtype(x))
@@ -184,9 +186,9 @@ class BatchNorm(nn.Module):
     Same arguments, buffers, ``state_dict`` keys and update rules as ``torch.nn.BatchNorm2d``:
     biased batch variance to normalise, unbiased variance into ``running_var``, ``momentum=None``
     for a cumulative average, running statistics in eval mode. ``impl`` picks the code that runs
-    in training: ``auto`` (the C kernels on CPU float32/float64 once ``prepare_kernels`` has
-    loaded them, torch ops elsewhere), ``eager`` (torch ops only) or ``compiled`` (the reference
-    formulas fused by torch.compile).
+    in training: ``auto`` (the C kernels on CPU float32/float64, loaded by ``prepare_kernels``
+    or else on the first such forward; torch ops elsewhere), ``eager`` (torch ops only) or
+    ``compiled`` (the reference formulas fused by torch.compile).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,

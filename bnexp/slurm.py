@@ -33,6 +33,9 @@ the scheduler and parses its answers; ``bnexp.slurm_wait`` decides each task's s
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,8 +51,62 @@ from bnexp.runlock import HELD, describe, holder, lock_path
 from bnexp.slurm_scheduler import partition_nodes, refused_message
 from bnexp.slurm_wait import STUCK_ENV, Waiter
 
-__all__ = ["STUCK_ENV", "LaunchRefused", "SlurmLauncher"]
+__all__ = ["STUCK_ENV", "LaunchRefused", "SlurmLauncher", "check_configured"]
 DEFAULT_MEM_GB = 4
+# Where SLURM's commands look for slurm.conf when SLURM_CONF is unset: the packages' and a
+# source build's default, and the copy a configless cluster's daemons cache.
+CONF_PATHS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/usr/local/etc/slurm.conf",
+              "/run/slurm/conf/slurm.conf", "/var/spool/slurmd/conf-cache/slurm.conf")
+NO_CONFIG = ("configuration source", "fetch_config", "dns srv")  # what sinfo/sbatch then say
+LOCAL = ('for the single-node cluster of scripts/slurm_local.sh: `bash scripts/slurm_local.sh '
+         'start`, then `eval "$(bash scripts/slurm_local.sh env)"`')
+
+
+# ---------------------------------------------------------------------------------------------
+# Is there a SLURM to submit to?
+# ---------------------------------------------------------------------------------------------
+
+def check_configured() -> None:
+    """Refuse a SLURM sweep, before anything is written, on a machine where SLURM cannot work:
+    no ``sbatch``, a ``SLURM_CONF`` that names no file, or no configuration at all (no
+    slurm.conf where SLURM looks, and no configless controller answering ``sinfo``). Without
+    this, sbatch's DNS errors came back as advice to change the hydra.launcher settings."""
+    if shutil.which("sbatch") is None:
+        raise BnexpError(
+            "hydra/launcher=submitit_slurm needs SLURM's commands (sbatch, squeue, scontrol), "
+            "and sbatch is not on PATH: this machine is no SLURM client. Run the sweep on the "
+            f"cluster's login node, drop the hydra/launcher override, or try the path {LOCAL}.")
+    conf = os.environ.get("SLURM_CONF")
+    if conf:
+        if not Path(conf).is_file():
+            raise BnexpError(
+                f"SLURM_CONF={conf} names no file, so SLURM has no configuration. Point it at "
+                f"the cluster's slurm.conf (`export SLURM_CONF=/path/to/slurm.conf`); {LOCAL}.")
+        return
+    if any(Path(p).is_file() for p in CONF_PATHS):
+        return
+    said = _sinfo_error()
+    if said is not None and any(words in said.lower() for words in NO_CONFIG):
+        raise BnexpError(no_configuration(said))
+
+
+def no_configuration(said: str) -> str:
+    """The paragraph for a machine whose SLURM commands found no configuration."""
+    said = " ".join(said.split())
+    return (f"No SLURM configuration found: SLURM_CONF is not set, there is no slurm.conf in "
+            f"{', '.join(str(Path(p).parent) for p in CONF_PATHS)}, and no configless controller "
+            f"answered ({said}). Point SLURM at the cluster's configuration with "
+            f"`export SLURM_CONF=/path/to/slurm.conf`; {LOCAL}. Nothing was submitted.")
+
+
+def _sinfo_error() -> str | None:
+    """sinfo's error output when it fails; None when it answers (or cannot be asked)."""
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return None if proc.returncode == 0 else (proc.stderr.strip() or proc.stdout.strip())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,6 +125,9 @@ class LaunchRefused(BaseException):
 
 class SlurmLauncher(HydraSlurmLauncher):
     """Hydra's submitit SLURM launcher with bnexp's checks, wait and status mapping."""
+
+    # bnexp.sweep asks a launcher this before it writes anything (``_check_launcher``).
+    check_environment = staticmethod(check_configured)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
         try:
@@ -136,6 +196,8 @@ class SlurmLauncher(HydraSlurmLauncher):
         try:
             jobs = executor.map_array(self, *zip(*job_params, strict=True))
         except submitit.core.utils.FailedJobError as exc:
+            if any(words in str(exc).lower() for words in NO_CONFIG):
+                raise BnexpError(no_configuration(str(exc).strip().splitlines()[-1])) from None
             raise BnexpError(refused_message(str(exc), params)) from None
         array_id = jobs[0].job_id.split("_")[0]
         logs = Path(str(params["submitit_folder"]).replace("%j", f"{array_id}_<task>"))

@@ -32,7 +32,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from bnexp.rundir import (
 )
 from bnexp.runlock import HELD, claimed, describe, holder, lock_path, wait_for_others
 from bnexp.signals import SchedulerSignal, scheduler_signals
+from bnexp.sweep_progress import JOB_LOG, QUIET_ENV, SWEEP_LOG, job_output
 
 # Launchers' worker processes import this module (for run_job) before Hydra composes there:
 # they get the CLI's one-line warnings, without Hydra's launcher-schema deprecation notice.
@@ -138,13 +139,16 @@ def _check_launcher(base: DictConfig) -> None:
     target = OmegaConf.select(base, "hydra.launcher._target_") or ""
     module, _, name = target.rpartition(".")
     try:
-        getattr(importlib.import_module(module), name)
+        launcher = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         extra = "slurm" if "submitit" in target or "slurm" in target else "parallel"
         raise BnexpError(
             f"The launcher {target} is not installed. Install it with "
             f"`pip install 'bnexp[{extra}]'` (or drop the hydra/launcher override to run the "
             "jobs one after another).") from None
+    check = getattr(launcher, "check_environment", None)  # bnexp.slurm: is there a SLURM?
+    if callable(check):
+        check()
 
 
 def planned_jobs(grid: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
@@ -164,7 +168,7 @@ def planned_jobs(grid: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None = None,
-              on_start: Any = None, resume: Path | None = None
+              on_start: Any = None, resume: Path | None = None, watch: Any = None
               ) -> tuple[Path, list[dict[str, Any]], int]:
     """Plan (validate every value), record, launch through Hydra and summarise a sweep.
 
@@ -177,6 +181,8 @@ def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None =
     ``on_start(sweep_dir)`` is called once the directory is known, before any job runs.
     A stale finished run (``bnexp.reuse``) is re-run, kept or refused as ``sweep.stale`` says;
     refused ones raise BnexpError once the other jobs are over (``report_reuse``).
+    ``watch(sweep_dir, jobs)``: a context manager around the launch (a progress display that
+    takes the jobs' output into the sweep's log files, bnexp/sweep_progress.py), or None.
     """
     if resume is None and sweep_dir is not None and (sweep_dir / MANIFEST).exists():
         resume = sweep_dir
@@ -193,7 +199,9 @@ def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None =
         if on_start is not None:
             on_start(sweep_dir)
         started = time.time()
-        _hydra_multirun(hydra_overrides, sweep_dir)
+        jobs = len(read_manifest(sweep_dir).get("jobs", {}))
+        with watch(sweep_dir, jobs) if watch is not None else nullcontext():
+            _hydra_multirun(hydra_overrides, sweep_dir)
     wait_for_others(sweep_dir, lambda text: print(f"sweep: {text}", flush=True))
     rows, failed = status_table(sweep_dir)
     update_manifest(sweep_dir, finished=True, failed=failed)
@@ -215,7 +223,9 @@ def _hydra_multirun(overrides: list[str], sweep_dir: Path) -> None:
     app = hydra.main(version_base="1.3", config_path=str(config_dir()),
                      config_name="config")(run_job)
     argv = sys.argv
-    sys.argv = ["bnexp", "--multirun", *overrides, f"hydra.sweep.dir='{sweep_dir}'"]
+    # Under a progress display: each job, whatever process runs it, writes to its log files.
+    quiet = [f"+hydra.job.env_set.{QUIET_ENV}=1"] if os.environ.get(QUIET_ENV) else []
+    sys.argv = ["bnexp", "--multirun", *overrides, *quiet, f"hydra.sweep.dir='{sweep_dir}'"]
     try:
         app()
     except BaseException as exc:  # bnexp.slurm's user errors, past Hydra's error report
@@ -280,7 +290,9 @@ def run_job(cfg: Any) -> str:
     job_dir, sweep_dir, num = Path(hc.runtime.output_dir), Path(hc.sweep.dir), int(hc.job.num)
     entry = {"num": num, "overrides": list(hc.overrides.task), "dir": job_dir.name}
     lock = lock_path(sweep_dir, job_dir.name)
-    with claimed(lock) as mine:
+    # Under a progress display (bnexp/sweep_progress.py) the job's lines go to the log files:
+    # its notes to the sweep's, its training's to its own directory's.
+    with job_output(sweep_dir / SWEEP_LOG), claimed(lock) as mine:
         if mine is None:
             print(f"[job {num}] run by {describe(holder(lock))} (another bnexp call on this "
                   "sweep): skipped here, waited for at the end", flush=True)
@@ -291,7 +303,8 @@ def run_job(cfg: Any) -> str:
         set_aside_previous_attempt(job_dir)
         _share_cores(cfg, hc.launcher)
         update_manifest(sweep_dir, jobs={str(num): {**entry, "status": RUNNING}})
-        status = _train_job(cfg, entry, job_dir, sweep_dir)
+        with job_output(job_dir / JOB_LOG, header=True):
+            status = _train_job(cfg, entry, job_dir, sweep_dir)
         update_manifest(sweep_dir, jobs={str(num): {**entry, "status": status}})
         return status
 

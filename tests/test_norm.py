@@ -6,6 +6,7 @@ write-up's SeedBatchNorm against a direct transcription of its formula."""
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -465,24 +466,56 @@ def fresh_process(tmp_path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("BNEXP_CACHE", str(tmp_path))
     monkeypatch.setattr(cpu, "_TRIED", [])
     monkeypatch.setattr(cpu, "_FNS", {})
-    monkeypatch.setattr("bnexp.norm._UNPREPARED_WARNED", [])
     return tmp_path
 
 
 @needs_cc
-def test_forward_never_builds_prepare_kernels_does(fresh_process) -> None:
-    """Before prepare_kernels, impl=auto warns once and runs torch ops (same results) without
-    building anything; prepare_kernels builds, and the next forward runs the C kernels."""
+def test_unprepared_layer_loads_the_kernels_on_its_first_forward(fresh_process,
+                                                                 monkeypatch) -> None:
+    """A BatchNorm used on its own (nobody called prepare_kernels) builds the C kernels on its
+    first CPU float forward, once, with one note, and that forward already runs them."""
+    calls = []
+    real = cpu.forward
+    monkeypatch.setattr(cpu, "forward", lambda *a: calls.append(1) or real(*a))
     ref, ours = nn.BatchNorm1d(C), BatchNorm(C)
     x = make_input(2, 64, torch.float32, channels_last=False)
-    with pytest.warns(UserWarning, match="before bnexp.norm.prepare_kernels"):
+    with pytest.warns(UserWarning, match="loaded its C kernels on its first forward") as notes:
         assert_close(ours(x), ref(x), 1e-5)
-    assert not (fresh_process / "kernels").exists() and not cpu.loaded()
-    model = nn.Sequential(nn.Linear(3, C), ours)
+    assert len(notes) == 1 and cpu.loaded() and calls == [1]
+    assert len(list((fresh_process / "kernels").glob("*.so"))) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second note, from this layer or another
+        assert_close(BatchNorm(C)(x), nn.BatchNorm1d(C)(x), 1e-5)
+        assert_close(ours(x), ref(x), 1e-5)
+    assert calls == [1, 1, 1]
+    assert_close(ours.running_var, ref.running_var, 1e-5)
+
+
+@needs_cc
+def test_prepare_kernels_pays_the_build_up_front(fresh_process) -> None:
+    """prepare_kernels builds before any forward; the forwards then say nothing."""
+    model = nn.Sequential(nn.Linear(3, C), BatchNorm(C))
     prepare_kernels(model)
     assert cpu.loaded() and len(list((fresh_process / "kernels").glob("*.so"))) == 1
+    x = make_input(2, 64, torch.float32, channels_last=False)
     assert cpu.layout(x) is not None  # the next forward takes the C kernels
-    assert_close(ours(x), ref(x), 1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model[1](x)
+
+
+def test_unprepared_layer_without_a_compiler_runs_torch_ops(fresh_process, monkeypatch) -> None:
+    """Where the kernels cannot be built, the first forward warns once that they are
+    unavailable and every forward runs the torch-ops path, same results."""
+    monkeypatch.setenv("CC", str(fresh_process / "no-such-cc"))
+    ref, ours = nn.BatchNorm1d(C), BatchNorm(C)
+    x = make_input(2, 64, torch.float32, channels_last=False)
+    with pytest.warns(UserWarning, match="C BatchNorm kernel is unavailable") as notes:
+        assert_close(ours(x), ref(x), 1e-5)
+    assert len(notes) == 1 and not cpu.loaded()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_close(ours(x), ref(x), 1e-5)
 
 
 def test_prepare_kernels_is_a_no_op_without_c_layers(fresh_process, monkeypatch) -> None:

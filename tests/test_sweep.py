@@ -160,7 +160,8 @@ def test_interrupt_then_resume_from_sweep_json_alone(cli, mnist_root, tmp_path, 
 def test_planned_job_numbers_follow_hydras_order(cli, mnist_root, tmp_path) -> None:
     """A preset's keys come first in Hydra's product, with command-line values in their place."""
     result = sweep(cli, mnist_root, tmp_path / "out", "experiment=small_batch", "norm=torch,seed",
-                   "trainer.batch_size=8,16", "seed=0", "trainer.eval_single=0")
+                   "trainer.batch_size=8,16", "seed=0", "trainer.eval_single=0",
+                   "data.train_size=null")  # the preset's 10,000 images: more than tiny data has
     assert result.exit_code == 0, result.output
     sweep_dir = only_sweep(tmp_path / "out")
     manifest = json.loads((sweep_dir / "sweep.json").read_text())

@@ -3,9 +3,9 @@
 ``load()`` compiles the C source with the system's C compiler (``$CC`` or ``cc``) into a
 per-user cache, keyed by a hash of the sources, compiler, flags and CPU, and loads it with
 ctypes: no build step at install time, and no torch headers (which take a minute to compile
-against). ``bnexp.norm.prepare_kernels`` calls it before training; a forward pass never builds,
-it only uses kernels that are already loaded (``loaded()``). Where there is no compiler,
-``load()`` warns once and returns False, and BatchNorm runs the torch-ops path instead.
+against). ``bnexp.norm.prepare_kernels`` calls it before training; a layer nobody prepared
+calls it on its first CPU float forward (``bnexp.norm``), once per process. Where there is no
+compiler, ``load()`` warns once and returns False, and BatchNorm runs the torch-ops path instead.
 """
 
 from __future__ import annotations
