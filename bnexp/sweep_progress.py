@@ -408,9 +408,8 @@ class Display:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(stage.counts.items())) or "no runs"
         reused = f", {stage.reused} reused" if stage.reused else ""
         took = clock((stage.ended or time.time()) - (stage.started or self.t0))
-        where = f" -> {stage.directory}" if stage.directory is not None else ""
-        return (f"{self._where(stage)}: {stage.runs} runs ({statuses}{reused}) in {took}{where}"
-                f" | {self.title}: {self._tail_text(self.summary())}")
+        return (f"{self._where(stage)}: {stage.runs} runs ({statuses}{reused}) in {took} | "
+                f"{self._tail_text(self.summary())}")
 
     def _render(self) -> Any:
         from rich.progress_bar import ProgressBar
