@@ -137,8 +137,9 @@ def _multirun(overrides: list[str], resume: Path | None, verbose: bool) -> None:
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Run or sweep directories (searched "
                                                 "recursively for runs).")],
-    out: Annotated[Path, typer.Option(help="Where report.md, results.csv and figures/ go.")] = Path(
-        "outputs/report"),
+    out: Annotated[Path | None, typer.Option(
+        help="Where report.md, results.csv and figures/ go (default: a new folder "
+             "outputs/reports/<time>_report_<id>/ for each report).")] = None,
 ) -> None:
     """Aggregate runs into a table, report.md, results.csv and PNG figures."""
     from rich.console import Console
@@ -159,7 +160,8 @@ def report(
     console.print(table)
     for path, reason in found["problems"]:
         typer.secho(f"skipped {path}: {reason}", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"report: {out / 'report.md'} ({len(found['figures'])} figures, results.csv)")
+    typer.echo(f"report: {found['out'] / 'report.md'} ({len(found['figures'])} figures, "
+               "results.csv)")
 
 
 @app.command()
@@ -349,10 +351,11 @@ def tb(
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 6006,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "localhost",
 ) -> None:
-    """Start TensorBoard on LOGDIR (default outputs/) and print its URL."""
+    """Start TensorBoard on LOGDIR (default outputs/) and print the URL that opens on the
+    learning curves. Runs are named like the experiment (mlp-norm-sweep/norm=none), new runs
+    appear as they start, and HParams lists the swept keys first."""
     import signal
     import socket
-    import subprocess
 
     with user_errors():
         if not logdir.is_dir():
@@ -367,49 +370,24 @@ def tb(
             raise BnexpError(f"Cannot listen on {host}:{port} ({exc.strerror}): another program "
                              "(perhaps another TensorBoard) uses that port. Pass another one, "
                              "e.g. --port 6007, or --port 0 for any free port.") from None
-    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-           "--port", str(port), "--host", host, "--reload_interval", "5"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    from bnexp.tbview import serve
 
     def stop(_signum: int, _frame: object) -> None:  # `kill`/a scheduler: stop TensorBoard too
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        if _wait_for_port(proc, host, port):  # the URL only once it answers
-            from urllib.parse import quote
+    def ready(url: str, runs: int) -> None:  # the URL only once it answers
+        typer.echo(f"TensorBoard on {logdir} ({runs} runs): {url}")
+        typer.echo(f"  opens on loss, accuracy and the gap, unsmoothed; every chart: "
+                   f"http://{host}:{port}/?smoothing=0, HParams: http://{host}:{port}/#hparams; "
+                   "Ctrl-C to stop")
+        sys.stdout.flush()
 
-            # The Time Series page groups tags alphabetically, so act/ (hundreds of probe
-            # charts) came first; the link opens on the learning curves (its tag filter).
-            curves = quote(r"^(train|train_eval|val|test|gap)/", safe="")
-            typer.echo(f"TensorBoard on {logdir}: http://{host}:{port}/?tagFilter={curves}  "
-                       f"(loss and accuracy; every chart: http://{host}:{port}/; Ctrl-C to stop)")
-            sys.stdout.flush()
-        _, err = proc.communicate()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
-        return
-    if proc.returncode not in (0, -15):
-        typer.secho(f"error: TensorBoard exited with code {proc.returncode}: "
-                    f"{err.strip().splitlines()[-1] if err.strip() else ''}. If the port is "
+    signal.signal(signal.SIGTERM, stop)
+    code, last_line = serve(logdir, host, port, ready)
+    if code not in (0, -15):
+        typer.secho(f"error: TensorBoard exited with code {code}: {last_line}. If the port is "
                     "taken, pass --port 0.", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
-
-
-def _wait_for_port(proc: object, host: str, port: int, timeout: float = 60.0) -> bool:
-    """True once ``host:port`` accepts a connection; False if the process ended first."""
-    import socket
-    import time as clock
-
-    deadline = clock.monotonic() + timeout
-    while clock.monotonic() < deadline and proc.poll() is None:  # type: ignore[attr-defined]
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            clock.sleep(0.2)
-    return False
 
 
 if __name__ == "__main__":

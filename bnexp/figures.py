@@ -4,6 +4,7 @@ and a legend naming the groups. A figure whose data is absent from the runs is n
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import defaultdict
 from contextvars import ContextVar
@@ -20,11 +21,68 @@ import matplotlib.ticker  # noqa: E402
 from bnexp import metrics  # noqa: E402
 from bnexp.runs import Group, Run, factor_value, varying_keys  # noqa: E402
 
+# The variants in the order a comparison reads them: the baseline (no normalisation) first.
+NORM_ORDER = ("none", "torch", "custom", "seed", "noisy", "ghost", "layer", "group")
+# One colour per variant in every figure and every report (Okabe-Ito, colour-blind safe;
+# the baseline black).
+NORM_COLORS = {"none": "#000000", "torch": "#0072B2", "custom": "#E69F00", "seed": "#009E73",
+               "noisy": "#CC79A7", "ghost": "#56B4E9", "layer": "#D55E00", "group": "#882255"}
+# Groups that coincide (custom on top of torch) stay visible: each its own dash and marker.
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+@dataclass(frozen=True)
+class Style:
+    color: Any
+    ls: str
+    marker: str
+
+
+def group_norm(g: Group) -> str | None:
+    """The norm variant of every run in the group, or None when they differ or none is known."""
+    kinds = {r.config.get("norm.kind") for r in g.runs}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def ordered(groups: list[Group]) -> list[Group]:
+    """The baseline first: groups by their norm variant in NORM_ORDER (none, torch, custom,
+    ...), otherwise in the given order."""
+    def rank(item: tuple[int, Group]) -> tuple[int, int]:
+        norm = group_norm(item[1])
+        return (NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER), item[0])
+
+    return [g for _, g in sorted(enumerate(groups), key=rank)]
+
+
+def _styles(groups: list[Group]) -> dict[str, Style]:
+    """Per group: its variant's colour (NORM_COLORS) when every group has one variant, else one
+    of tab10/tab20 in order; a line style and a marker of its own."""
+    norms = [group_norm(g) for g in groups]
+    by_norm = all(n in NORM_COLORS for n in norms)
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    return {g.label: Style(NORM_COLORS[n] if by_norm else cmap(i % cmap.N),
+                           LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+            for i, (g, n) in enumerate(zip(groups, norms, strict=True))}
+
 
 def _colors(groups: list[Group]) -> dict[str, Any]:
-    """One colour per group, the same in every figure of a report (tab10, then tab20)."""
-    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
-    return {g.label: cmap(i % cmap.N) for i, g in enumerate(groups)}
+    """One colour per group, the same in every figure of a report (``_styles``)."""
+    return {label: st.color for label, st in _styles(groups).items()}
+
+
+def _ns(groups: list[Group]) -> list[int]:
+    return [len(g.runs) for g in groups]
+
+
+def spread_text(groups: list[Group], spread: str = "mean ± sd over seeds (band)") -> str:
+    """What a figure's bands or bars are: ``spread`` when some group has several runs,
+    else that each group is one run (no spread, no interval claimed)."""
+    ns = _ns(groups)
+    if max(ns, default=0) <= 1:
+        return "one run per group (n = 1): no spread, no interval"
+    counts = f"n = {min(ns)}" if min(ns) == max(ns) else f"n = {min(ns)} to {max(ns)}"
+    return f"{spread}, {counts}"
 
 
 def _legend(ax: Any, n: int) -> None:
@@ -64,47 +122,75 @@ def _band(runs: list[Run], tag: str, kind: str | None) -> tuple[list[int], list[
     return steps, means, stds
 
 
+def _line(ax: Any, steps: list[int], values: list[float], st: Style, label: str,
+          lw: float = 1.8) -> Any:
+    """One group's line: its colour, dash and marker (a few markers on long series)."""
+    line, = ax.plot(steps, values, color=st.color, ls=st.ls, marker=st.marker, ms=5, lw=lw,
+                    markevery=max(1, len(steps) // 8), label=label)
+    return line
+
+
 def learning_curves(groups: list[Group], path: Path) -> Path | None:
+    """Loss and accuracy over training; the two loss panels share a y scale, as do the two
+    accuracy panels."""
     panels = [(metrics.TRAIN_LOSS, metrics.KIND_STEP, "train loss (per logged step)"),
               (metrics.TEST_LOSS, metrics.KIND_EPOCH, "test loss (per epoch)"),
-              (metrics.TRAIN_ACC, metrics.KIND_STEP, "train accuracy"),
-              (metrics.TEST_ACC, metrics.KIND_EPOCH, "test accuracy")]
+              (metrics.TRAIN_ACC, metrics.KIND_STEP, "train accuracy (per logged step)"),
+              (metrics.TEST_ACC, metrics.KIND_EPOCH, "test accuracy (per epoch)")]
     if not any(r.series(metrics.TEST_LOSS) for g in groups for r in g.runs):
         return None
-    colors = _colors(groups)
-    fig, axes = plt.subplots(2, 2, figsize=(11 if len(groups) <= 4 else 14, 7))
+    styles = _styles(groups)
+    fig, axes = plt.subplots(2, 2, figsize=(11 if len(groups) <= 4 else 14, 7), sharey="row")
     for ax, (tag, kind, title) in zip(axes.flat, panels, strict=True):
         for g in groups:
             steps, mean, std = _band(g.runs, tag, kind)
             if steps:
-                line, = ax.plot(steps, mean, marker="o" if len(steps) < 5 else None,
-                                label=f"{g.label} (n={len(g.runs)})", color=colors[g.label])
-                ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
-                                [m + s for m, s in zip(mean, std, strict=True)],
-                                color=line.get_color(), alpha=0.2)
-        ax.set(title=title + ", mean ± sd over seeds", xlabel="optimizer step", ylabel=tag)
+                _line(ax, steps, mean, styles[g.label], f"{g.label} (n={len(g.runs)})")
+                if len(g.runs) > 1:
+                    ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
+                                    [m + s for m, s in zip(mean, std, strict=True)],
+                                    color=styles[g.label].color, alpha=0.15)
+        ax.set(title=title, xlabel="optimizer step", ylabel=tag)
+    for ax in axes[0]:  # the loss row: a log axis needs a positive range
         lo, hi = ax.dataLim.intervaly
-        if "loss" in tag and ax.has_data() and hi > lo > 0:  # a log axis needs a positive range
+        if ax.has_data() and hi > lo > 0:
             ax.set_yscale("log")
+    fig.suptitle(f"Learning curves: {spread_text(groups)}", fontsize=10)
     _legend(axes.flat[1], len(groups))
     return _save(fig, path)
 
 
+def _bars(ax: Any, groups: list[Group], metric: str, scale: float = 1.0) -> None:
+    """One horizontal bar per group (the first at the top): the mean over its completed runs,
+    a 95% t-interval only where n >= 2, and each run as a dot."""
+    styles = _styles(groups)
+    labels = [f"{g.label} (n={g.stat(metric)['n']})" for g in groups]
+    for y, g in enumerate(groups):
+        stat = g.stat(metric)
+        mean = (stat["mean"] or 0.0) * scale
+        err = None
+        if stat["hi"] is not None and stat["n"] >= 2:
+            err = [[mean - stat["lo"] * scale], [stat["hi"] * scale - mean]]
+        ax.barh(y, mean, xerr=err, color=styles[g.label].color, alpha=0.75, capsize=3,
+                hatch="//" if y % 2 else None, edgecolor="white")
+        values = [v * scale for r in g.runs if r.status == metrics.COMPLETED
+                  if (v := r.metric(metric)) is not None and math.isfinite(v)]
+        ax.plot(values, [y] * len(values), "o", color="0.15", ms=3.5, zorder=3)
+    ax.set_yticks(range(len(groups)), labels)
+    ax.invert_yaxis()
+
+
 def gap_bars(groups: list[Group], path: Path) -> Path | None:
-    stats = [(g.label, g.stat(metrics.GAP_ACC), g.stat(metrics.GAP_LOSS)) for g in groups]
-    if not any(s[1]["n"] for s in stats):
+    if not any(g.stat(metrics.GAP_ACC)["n"] for g in groups):
         return None
-    colors = _colors(groups)
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(groups) + 2.5))
-    for ax, idx, name, scale in ((axes[0], 1, "train − test accuracy (pp)", 100),
-                                 (axes[1], 2, "train − test loss", 1)):
-        labels = [s[0] for s in stats]
-        means = [(s[idx]["mean"] or 0) * scale for s in stats]
-        errs = [((s[idx]["hi"] - s[idx]["mean"]) * scale) if s[idx]["hi"] is not None else 0
-                for s in stats]
-        ax.barh(labels, means, xerr=errs, color=[colors[lbl] for lbl in labels], capsize=3)
-        ax.set(title=f"{name}, mean with 95% interval", xlabel=name)
+    for ax, metric, name, scale in ((axes[0], metrics.GAP_ACC, "train − test accuracy (pp)", 100),
+                                    (axes[1], metrics.GAP_LOSS, "train − test loss", 1)):
+        _bars(ax, groups, metric, scale)
+        ax.set(title=name, xlabel=name)
         ax.axvline(0, color="black", lw=0.8)
+    fig.suptitle("Train-test gap: bar = mean, dots = runs; "
+                 + spread_text(groups, "95% t-interval where n ≥ 2"), fontsize=10)
     return _save(fig, path)
 
 
@@ -153,18 +239,20 @@ def _grad_profile_figure(groups: list[Group], path: Path, kind: str) -> Path | N
     layers, values = grad_profile(groups, kind)
     if not layers:
         return None
-    colors = _colors(groups)
+    styles = _styles(groups)
     fig, axes = plt.subplots(1, 2, figsize=(12 if len(groups) <= 4 else 15, 4.5), sharey=True)
     what = "weight-gradient norm" if kind == "weight" else "gradient w.r.t. each layer's input"
     for ax, when in ((axes[0], "init"), (axes[1], "last")):
         for g in groups:
-            ax.plot(layers, values[g.label][when], marker="o", label=g.label,
-                    color=colors[g.label])
+            st = styles[g.label]
+            ax.plot(layers, values[g.label][when], marker=st.marker, ls=st.ls,
+                    label=f"{g.label} (n={len(g.runs)})", color=st.color)
         ax.set(yscale="log", xlabel="layer (input → output)",
                ylabel="‖∂loss/∂W‖" if kind == "weight" else "‖∂loss/∂input‖",
                title=f"{what} " + ("at initialisation (step 0)" if when == "init"
                                    else "at the last probe"))
         ax.tick_params(axis="x", rotation=45)
+    fig.suptitle(f"{what} per layer: " + spread_text(groups, "mean over seeds"), fontsize=10)
     _legend(axes[1], len(groups))
     return _save(fig, path)
 
@@ -182,20 +270,26 @@ def figure1_percentiles(groups: list[Group], path: Path) -> Path | None:
     if not last:
         return None
     shown = [g for g in groups if g.label in last]
+    styles = _styles(shown)
     cols = min(4, len(shown))  # a grid, not one long row, for many groups
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows + 0.6), squeeze=False)
+    # One y scale for every panel: the contrast between variants is the point of the figure.
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows + 0.6), squeeze=False,
+                             sharey=True)
     for ax in axes.flat[len(shown):]:
         ax.axis("off")
     for ax, g in zip(axes.flat, shown, strict=False):
         layer = last[g.label]
-        for q, style in zip(metrics.PERCENTILES, (":", "-", ":"), strict=True):
+        for q, style in zip(metrics.PERCENTILES, ("--", "-", ":"), strict=True):
             steps, mean, _ = _band(g.runs[:1], metrics.act(layer, "norm", q), metrics.KIND_PROBE)
-            ax.plot(steps, mean, style, color="tab:blue", label=q)
+            ax.plot(steps, mean, style, color=styles[g.label].color, lw=1.8 if q == "p50" else 1.4,
+                    marker={"p15": "v", "p50": "o", "p85": "^"}[q], ms=4,
+                    markevery=max(1, len(steps) // 10), label=q)
         ax.set(title=g.label, xlabel="optimizer step", ylabel=f"{layer} nonlinearity input")
+        ax.axhline(0, color="0.8", lw=0.6, zorder=0)
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("15/50/85th percentiles of the last hidden layer's nonlinearity input "
-                 "(BN paper, Fig. 1)")
+                 "(BN paper, Fig. 1): one run per panel (each group's first), shared y scale")
     return _save(fig, path)
 
 
@@ -212,13 +306,14 @@ def accuracy_vs_lr(groups: list[Group], path: Path) -> Path | None:
         series[other or "runs"].append((r.config["optim.lr"], acc if acc is not None else 0.0,
                                         r.status))
     fig, ax = plt.subplots(figsize=(7 if len(series) <= 4 else 9, 4.5))
-    for label, points in sorted(series.items()):
+    for i, (label, points) in enumerate(sorted(series.items(), key=_baseline_first)):
         by_lr: dict[float, list[float]] = defaultdict(list)
         for lr, acc, _ in points:
             by_lr[lr].append(acc)
         xs = sorted(by_lr)  # the mean over seeds per lr; each run a dot
-        line, = ax.plot(xs, [100 * statistics.fmean(by_lr[x]) for x in xs], marker="o",
-                        label=label)
+        line, = ax.plot(xs, [100 * statistics.fmean(by_lr[x]) for x in xs],
+                        marker=MARKERS[i % len(MARKERS)], ls=LINESTYLES[i % len(LINESTYLES)],
+                        color=_series_color(label, i), label=label)
         done = [p for p in points if p[2] == metrics.COMPLETED]
         ax.scatter([p[0] for p in done], [100 * p[1] for p in done], s=10,
                    color=line.get_color(), alpha=0.5)
@@ -227,9 +322,23 @@ def accuracy_vs_lr(groups: list[Group], path: Path) -> Path | None:
         ax.scatter([p[0] for p in bad], [100 * p[1] for p in bad], marker=marker, s=90,
                    color=color, zorder=3, label=f"{status} (counted as 0%)" if bad else None)
     ax.set(xscale="log", xlabel="learning rate", ylabel="final test accuracy (%)",
-           title="final accuracy against learning rate (mean over seeds)")
+           title="final accuracy against learning rate: line = mean over seeds, dot = run")
     _legend(ax, len(series) + 1)
     return _save(fig, path)
+
+
+def _norm_of(label: str) -> str | None:
+    found = re.search(r"(?:^| )norm=([^ ]+)", label)
+    return found.group(1) if found else None
+
+
+def _baseline_first(item: tuple[str, Any]) -> tuple[int, str]:
+    norm = _norm_of(item[0])
+    return (NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER), item[0])
+
+
+def _series_color(label: str, i: int) -> Any:
+    return NORM_COLORS.get(_norm_of(label) or "", plt.get_cmap("tab10")(i % 10))
 
 
 # How runs that did not complete are drawn: a diverged run is a result, an interrupted one is not.
@@ -237,17 +346,27 @@ STATUS_MARKERS = ((metrics.DIVERGED, "x", "red"), (metrics.FAILED, "x", "black")
                   (metrics.INTERRUPTED, "s", "gray"))
 
 
+INTERLEAVED = "interleaved timing"  # the summary "kind" of a `bnexp time` run
+
+
 def step_time(groups: list[Group], path: Path) -> Path | None:
-    stats = [(g.label, g.stat(metrics.STEP_MS)) for g in groups]
-    if not any(s[1]["n"] for s in stats):
+    """ms per training step per group. Training runs time their steps alone, one after
+    another, on whatever else the machine does: the figure says so, and that `bnexp time`
+    (variants interleaved in one process) is the measurement to compare speeds with."""
+    if not any(g.stat(metrics.STEP_MS)["n"] for g in groups):
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(groups) + 2))
-    means = [s[1]["mean"] or 0 for s in stats]
-    errs = [(s[1]["hi"] - s[1]["mean"]) if s[1]["hi"] is not None else 0 for s in stats]
-    colors = _colors(groups)
-    ax.barh([s[0] for s in stats], means, xerr=errs, capsize=3, color=[colors[s[0]] for s in stats])
-    ax.set(xlabel="ms per training step (mean over epochs, 95% interval over seeds)",
-           title="step time per variant")
+    interleaved = all(r.summary.get("kind") == INTERLEAVED for g in groups for r in g.runs)
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(groups) + 2.6))
+    _bars(ax, groups, metrics.STEP_MS)
+    ax.set(xlabel="ms per training step (mean over epochs of each run)")
+    if interleaved:
+        ax.set_title("step time per variant, interleaved timing (bnexp time): "
+                     + spread_text(groups, "95% t-interval where n ≥ 2"), fontsize=9)
+    else:
+        ax.set_title("step time measured during training on one machine, variants not "
+                     "interleaved:\nnoisy, not a speed comparison (use `bnexp time`); "
+                     + spread_text(groups, "95% t-interval where n ≥ 2"), fontsize=9,
+                     color="#8a3b00")
     return _save(fig, path)
 
 
@@ -268,6 +387,7 @@ def optimization_landscape(groups: list[Group], path: Path) -> Path | None:
     if not any(s for runs in series.values() for s in runs):
         return None
     colors = _colors(groups)
+    styles = _styles(groups)
     fig, axes = plt.subplots(2, 2, figsize=(12 if len(groups) <= 6 else 15, 8))
     for ax, (pattern, title, log) in zip(axes.flat, OPTIMIZATION_PANELS, strict=True):
         for g in groups:
@@ -280,14 +400,17 @@ def optimization_landscape(groups: list[Group], path: Path) -> Path | None:
                 continue
             q = [statistics.quantiles(by_step[s], n=10, method="inclusive")
                  if len(by_step[s]) > 1 else [by_step[s][0]] * 9 for s in steps]
-            ax.plot(steps, [statistics.median(by_step[s]) for s in steps], color=colors[g.label],
-                    label=f"{g.label} (n={len(g.runs)})")
-            ax.fill_between(steps, [x[0] for x in q], [x[-1] for x in q], color=colors[g.label],
-                            alpha=0.2)
-        ax.set(title=f"{title}, median, 10-90% over seeds", xlabel="optimizer step")
+            _line(ax, steps, [statistics.median(by_step[s]) for s in steps], styles[g.label],
+                  f"{g.label} (n={len(g.runs)})")
+            if len(g.runs) > 1:
+                ax.fill_between(steps, [x[0] for x in q], [x[-1] for x in q],
+                                color=colors[g.label], alpha=0.2)
+        ax.set(title=title, xlabel="optimizer step")
         lo, hi = ax.dataLim.intervaly
         if log and ax.has_data() and hi > lo > 0:
             ax.set_yscale("log")
+    fig.suptitle("Santurkar et al.'s quantities over training: "
+                 + spread_text(groups, "median, band 10-90% over seeds"), fontsize=10)
     _legend(axes.flat[1], len(groups))
     return _save(fig, path)
 
@@ -307,7 +430,9 @@ FIGURES = {
 
 
 def all_figures(groups: list[Group], folder: Path, stamp: str = "") -> dict[str, Path]:
-    """Every figure the runs have data for; ``stamp`` (date, machine, command) on each."""
+    """Every figure the runs have data for, the baseline first (``ordered``); ``stamp`` (date,
+    machine, command) on each."""
+    groups = ordered(groups)
     made = {}
     token = _STAMP.set(stamp)
     try:

@@ -181,22 +181,33 @@ def hidden_layers(records: list[dict], prefix: str) -> list[str]:
     return sorted(names, key=lambda n: int(n.lstrip("fconv")))
 
 
-# The HParams dashboard's metrics and the run's custom-scalars charts (runlog writes both).
-HPARAM_METRICS = (TEST_ACC, TEST_LOSS, VAL_ACC, GAP_ACC, TRAIN_LOSS)
+# The HParams dashboard's metrics (each run's final value: the last point of its curve) and the
+# run's custom-scalars charts (runlog writes both; bnexp/tbview.py lists the metrics for HParams).
+HPARAM_METRICS = (TEST_ACC, VAL_ACC, GAP_ACC, GAP_LOSS, TEST_LOSS)
+# The splits charted one per chart, in reading order; train_eval is the training split scored
+# as the test split is (eval mode), which the gap compares.
+CHART_SPLITS = (("train", "train (per logged step)"), ("val", "val"), ("test", "test"),
+                ("train_eval", "train, eval mode"))
 
 
 def run_layout() -> dict[str, dict[str, list]]:
-    """Custom-scalars charts of every run: the curves of each split overlaid, and speed."""
-    overlaid = ("train", "train_eval", "val", "test")
+    """Custom-scalars charts of every run, in the order a student reads them: loss, accuracy
+    and the train-test gap, one chart per split (each run one line, named in the run list) and
+    one quantity per chart (no chart mixes units); then speed."""
+    def per_split(stat: str, what: str) -> dict[str, list]:
+        return {f"{what}: {label}": ["Multiline", [f"^{split_tag(split, stat)}$"]]
+                for split, label in CHART_SPLITS}
+
     return {
-        "curves": {
-            "loss": ["Multiline", [split_tag(s, "loss") for s in overlaid]],
-            "accuracy": ["Multiline", [split_tag(s, "acc") for s in overlaid]],
-            "train-test gap": ["Multiline", [GAP_LOSS, GAP_ACC]],
+        "loss": per_split("loss", "loss"),
+        "accuracy": per_split("acc", "accuracy"),
+        "train-test gap": {
+            "accuracy gap (train - test)": ["Multiline", [f"^{GAP_ACC}$"]],
+            "loss gap (train - test)": ["Multiline", [f"^{GAP_LOSS}$"]],
         },
         "speed": {
-            "samples/s": ["Multiline", [SAMPLES_PER_S]],
-            "step ms": ["Multiline", [STEP_MS]],
+            "samples/s": ["Multiline", [f"^{SAMPLES_PER_S}$"]],
+            "step ms": ["Multiline", [f"^{STEP_MS}$"]],
         },
     }
 

@@ -16,6 +16,7 @@ from bnexp import figures
 from bnexp import metrics as m
 from bnexp.errors import BnexpError
 from bnexp.jsonio import staging
+from bnexp.rundir import new_run_dir
 from bnexp.runs import Group, Run, find_runs, group_runs
 
 FINAL_METRICS = (m.TEST_ACC, m.TEST_LOSS, m.TRAIN_LOSS, m.TRAIN_ACC, m.TRAIN_EVAL_ACC, m.GAP_ACC,
@@ -49,15 +50,24 @@ def results_rows(groups: list[Group]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
-    """Aggregate the runs under ``paths`` into ``out`` (report.md, results.csv, figures/);
-    returns what was found, for the CLI to print."""
+def new_report_dir(output_dir: str | Path = "outputs") -> Path:
+    """``<output_dir>/reports/<YYYY-MM-DD_HH-MM-SS>_report_<uid>/``: each report its own folder,
+    so a second report never overwrites the first."""
+    return new_run_dir(output_dir, "report", "reports")
+
+
+def write_report(paths: list[Path], out: Path | None = None) -> dict[str, Any]:
+    """Aggregate the runs under ``paths`` into ``out`` (report.md, results.csv, figures/; by
+    default a new folder, ``new_report_dir``); returns what was found, for the CLI to print."""
     runs, problems = find_runs(paths)
     if not runs:
         raise BnexpError(f"No runs found under {', '.join(map(str, paths))}: a run directory "
                          "holds summary.json (made by `bnexp train`). Pass run or sweep "
-                         f"directories, e.g. outputs/sweeps/<dir>. Nothing in {out} was changed.")
+                         "directories, e.g. outputs/sweeps/<dir>. "
+                         + (f"Nothing in {out} was changed." if out else "No report was made."))
+    out = out if out is not None else new_report_dir()
     keys, groups = group_runs(runs)
+    groups = figures.ordered(groups)  # the baseline first, in the tables as in the figures
     with staging(out, ("report.md", "results.csv", "figures")) as tmp:
         made = _write_report_files(paths, tmp, runs, problems, keys, groups)
     made = {title: out / path.relative_to(tmp) for title, path in made.items()}
@@ -72,7 +82,8 @@ def _write_report_files(paths: list[Path], out: Path, runs: list[Run], problems:
         "bnexp report " + " ".join(map(str, paths))))
     lines = ["# bnexp report", "", f"{len(runs)} runs from {', '.join(map(str, paths))}; "
              f"grouped by: {', '.join(keys) or '(nothing varies)'}.", "",
-             "Values: mean [95% t-interval] (n seeds) over completed runs.", "",
+             "Values: mean [95% t-interval] (n seeds) over completed runs; a group of one run "
+             "(n=1) has its value only, no interval.", "",
              *_group_table(groups), *_not_completed(runs)]
     if problems:
         lines += ["", "## Skipped (unreadable)", ""]

@@ -2,14 +2,13 @@
 
 Layout (see README): ``<output_dir>/runs/<YYYY-MM-DD_HH-MM-SS>_<name>_<uid>/`` holding
 ``config.yaml``, ``overrides.yaml``, ``tb/``, ``metrics.jsonl``, ``summary.json`` and
-``checkpoint.pt``.
+``checkpoint.pt``. TensorBoard shows the run as ``bnexp.tbview.run_label`` names it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +18,23 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from bnexp.jsonio import atomic_path
-from bnexp.metrics import HPARAM_METRICS, run_layout  # the HParams metrics, the curves charts
+from bnexp.metrics import run_layout  # the curves charts
 from bnexp.reuse import git_sha  # noqa: F401  (training and the claims stamp runs with it)
 from bnexp.rundir import write_summary
+from bnexp.tbview import run_hparams, run_label, swept_keys
 
 
-def _trial_named(ssi: Summary, run_name: str) -> Summary:
-    """The HParams table names a trial by its run's path, and every run directory starts with
-    the same date, so the column showed one prefix for all; name it "<uid> <name>" instead."""
+def _session_start(hparams_flat: dict[str, Any], group_name: str) -> tuple[Summary, Summary]:
+    """The HParams session-start summary (its trial named ``group_name``) and the session-end
+    one. No experiment summary: ``bnexp tb`` writes one for all the runs it shows (bnexp/tbview.py),
+    and plain TensorBoard derives one from the runs' sessions (differing keys first)."""
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-    parts = run_name.split("_")
-    if len(parts) >= 4 and re.fullmatch(r"\d{4}-\d\d-\d\d", parts[0]):  # a single run's dir
-        run_name = f"{parts[-1]} {'_'.join(parts[2:-1])}"  # sweep jobs' "3_norm=..." stay
+    _, ssi, sei = hparams(hparams_flat, {})
     data = HParamsPluginData.FromString(ssi.value[0].metadata.plugin_data.content)
-    data.session_start_info.group_name = run_name
+    data.session_start_info.group_name = group_name
     ssi.value[0].metadata.plugin_data.content = data.SerializeToString()
-    return ssi
+    return ssi, sei
 
 
 def _finite(value: float) -> float | None:
@@ -53,16 +52,19 @@ class RunLog:
             "".join(f"- {json.dumps(o)}\n" for o in overrides) or "[]\n")
         self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
         self._metrics = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        self._hparams = hparams_flat
+        # A short set of hparams: the sweep's swept keys and the run's identity, not all 61
+        # config keys (config.yaml has them).
+        self.hparams = run_hparams(hparams_flat, overrides, swept_keys(run_dir))
         self._write_layout_and_hparams(layout or {})
 
     def _write_layout_and_hparams(self, extra_layout: dict[str, Any]) -> None:
-        self.tb.add_custom_scalars({**run_layout(), **extra_layout})  # once per writer
-        # hparams() returns the experiment, session-start and session-end summaries; writing
-        # them into this run's own writer (unlike add_hparams) keeps one run per training run.
-        exp, ssi, self._sei = hparams(self._hparams, {m: 0.0 for m in HPARAM_METRICS})
-        self.tb.file_writer.add_summary(exp)
-        self.tb.file_writer.add_summary(_trial_named(ssi, self.dir.name))
+        curves = run_layout()
+        speed = curves.pop("speed")
+        # once per writer; loss, accuracy and gap first, the probes' charts, then speed
+        self.tb.add_custom_scalars({**curves, **extra_layout, "speed": speed})
+        # Written into this run's own writer (unlike add_hparams, which makes a sub-run).
+        ssi, self._sei = _session_start(self.hparams, run_label(self.dir))
+        self.tb.file_writer.add_summary(ssi)
 
     def scalars(self, step: int, values: dict[str, float], **extra: Any) -> None:
         """Log scalars to TensorBoard and the same record to metrics.jsonl.

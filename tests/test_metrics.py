@@ -56,11 +56,20 @@ def test_statuses_are_one_list() -> None:
 
 
 def test_run_layout_and_hparam_metrics_use_the_scheme() -> None:
+    """Loss, accuracy, gap, in that order; one split per chart; no chart mixes two quantities."""
+    import re
+
     layout = M.run_layout()
-    assert layout["curves"]["loss"] == ["Multiline", ["train/loss", "train_eval/loss",
-                                                      "val/loss", "test/loss"]]
-    assert layout["speed"]["step ms"] == ["Multiline", ["time/step_ms"]]
-    assert M.HPARAM_METRICS == ("test/acc", "test/loss", "val/acc", "gap/acc", "train/loss")
+    assert list(layout) == ["loss", "accuracy", "train-test gap", "speed"]
+    assert [c[1] for c in layout["loss"].values()] == [
+        ["^train/loss$"], ["^val/loss$"], ["^test/loss$"], ["^train_eval/loss$"]]
+    assert [c[1] for c in layout["train-test gap"].values()] == [["^gap/acc$"], ["^gap/loss$"]]
+    assert layout["speed"]["step ms"] == ["Multiline", ["^time/step_ms$"]]
+    for charts in layout.values():
+        for _, tags in charts.values():
+            assert len(tags) == 1 and not re.search(tags[0], "train_eval/loss" if
+                                                     tags[0] == "^train/loss$" else "x")
+    assert M.HPARAM_METRICS == ("test/acc", "val/acc", "gap/acc", "gap/loss", "test/loss")
 
 
 def test_layers_come_in_network_order() -> None:

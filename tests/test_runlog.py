@@ -9,7 +9,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import cli_train, only_run
+from bnexp.tbview import short_name
+from tests.conftest import TINY, cli_train, only_run
 
 EXPECTED_TAGS = {"train/loss", "train/acc", "opt/lr", "val/loss", "val/acc", "test/loss",
                  "test/acc", "train_eval/loss", "train_eval/acc", "gap/loss", "gap/acc",
@@ -48,7 +49,9 @@ def test_train_mnist_writes_a_complete_run(cli, mnist_root, tmp_path, model, nor
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
     assert EXPECTED_TAGS <= set(events.Tags()["scalars"])
-    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")  # HParams dashboard
+    hparams = events.PluginTagToContent("hparams")  # HParams dashboard: this run's session;
+    assert "_hparams_/session_start_info" in hparams  # the experiment is bnexp tb's (tbview)
+    assert "_hparams_/experiment" not in hparams
     assert "custom_scalars__config__" in events.Tags()["tensors"]  # written once per run
     test_acc = [e.value for e in events.Scalars("test/acc")]
     assert test_acc[-1] == pytest.approx(summary["final"]["test/acc"])
@@ -82,25 +85,40 @@ def test_train_mnist_writes_a_complete_run(cli, mnist_root, tmp_path, model, nor
 
 
 
-def test_hparams_have_one_type_per_key_and_readable_trial_names(cli, mnist_root, tmp_path) -> None:
+def _session_start(run):
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-    out = tmp_path / "out"
-    result = cli_train(cli, mnist_root, out, "model=mlp", "data.train_size=200")
-    assert result.exit_code == 0, result.output
-    run = only_run(out)
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    start = HParamsPluginData.FromString(content).session_start_info
+    return HParamsPluginData.FromString(content).session_start_info
+
+
+def test_hparams_are_the_identity_keys_and_the_trial_is_named_like_the_run(
+        cli, mnist_root, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = cli_train(cli, mnist_root, out, "model=mlp", "data.train_size=200")
+    assert result.exit_code == 0, result.output
+    start = _session_start(only_run(out))
     hp = start.hparams
-    assert hp["trainer.checkpoint"].string_value == "true"  # not 0/1
-    assert hp["data.train_size"].string_value == "200"  # may be null: always text
-    assert hp["trainer.steps"].string_value == "null"
+    assert set(hp) == {"norm.kind", "model.arch", "data.name", "optim.lr",
+                       "trainer.batch_size", "seed"}  # not all 61 config keys
+    assert hp["norm.kind"].string_value == "torch" and hp["model.arch"].string_value == "mlp"
     assert hp["optim.lr"].number_value == pytest.approx(0.1)
-    uid = run.name.split("_")[-1]
-    assert start.group_name.startswith(uid)  # distinct trial ids, not the shared date prefix
+    assert start.group_name == "mnist-mlp-torch"  # the run's name, not the shared date prefix
 
 
-
-
+def test_a_sweep_job_logs_its_swept_keys_too(cli, mnist_root, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = cli("train", "-m", f"data.root={mnist_root}", f"output_dir={out}", *TINY,
+                 "trainer.epochs=1", "model=mlp", "norm=none,torch", "data.train_size=64,96",
+                 "trainer.checkpoint=false")
+    assert result.exit_code == 0, result.output
+    sweep, = (out / "sweeps").iterdir()
+    assert short_name(sweep.name) == "mlp-norm,train_size-sweep"  # says what was swept
+    job = sweep / "1_data.train_size=96,norm=none"
+    start = _session_start(job)
+    assert set(start.hparams) == {"norm.kind", "data.train_size", "model.arch", "data.name",
+                                  "optim.lr", "trainer.batch_size", "seed"}
+    assert start.hparams["data.train_size"].string_value == "96"  # nullable: always text
+    assert start.group_name == "mlp-norm,train_size-sweep/data.train_size=96,norm=none"

@@ -34,7 +34,7 @@ def test_grid_runs_every_job_with_manifest(cli, mnist_root, tmp_path) -> None:
     result = sweep(cli, mnist_root, tmp_path / "out", "norm=none,torch", "seed=0,1")
     assert result.exit_code == 0, result.output
     sweep_dir = only_sweep(tmp_path / "out")
-    assert "_sweep_" in sweep_dir.name
+    assert "_mlp-norm,seed-sweep_" in sweep_dir.name  # says what was swept
     dirs = job_dirs(sweep_dir)
     assert [d.name.split("_")[0] for d in dirs] == ["0", "1", "2", "3"]
     assert "norm=none" in dirs[0].name and "seed=1" in dirs[1].name

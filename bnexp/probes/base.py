@@ -89,6 +89,7 @@ class Probe:
     Scalars stay device tensors until the schedule reads each record with one host copy."""
 
     switch: ClassVar[str] = "enabled"  # the ProbeConfig key that turns the kind on
+    cadence: ClassVar[str] = "every"  # the ProbeConfig key: steps between the kind's probes
     stages: ClassVar[tuple[str, ...]] = ()  # block stages it measures in the probe forward
 
     def __init__(self, ctx: Context, cfg: Any) -> None:

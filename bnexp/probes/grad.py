@@ -29,7 +29,9 @@ class GradNorms(Probe):
     def charts(cls, model: nn.Module) -> Charts:
         grad = {f"{kind} grad norm": ["Multiline", [m.any_layer(m.grad, kind)]]
                 for kind in m.GRAD_KINDS}
-        grad["global / first-to-last"] = ["Multiline", [m.GRAD_GLOBAL, m.GRAD_FIRST_LAST]]
+        # two quantities, two charts: a norm and a ratio share no unit
+        grad["global grad norm (all parameters)"] = ["Multiline", [f"^{m.GRAD_GLOBAL}$"]]
+        grad["first-layer / head weight-grad ratio"] = ["Multiline", [f"^{m.GRAD_FIRST_LAST}$"]]
         return {"gradients": grad}
 
     def before(self, step: int, x: torch.Tensor, y: torch.Tensor | None) -> None:

@@ -8,36 +8,29 @@ import torch
 
 from bnexp import metrics as m
 from bnexp.metrics import STAGES
-from bnexp.probes.base import Context, Probe, Scalars
+from bnexp.probes.base import Probe, Scalars
 
 
 class Histograms(Probe):
     """``hist/act/<layer>/<stage>`` on the probe batch and ``hist/grad/<layer>/weight`` of the
-    training step, on the probed steps that are multiples of ``probe.hist_every`` (0: never).
-    TensorBoard only. Each reads its range back to the host, hence the rarer cadence."""
+    training step, at step 0 and every ``probe.hist_every`` steps (0: never), whatever
+    ``probe.every`` is (the schedule runs the kind on its own cadence). TensorBoard only. Each
+    reads its range back to the host, hence the rarer cadence."""
 
     switch = "hist_every"
+    cadence = "hist_every"
     stages = STAGES
-
-    def __init__(self, ctx: Context, cfg: Any) -> None:
-        super().__init__(ctx, cfg)
-        self.every = cfg.hist_every
 
     @classmethod
     def wanted(cls, cfg: Any) -> bool:
         return cfg.hist_every > 0
 
-    def due(self, step: int) -> bool:
-        return step % self.every == 0
-
     def measure(self, step: int, layer: str, stage: str, t: torch.Tensor) -> None:
-        if self.due(step):
-            self.write(m.hist(m.act(layer, stage, "").rstrip("/")), t, step)
+        self.write(m.hist(m.act(layer, stage, "").rstrip("/")), t, step)
 
     def after(self, step: int) -> Scalars:
-        if self.due(step):
-            for name, layer in self.ctx.layers.items():
-                self.write(m.hist(m.grad(name, "weight")), layer.weight.grad, step)
+        for name, layer in self.ctx.layers.items():
+            self.write(m.hist(m.grad(name, "weight")), layer.weight.grad, step)
         return {}
 
     def write(self, tag: str, t: torch.Tensor, step: int, bins: int = 64) -> None:

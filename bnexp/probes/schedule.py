@@ -1,6 +1,8 @@
-"""The probe schedule: every ``probe.every`` steps (and at step 0, before any update), the
-enabled probe kinds (bnexp/probes/registry.py) around one training step, with two records
-read off the device in one copy each; every other step costs one modulo."""
+"""The probe schedule: the enabled probe kinds (bnexp/probes/registry.py) around one training
+step, with two records read off the device in one copy each. Each kind runs every ``probe.<its
+cadence>`` steps (``Probe.cadence``: ``probe.every`` for most, ``probe.hist_every`` for the
+histograms, whatever ``probe.every`` is) and at step 0, before any update; every other step
+costs a modulo per distinct cadence."""
 
 from __future__ import annotations
 
@@ -37,23 +39,31 @@ class Probes:
         self.enabled, self.every = cfg.enabled, cfg.every
         self.kinds: list[Probe] = [kind(self.ctx, cfg) for kind in PROBES
                                    if cfg.enabled and kind.wanted(cfg)]
-        self.lookers = {s: [k for k in self.kinds if s in k.stages] for s in STAGES}
+        self.cadence = {id(k): int(getattr(cfg, k.cadence)) for k in self.kinds}
+        self.everies = sorted(set(self.cadence.values()))
 
     def due(self, step: int) -> bool:
-        return self.enabled and step % self.every == 0
+        """Whether some kind runs at ``step``."""
+        return any(step % every == 0 for every in self.everies)
 
-    def activation_stats(self, step: int) -> dict[str, float]:
-        """The probe-batch look: one forward in which every kind measures its stages, then
-        their scalars (activation statistics), read back in one copy."""
+    def kinds_at(self, step: int) -> list[Probe]:
+        """The kinds that run at ``step``, in registry order."""
+        return [k for k in self.kinds if step % self.cadence[id(k)] == 0]
+
+    def activation_stats(self, step: int, kinds: list[Probe] | None = None) -> dict[str, float]:
+        """The probe-batch look: one forward in which every kind (of ``kinds``, default all)
+        measures its stages, then their scalars (activation statistics), read back in one copy."""
+        kinds = self.kinds if kinds is None else kinds
+        lookers = {s: [k for k in kinds if s in k.stages] for s in STAGES}
 
         def measure(layer: str, stage: str, t: torch.Tensor) -> None:
-            for kind in self.lookers[stage]:
+            for kind in lookers[stage]:
                 kind.measure(step, layer, stage, t)
 
-        stages = tuple(s for s in STAGES if self.lookers[s])
+        stages = tuple(s for s in STAGES if lookers[s])
         if stages:
             self.ctx.look(stages, measure)
-        return _to_floats(_merged(kind.looked(step) for kind in self.kinds))
+        return _to_floats(_merged(kind.looked(step) for kind in kinds))
 
     def at(self, step: int, x: torch.Tensor, y: torch.Tensor | None = None) -> Any:
         """Wrap a training step: ``with probes.at(step, x, y): train_step(...)``. On a probed
@@ -68,23 +78,26 @@ class ProbedStep:
     def __init__(self, probes: Probes, step: int, x: torch.Tensor,
                  y: torch.Tensor | None) -> None:
         self.p, self.step, self.x, self.y = probes, step, x, y
+        self.kinds = probes.kinds_at(step)
 
     def __enter__(self) -> ProbedStep:
-        p = self.p
-        p.log.scalars(self.step, p.activation_stats(self.step), kind=m.KIND_PROBE)
-        for kind in p.kinds:
+        self._log(self.p.activation_stats(self.step, self.kinds))
+        for kind in self.kinds:
             kind.before(self.step, self.x, self.y)
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        kinds = self.p.kinds
-        for kind in kinds:
+        for kind in self.kinds:
             kind.release()
         if exc_type is None:
-            values = _merged(kind.after(self.step) for kind in kinds)
-            self.p.log.scalars(self.step, _to_floats(values), kind=m.KIND_PROBE)
-            for kind in kinds:
+            self._log(_to_floats(_merged(kind.after(self.step) for kind in self.kinds)))
+            for kind in self.kinds:
                 kind.finish(self.step)
+
+    def _log(self, values: dict[str, float]) -> None:
+        """A probe record; none when no kind measured a scalar (a step of histograms only)."""
+        if values:
+            self.p.log.scalars(self.step, values, kind=m.KIND_PROBE)
 
 
 _NO_PROBE = nullcontext()
