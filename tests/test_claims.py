@@ -390,6 +390,7 @@ def test_declared_claims_are_complete() -> None:
 def test_claims_end_to_end_on_generated_data(cli, mnist_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "claims"
     args = ["claims", "--budget", "test", "--out", str(out), f"data.root={mnist_root}",
+            "data.train_size=null",  # presets' subsets (2,000-10,000): more than tiny data has
             *[o for o in TINY if not o.startswith("trainer.epochs")]]
     result = cli(*args)
     assert result.exit_code == 0, result.output
@@ -570,7 +571,8 @@ def test_two_claims_calls_on_one_out_write_every_run_once(mnist_root: Path, tmp_
         time.sleep(0.5)  # both import torch (seconds) before their first job: they overlap
     outputs = [c.communicate(timeout=600)[0] for c in calls]
     assert [c.returncode for c in calls] == [0, 0], outputs
-    assert "(another bnexp call on this sweep)" in "".join(outputs), outputs  # they did meet
+    logs = "".join(p.read_text() for p in (out / "sweeps").rglob("sweep.log"))  # job notes
+    assert "(another bnexp call on this sweep)" in "".join(outputs) + logs, outputs  # they met
     jobs = [p.parent for p in (out / "sweeps").rglob("summary.json")]
     assert len(jobs) == 8  # 2 norms x 2 gains x 2 seeds, each once
     lines = {len((j / "metrics.jsonl").read_text().splitlines()) for j in jobs}
