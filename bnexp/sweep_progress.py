@@ -17,7 +17,8 @@ planning and the data load) plus its runs still to run times a cost per run. A s
 run is measured once some of its runs have finished (the clock from the sweep's start to its
 latest finished run), blended with its prior (``Stage.prior_s``: ``bnexp claims --plan``'s
 model, bnexp/claims/watch.py) while few have; a sweep not started yet costs its prior, scaled
-by how this call's measured sweeps compared with theirs (the machine's speed and load today).
+by how this call's measured sweeps compared with theirs (the median ratio: the machine's speed
+and load today, not one sweep whose code got slower).
 Without any prior, the mean measured cost per run of the call stands in.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import io
 import os
+import statistics
 import sys
 import time
 from collections import Counter
@@ -44,7 +46,8 @@ SWEEP_LOG, JOB_LOG = "sweep.log", "output.log"
 HANDFUL = 6  # `bnexp train -m` shows the display for sweeps of more jobs than this
 STARTUP_S = 5.0  # a sweep's fixed start-up, as in `bnexp claims --plan` (forecast.PER_SWEEP_S)
 PRIOR_RUNS = 3.0  # a prior counts as this many measured runs in a sweep's cost per run
-PRIOR_SECONDS = 20.0  # and as this many measured seconds in the call's speed factor
+PRIOR_SECONDS = 20.0  # and as this many measured seconds in a sweep's speed ratio
+MIN_RUNS = 3  # finished runs before the running sweep's speed ratio counts
 ENDED = (COMPLETED, DIVERGED, FAILED, CANCELLED, TIMEOUT, INTERRUPTED)
 
 
@@ -223,19 +226,21 @@ def _measured_rate(stage: Stage) -> float | None:
 
 
 def _speed(stages: list[Stage]) -> tuple[float, float | None]:
-    """(measured / prior over this call's measured stages, shrunk towards 1; the mean measured
-    seconds per run of the call, start-ups included, or None before any run ended)."""
-    actual = prior = seconds = 0.0
-    runs = 0
+    """(how this call's measured stages compared with their priors: the median over stages of
+    measured / prior, each shrunk towards 1 by PRIOR_SECONDS; the mean measured seconds per run
+    of the call, start-ups included, or None before any run ended). The median, because one
+    sweep whose code changed since its prior was measured must not scale all the others; the
+    running stage counts once MIN_RUNS of its runs have ended."""
+    ratios, seconds, runs = [], 0.0, 0
     for s in stages:
         span = _span(s)
         if span is None or not s.fresh:
             continue
         seconds, runs = seconds + span, runs + s.fresh
-        if s.prior_s is not None:
-            actual, prior = actual + span, prior + STARTUP_S + s.fresh * s.prior_s
-    factor = (actual + PRIOR_SECONDS) / (prior + PRIOR_SECONDS)
-    return factor, (seconds / runs if runs else None)
+        if s.prior_s is not None and (s.ended is not None or s.fresh >= MIN_RUNS):
+            prior = STARTUP_S + s.fresh * s.prior_s
+            ratios.append((span + PRIOR_SECONDS) / (prior + PRIOR_SECONDS))
+    return (statistics.median(ratios) if ratios else 1.0), (seconds / runs if runs else None)
 
 
 def _stage_left(s: Stage, now: float, factor: float, per_run: float | None) -> float | None:

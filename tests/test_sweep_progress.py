@@ -44,16 +44,33 @@ def test_priors_alone_give_start_up_plus_runs() -> None:
     assert seconds_left(stages, now=0.0) == pytest.approx(2 * sp.STARTUP_S + 10 * 2 + 2 * 1)
 
 
+def ended_stage(name: str, runs: int, prior: float, ratio: float, start: float = 0.0) -> Stage:
+    """A stage that took ``ratio`` times its prior cost."""
+    took = ratio * (sp.STARTUP_S + runs * prior)
+    return Stage(name, runs, prior_s=prior, started=start, fresh=runs, last=start + took,
+                 ended=start + took)
+
+
 def test_a_slower_machine_than_the_priors_scales_the_sweeps_to_come() -> None:
     """The first sweep took three times its prior: the next sweep's prior is scaled up (by
     the measured ratio, shrunk towards 1 by PRIOR_SECONDS), not taken as it is."""
-    first = Stage("a", 20, prior_s=1.0, started=0.0, fresh=20)
-    first.last = first.ended = 3 * (sp.STARTUP_S + 20 * 1.0)
-    nxt = Stage("b", 40, prior_s=1.0)
-    left = seconds_left([first, nxt], now=first.ended)
+    first = ended_stage("a", 20, 1.0, ratio=3.0)
+    left = seconds_left([first, Stage("b", 40, prior_s=1.0)], now=first.ended)
     factor = (first.ended + sp.PRIOR_SECONDS) / (sp.STARTUP_S + 20 + sp.PRIOR_SECONDS)
     assert factor > 2
     assert left == pytest.approx(factor * (sp.STARTUP_S + 40))
+
+
+def test_one_sweep_far_off_its_prior_does_not_scale_the_others() -> None:
+    """A sweep whose code got eight times slower since its prior was measured: the sweeps to
+    come are scaled by the median ratio (the machine), not by the sum that sweep dominates."""
+    stages = [ended_stage("a", 20, 1.0, 2.0), ended_stage("b", 20, 1.0, 8.0, start=100),
+              ended_stage("c", 20, 1.0, 2.2, start=400)]
+    ratios = sorted((s.ended - s.started + sp.PRIOR_SECONDS) / (sp.STARTUP_S + 20 +
+                                                                 sp.PRIOR_SECONDS)
+                    for s in stages)
+    left = seconds_left([*stages, Stage("d", 10, prior_s=2.0)], now=1000.0)
+    assert left == pytest.approx(ratios[1] * (sp.STARTUP_S + 20)) and ratios[1] < 2.3
 
 
 def test_the_current_sweep_follows_its_measured_runs() -> None:
