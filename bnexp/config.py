@@ -78,6 +78,16 @@ class Activation(StrEnum):
     tanh = "tanh"
 
 
+class Pool(StrEnum):
+    late = "late"  # cnn: conv -> norm -> act, then 2x2 max-pool
+    early = "early"  # cnn: conv -> 2x2 max-pool -> norm -> act (norm and act on 4x fewer values)
+
+
+class Head(StrEnum):
+    gap = "gap"  # cnn: global average pool of the last stage, then the linear head
+    flatten = "flatten"  # cnn: the last stage's feature map flattened into the linear head
+
+
 class Init(StrEnum):
     default = "default"  # torch's own init
     he = "he"  # Kaiming-normal (fan_in, ReLU gain) times model.init_gain
@@ -137,6 +147,8 @@ class ModelConfig:
     width: int = MISSING  # mlp: units per hidden layer
     channels: list[int] = MISSING  # cnn: one stage each
     convs_per_stage: int = MISSING  # cnn: conv-norm-act blocks before each 2x2 max-pool
+    pool: Pool = MISSING  # cnn: max-pool after the stage's last activation, or before its norm
+    head: Head = MISSING  # cnn: global average pool or flatten before the linear head
     init: Init = MISSING
     init_gain: float = MISSING  # he: weight scale relative to He's
 
@@ -243,6 +255,7 @@ class TrainerConfig:
     compile: bool = MISSING  # torch.compile the model for the training step
     progress: ProgressMode = MISSING
     checkpoint: bool = MISSING  # write checkpoint.pt at the end of the run
+    label_smoothing: float = MISSING  # of the training loss (evaluation: plain cross-entropy)
     keep_memory: bool = MISSING  # glibc: reuse freed memory instead of returning it every step
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnexp.config import Activation, Arch, Init, NormKind
+from bnexp.config import Activation, Arch, Head, Init, NormKind, Pool
 from bnexp.norm import make_norm
 
 # The choices are bnexp.config's enums; keyed by their members, a misspelt name fails at import.
@@ -59,17 +59,25 @@ def init_weights(model: nn.Module, init: str, gain: float) -> None:
 
 
 class Block(nn.Module):
-    """affine map -> norm -> nonlinearity (-> dropout)."""
+    """affine map (-> pool) -> norm -> nonlinearity (-> dropout). A CNN with model.pool=early
+    max-pools the affine map's output here, so that norm and nonlinearity (and their backward
+    passes) run on a quarter of the values; the probes' ``pre`` stage is the unpooled output."""
 
-    def __init__(self, affine: nn.Module, norm: nn.Module, act: nn.Module, dropout: float) -> None:
+    def __init__(self, affine: nn.Module, norm: nn.Module, act: nn.Module, dropout: float,
+                 pool: nn.Module | None = None) -> None:
         super().__init__()
         self.affine = affine
+        if pool is not None:
+            self.pool = pool
         self.norm = norm
         self.act = act
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.act(self.norm(self.affine(x))))
+        x = self.affine(x)
+        if "pool" in self._modules:
+            x = self.pool(x)
+        return self.drop(self.act(self.norm(x)))
 
 
 class MLP(nn.Module):
@@ -92,27 +100,38 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """VGG-style: per stage ``convs_per_stage`` x (3x3 conv -> norm -> act), then 2x2 max-pool;
-    global average pool and a linear head."""
+    """VGG-style: per stage ``convs_per_stage`` x (3x3 conv -> norm -> act), then 2x2 max-pool
+    (``pool="late"``), or with the stage's last conv max-pooled before its norm and activation
+    (``pool="early"``: conv -> pool -> norm -> act, 4x fewer values to normalise); then global
+    average pool (``head="gap"``) or the flattened feature map (``"flatten"``) into a linear
+    head."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: list[int],
                  convs_per_stage: int, activation: str, dropout: float, norm: NormFactory,
-                 has_norm: bool) -> None:
+                 has_norm: bool, pool: str = Pool.late, head: str = Head.gap,
+                 size: int = 28) -> None:
         super().__init__()
         self.blocks = nn.Sequential()
         c_in, k = in_channels, 1
         for c_out in channels:
-            for _ in range(convs_per_stage):
+            for i in range(convs_per_stage):
                 conv = _affine(nn.Conv2d(c_in, c_out, 3, padding=1), has_norm)
-                self.blocks.add_module(f"conv{k}", Block(conv, norm(c_out, 2),
-                                                         ACTIVATIONS[activation](), 0.0))
+                early = pool == Pool.early and i == convs_per_stage - 1
+                self.blocks.add_module(f"conv{k}", Block(
+                    conv, norm(c_out, 2), ACTIVATIONS[activation](), 0.0,
+                    nn.MaxPool2d(2) if early else None))
                 c_in, k = c_out, k + 1
-            self.blocks.add_module(f"pool{len(self.blocks)}", nn.MaxPool2d(2))
+            if pool != Pool.early:
+                self.blocks.add_module(f"pool{len(self.blocks)}", nn.MaxPool2d(2))
+            size //= 2
+        self.flatten = head == Head.flatten
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(c_in, num_classes)
+        self.head = nn.Linear(c_in * size * size if self.flatten else c_in, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.blocks(x).mean(dim=(2, 3))))
+        features = self.blocks(x)
+        features = features.flatten(1) if self.flatten else features.mean(dim=(2, 3))
+        return self.head(self.drop(features))
 
 
 PROBE_SEED = 20180529  # the noise every batch_statistics look draws
@@ -165,6 +184,7 @@ def build_model(model_cfg: Any, norm_cfg: Any, shape: tuple[int, int, int],
                     model_cfg.activation, model_cfg.dropout, norm, has_norm)
     else:
         model = CNN(shape[0], num_classes, list(model_cfg.channels), model_cfg.convs_per_stage,
-                    model_cfg.activation, model_cfg.dropout, norm, has_norm)
+                    model_cfg.activation, model_cfg.dropout, norm, has_norm,
+                    model_cfg.pool, model_cfg.head, shape[1])
     init_weights(model, model_cfg.init, model_cfg.init_gain)
     return model

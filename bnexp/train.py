@@ -58,12 +58,13 @@ STEADY_AFTER = 10
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-               x: torch.Tensor, y: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+               x: torch.Tensor, y: torch.Tensor, precision: str,
+               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step. Returns the loss and the number of correct predictions as device
     tensors: reading them here would make the host wait for the device every step."""
     with autocast(x.device, precision):
         logits = model(x)
-    loss = F.cross_entropy(logits.float(), y)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -148,7 +149,7 @@ def train_epoch(run: Training, progress: Progress) -> dict[str, float]:
             window.sync()  # a probe reads the device anyway; it never sees a diverged model
         with run.probes.at(run.step, x, y):  # no-op unless a probe is due at this step
             loss, correct = train_step(run.step_model, run.optimizer, run.scheduler, x, y,
-                                       precision)
+                                       precision, tc.label_smoothing)
         window.add(loss, correct)
         run.step += 1
         clock.tick(run.step - first)

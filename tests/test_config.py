@@ -127,7 +127,7 @@ def test_enum_members_are_named_by_their_values() -> None:
     """OmegaConf converts a string to a member by name; users see its value."""
     enums = [v for v in vars(config).values()
              if isinstance(v, type) and issubclass(v, StrEnum) and v is not StrEnum]
-    assert len(enums) == 11
+    assert len(enums) == 13
     assert all(m.name == m.value for e in enums for m in e)
 
 

@@ -125,3 +125,23 @@ def test_he_init_plain_relu_net_keeps_gradients_flat_and_gain_makes_them_grow() 
     assert rate("none", 1.3) == pytest.approx(1.3, abs=0.06)
     assert rate("torch", 1.0) == pytest.approx(1.21, abs=0.06)
     assert rate("torch", 1.3) == pytest.approx(rate("torch", 1.0), rel=1e-3)  # scale-invariant
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_cnn_pool_and_head_options(shape) -> None:
+    """pool=early is conv -> max-pool -> norm -> act per stage (the same weights as pool=late,
+    under the same names); head=flatten feeds the last feature map, gap its channel means."""
+    torch.manual_seed(0)
+    early = build("cnn", "torch", shape, pool="early", head="flatten")
+    late = build("cnn", "torch", shape, pool="late", head="gap")
+    assert [k for k in early.state_dict() if not k.startswith("head")] == [
+        k for k in late.state_dict() if not k.startswith("head")]
+    side = shape[1] // 8  # three 2x2 max-pools, floored
+    assert early.head.in_features == 64 * side * side and late.head.in_features == 64
+    x = torch.randn(4, *shape)
+    h = x
+    for block in early.blocks:  # the stages by hand
+        h = block.act(block.norm(nn.functional.max_pool2d(block.affine(h), 2)))
+    assert torch.allclose(early(x), early.head(h.flatten(1)), atol=1e-6)
+    h = late.blocks(x)
+    assert torch.allclose(late(x), late.head(h.mean(dim=(2, 3))), atol=1e-6)
