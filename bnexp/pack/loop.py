@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnexp import metrics as m
 from bnexp.build import make_optimizer, make_scheduler
@@ -82,6 +82,7 @@ class Pack:
     mask: torch.Tensor  # (K,): 1 for replicas still training
     active: list[int]
     t_start: float
+    label_smoothing: float = 0.0  # trainer.label_smoothing, as train_step's loss has it
     step: int = 0
     windows: dict[int, Window] = field(default_factory=dict)
 
@@ -139,7 +140,9 @@ def setup_pack(cfgs: list[DictConfig], overrides: list[list[str]], run_dirs: lis
                                runs[0].summary["steps_per_epoch"])
     return Pack(runs=runs, net=net, gens=gens, optimizer=optimizer, scheduler=scheduler,
                 share=share, mask=torch.ones(k, device=runs[0].device), active=list(range(k)),
-                t_start=t_start)
+                t_start=t_start,
+                label_smoothing=float(OmegaConf.select(cfg, "trainer.label_smoothing",
+                                                       default=0.0) or 0.0))
 
 
 def train_pack(cfgs: list[DictConfig], overrides: list[list[str]], run_dirs: list[Path],
@@ -217,8 +220,8 @@ def pack_step(pack: Pack, xs: list[torch.Tensor], ys: list[torch.Tensor],
     with autocast(lead.device, precision):
         logits = pack.net(x)  # (B, K, classes)
     b, k = y.shape
-    losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
-                             reduction="none").view(b, k).mean(0)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none",
+                             label_smoothing=pack.label_smoothing).view(b, k).mean(0)
     total = losses.sum() if len(pack.active) == k else (losses * pack.mask).sum()
     pack.optimizer.zero_grad(set_to_none=True)
     total.backward()

@@ -57,14 +57,17 @@ class Bound:
 
 
 class PackedBlock(nn.Module):
-    """affine map -> norm -> nonlinearity (-> dropout), packed."""
+    """affine map (-> pool) -> norm -> nonlinearity (-> dropout), packed (bnexp.models.Block;
+    a max-pool is per channel, so the block's own serves the pack)."""
 
-    def __init__(self, affine: nn.Module, norm: nn.Module, act: nn.Module, drop: nn.Module) -> None:
+    def __init__(self, affine: nn.Module, pool: nn.Module | None, norm: nn.Module,
+                 act: nn.Module, drop: nn.Module) -> None:
         super().__init__()
-        self.affine, self.norm, self.act, self.drop = affine, norm, act, drop
+        self.affine, self.pool = affine, pool or nn.Identity()
+        self.norm, self.act, self.drop = norm, act, drop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.act(self.norm(self.affine(x))))
+        return self.drop(self.act(self.norm(self.pool(self.affine(x)))))
 
 
 def _pack_drop(drop: nn.Module, gens: list[torch.Generator]) -> nn.Module:
@@ -81,6 +84,7 @@ class PackedNet(nn.Module):
         if not all(type(m) is type(m0) for m in models) or type(m0) not in (MLP, CNN):
             raise NotPackable(f"no packed form of {type(m0).__name__}")
         self.is_cnn = isinstance(m0, CNN)
+        self.flatten = bool(getattr(m0, "flatten", False))  # a CNN's head on the whole map
         self.bound: list[Bound] = []
         self.blocks = nn.Sequential()
         for name, child in m0.blocks.named_children():
@@ -105,7 +109,8 @@ class PackedNet(nn.Module):
         norms = [b.norm for b in blocks]
         norm = packed_norm(norms, gens).to(affines[0].weight.device)
         self._bind_norm(norm, norms)
-        return PackedBlock(affine, norm, blocks[0].act, _pack_drop(blocks[0].drop, gens))
+        return PackedBlock(affine, blocks[0]._modules.get("pool"), norm, blocks[0].act,
+                           _pack_drop(blocks[0].drop, gens))
 
     def _bind(self, packed: nn.Module, singles: list[nn.Module], slicer: Slicer) -> None:
         for name, _ in packed.named_parameters(recurse=False):
@@ -134,8 +139,8 @@ class PackedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.blocks(x)
-        if self.is_cnn:
-            h = self.drop(h.mean(dim=(2, 3)))
+        if self.is_cnn:  # replica k's features stay the k-th block of (B, K*features)
+            h = self.drop(h.flatten(1) if self.flatten else h.mean(dim=(2, 3)))
         out = self.head(h)
         return out.view(out.shape[0], self.replicas, -1)
 

@@ -64,7 +64,7 @@ def packing_note(sweep_dir: Path) -> str | None:
     """One line on what this call packed, and what not and why."""
     manifest = read_manifest(sweep_dir)
     plan = manifest.get("packing") or {}
-    if not plan.get("could"):
+    if not plan.get("could") or plan.get("off") == "sweep.pack=false":
         return None
     if plan.get("off"):
         return f"sweep: {plan['could']} runs not packed: {plan['off']}"
