@@ -29,23 +29,27 @@ class NotPackable(Exception):
 
 
 class PackedLinear(nn.Module):
-    """K Linear layers as one batched matmul: (B, K*I) -> (B, K*O); weight (K, O, I)."""
+    """K Linear layers as one batched matmul; weight (K, O, I). Takes (B, K*I) (replica k's
+    features the k-th block) or (K, B, I); returns (B, K*O), or (K, B, O) with ``kb_out``
+    (the head: its logits go straight to the loss)."""
 
-    def __init__(self, linears: list[nn.Linear]) -> None:
+    def __init__(self, linears: list[nn.Linear], kb_out: bool = False) -> None:
         super().__init__()
-        self.replicas = len(linears)
+        self.replicas, self.kb_out = len(linears), kb_out
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in linears]))
         has_bias = linears[0].bias is not None
         self.bias = (nn.Parameter(torch.stack([m.bias.detach() for m in linears]))
                      if has_bias else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        xk = x.view(b, self.replicas, -1).transpose(0, 1)  # (K, B, I), no copy
+        if x.dim() == 3:  # (K, B, I): the MLP's input, stacked so
+            xk = x
+        else:
+            xk = x.view(x.shape[0], self.replicas, -1).transpose(0, 1)  # (K, B, I), no copy
         wt = self.weight.transpose(1, 2)
         out = torch.bmm(xk, wt) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1),
                                                                           xk, wt)
-        return out.transpose(0, 1).reshape(b, -1)
+        return out if self.kb_out else out.transpose(0, 1).reshape(xk.shape[1], -1)
 
 
 def packed_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:

@@ -17,6 +17,7 @@ and never disturbs the others. Ctrl-C ends every replica still running as ``inte
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnexp import metrics as m
 from bnexp.build import make_optimizer, make_scheduler
+from bnexp.data import TensorLoader
 from bnexp.pack.model import (
     PackedNet,
     grads,
@@ -210,24 +212,58 @@ def _read(pack: Pack, close: bool = False) -> dict[int, tuple[float, float, int]
     return out
 
 
-def pack_step(pack: Pack, xs: list[torch.Tensor], ys: list[torch.Tensor],
-              precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+def stacked_batches(loaders: list[TensorLoader]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The replicas' batches of each step, (K, B, C, H, W) images and (K, B) labels, as their
+    shuffled TensorLoaders yield them (each permutation drawn from the loader's own generator,
+    as ``TensorLoader.__iter__`` draws it), normalised in one call (the same formula) instead
+    of one per replica. For loaders without augmentation."""
+    l0 = loaders[0]
+    perms = [torch.randperm(len(ld.images), generator=ld.generator).to(ld.images.device)
+             for ld in loaders]
+    images = [ld.images[p] for ld, p in zip(loaders, perms, strict=True)]
+    labels = [ld.labels[p] for ld, p in zip(loaders, perms, strict=True)]
+    for i in range(len(l0)):
+        sl = slice(i * l0.batch_size, (i + 1) * l0.batch_size)
+        x = torch.stack([im[sl] for im in images])
+        yield torch.addcmul(l0.shift, x.float(), l0.scale), torch.stack([lb[sl] for lb in labels])
+
+
+Batches = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]
+
+
+def _epoch_batches(pack: Pack) -> Iterator[Batches]:
+    """Each step's batches, one per replica (retired ones' too: the pack keeps its shape), and
+    for an MLP the packed input already stacked (else None: ``pack_inputs`` stacks them)."""
+    loaders = [run.train_loader for run in pack.runs]
+    if pack.net.is_cnn or not all(ld.shuffle and not ld.augment and ld.drop_last
+                                  for ld in loaders):
+        for batches in zip(*loaders, strict=True):
+            yield [b[0] for b in batches], [b[1] for b in batches], None
+        return
+    for x, y in stacked_batches(loaders):
+        yield list(x.unbind()), list(y.unbind()), x.flatten(2)
+
+
+def pack_step(pack: Pack, xs: list[torch.Tensor], ys: list[torch.Tensor], precision: str,
+              x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step of every replica: the sum of their mean losses (a retired replica's
-    masked to zero). Returns each replica's loss and correct count, (K,) device tensors."""
+    masked to zero), on ``x`` (the packed input) or ``xs`` packed. Returns each replica's loss
+    and correct count, (K,) device tensors."""
     lead = pack.lead
-    x = pack_inputs(xs, pack.net.is_cnn, lead.channels_last)
-    y = torch.stack(ys, dim=1)  # (B, K)
+    if x is None:
+        x = pack_inputs(xs, pack.net.is_cnn, lead.channels_last)
+    y = torch.stack(ys)  # (K, B)
     with autocast(lead.device, precision):
-        logits = pack.net(x)  # (B, K, classes)
-    b, k = y.shape
+        logits = pack.net(x)  # (K, B, classes)
+    k, b = y.shape
     losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none",
-                             label_smoothing=pack.label_smoothing).view(b, k).mean(0)
+                             label_smoothing=pack.label_smoothing).view(k, b).mean(1)
     total = losses.sum() if len(pack.active) == k else (losses * pack.mask).sum()
     pack.optimizer.zero_grad(set_to_none=True)
     total.backward()
     pack.optimizer.step()
     pack.scheduler.step()
-    return losses.detach(), (logits.argmax(2) == y).sum(0)
+    return losses.detach(), (logits.argmax(2) == y).sum(1)
 
 
 def _watch_inputs(pack: Pack, kinds: dict[int, GradNorms]) -> list[Any]:
@@ -239,8 +275,9 @@ def _watch_inputs(pack: Pack, kinds: dict[int, GradNorms]) -> list[Any]:
     layers["head"] = net.head
 
     def record(name: str, g: torch.Tensor) -> None:
-        flat = g.detach().float().unflatten(1, (net.replicas, -1))
-        norms = torch.linalg.vector_norm(flat, dim=[d for d in range(flat.dim()) if d != 1])
+        g = g.detach().float()  # (K, B, I) for an MLP's input, else (B, K*C, ...)
+        flat, at = (g, 0) if g.dim() == 3 else (g.unflatten(1, (net.replicas, -1)), 1)
+        norms = torch.linalg.vector_norm(flat, dim=[d for d in range(flat.dim()) if d != at])
         for k, kind in kinds.items():
             kind.input_grads[name] = norms[k]
 
@@ -261,6 +298,7 @@ def probed_step(pack: Pack, xs: list[torch.Tensor], ys: list[torch.Tensor],
     has them (``bnexp.probes.ProbedStep``), on its single model (a view of the pack), with the
     global random stream set to the replica's own for their extra passes (ICS, landscape)."""
     device = pack.lead.device
+    xs = [x.clone() for x in xs]  # each replica's batch its own tensor (probes may mark it)
     with ExitStack() as stack:
         kinds = {}
         for k in pack.active:
@@ -293,12 +331,12 @@ def pack_epoch(pack: Pack, progress: Progress) -> None:
     progress.start_epoch(lead.epoch, min(len(lead.train_loader), lead.total_steps - first))
     pack.windows = {k: Window(first, tc.batch_size) for k in pack.active}
     clock = EpochClock(lead.device)
-    for batches in zip(*(run.train_loader for run in pack.runs), strict=True):
-        xs, ys = [b[0] for b in batches], [b[1] for b in batches]
-        if lead.probes.due(pack.step):
+    for xs, ys, x in _epoch_batches(pack):
+        if lead.probes.due(pack.step) and pack.active:
             _read(pack)  # a probe never sees a diverged replica
-        step = probed_step if lead.probes.due(pack.step) and pack.active else pack_step
-        losses, corrects = step(pack, xs, ys, precision)
+            losses, corrects = probed_step(pack, xs, ys, precision)
+        else:
+            losses, corrects = pack_step(pack, xs, ys, precision, x)
         for k in pack.active:
             pack.windows[k].add(losses[k], corrects[k])
         pack.step += 1

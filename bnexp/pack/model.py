@@ -75,8 +75,8 @@ def _pack_drop(drop: nn.Module, gens: list[torch.Generator]) -> nn.Module:
 
 
 class PackedNet(nn.Module):
-    """K replicas of one MLP or CNN. ``forward`` takes the replicas' batches side by side
-    (``pack_inputs``) and returns their logits as (B, K, classes)."""
+    """K replicas of one MLP or CNN. ``forward`` takes the replicas' batches together
+    (``pack_inputs``) and returns their logits as (K, B, classes)."""
 
     def __init__(self, models: list[nn.Module], gens: list[torch.Generator]) -> None:
         super().__init__()
@@ -92,7 +92,7 @@ class PackedNet(nn.Module):
             self.blocks.add_module(name, self._pack_block(singles, gens) if isinstance(child, Block)
                                    else child)
         self.drop = _pack_drop(m0.drop, gens) if self.is_cnn else nn.Identity()
-        self.head = PackedLinear([m.head for m in models])
+        self.head = PackedLinear([m.head for m in models], kb_out=True)
         self._bind(self.head, [m.head for m in models], _stacked)
         self.bind_all()
 
@@ -138,11 +138,10 @@ class PackedNet(nn.Module):
             bind(self, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(x)
+        h = self.blocks(x)  # (B, K*C, ...) after the first block
         if self.is_cnn:  # replica k's features stay the k-th block of (B, K*features)
             h = self.drop(h.flatten(1) if self.flatten else h.mean(dim=(2, 3)))
-        out = self.head(h)
-        return out.view(out.shape[0], self.replicas, -1)
+        return self.head(h)
 
 
 def bind(net: PackedNet, k: int) -> None:
@@ -211,10 +210,10 @@ def zero_replica(net: PackedNet, packed_opt: torch.optim.Optimizer, k: int) -> N
 
 
 def pack_inputs(xs: list[torch.Tensor], is_cnn: bool, channels_last: bool) -> torch.Tensor:
-    """The replicas' batches side by side: (B, K*C, H, W) for a CNN (channels_last as the
-    single runs' when they use it), (B, K*features) for an MLP."""
+    """The replicas' batches together: side by side as (B, K*C, H, W) for a CNN (channels_last
+    as the single runs' when they use it), stacked as (K, B, features) for an MLP (its first
+    layer's batched matmul takes them so, without a copy)."""
     if is_cnn:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return torch.cat(xs, dim=1).contiguous(memory_format=fmt)
-    b = xs[0].shape[0]
-    return torch.stack([x.reshape(b, -1) for x in xs], dim=1).view(b, -1)
+    return torch.stack([x.flatten(1) for x in xs])
