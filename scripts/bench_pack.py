@@ -154,6 +154,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, fused=True)  # imports dynamo
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU x{os.cpu_count()}"
     print(f"bench_pack: {args.seeds} seeds, {args.steps} steps, {args.rounds} rounds, {device}, "
           f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}")

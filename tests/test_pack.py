@@ -36,6 +36,7 @@ SKIP = ("window_step_ms", "time/", "samples_per_s", "epoch_s", "step_ms")  # tim
 STEPS = ["trainer.steps=50", "trainer.batch_size=16", "trainer.log_every=5", "probe.every=10",
          "probe.per_unit=true", "probe.hist_every=20", "trainer.eval_every=100",
          "trainer.train_eval_size=64", "trainer.checkpoint=true", "trainer.precision=fp32",
+         "trainer.eval_batch_stats=true", "trainer.eval_single=5",
          FIXED_THREADS]
 
 

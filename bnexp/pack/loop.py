@@ -49,7 +49,7 @@ from bnexp.train import (
     _epoch_line,
     autocast,
     end_epoch,
-    evaluate_all,
+    evaluate_single,
     evaluate_splits,
     finish,
     setup,
@@ -220,12 +220,11 @@ def stacked_batches(loaders: list[TensorLoader]) -> Iterator[tuple[torch.Tensor,
     l0 = loaders[0]
     perms = [torch.randperm(len(ld.images), generator=ld.generator).to(ld.images.device)
              for ld in loaders]
-    images = [ld.images[p] for ld, p in zip(loaders, perms, strict=True)]
-    labels = [ld.labels[p] for ld, p in zip(loaders, perms, strict=True)]
-    for i in range(len(l0)):
-        sl = slice(i * l0.batch_size, (i + 1) * l0.batch_size)
-        x = torch.stack([im[sl] for im in images])
-        yield torch.addcmul(l0.shift, x.float(), l0.scale), torch.stack([lb[sl] for lb in labels])
+    for i in range(len(l0)):  # each step's images gathered, not the whole shuffled split
+        idx = [p[i * l0.batch_size:(i + 1) * l0.batch_size] for p in perms]
+        x = torch.stack([ld.images[j] for ld, j in zip(loaders, idx, strict=True)])
+        y = torch.stack([ld.labels[j] for ld, j in zip(loaders, idx, strict=True)])
+        yield torch.addcmul(l0.shift, x.float(), l0.scale), y
 
 
 Batches = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]
@@ -344,15 +343,65 @@ def pack_epoch(pack: Pack, progress: Progress) -> None:
         if val_every and pack.step % val_every == 0:
             _read(pack)
             with clock.paused():
-                for k in pack.active:
-                    run = pack.runs[k]
-                    run.log.scalars(pack.step, evaluate_splits(
-                        run.model, run.eval_loaders, ("val", "test"), precision), kind=m.KIND_VAL)
+                splits = tuple(s for s in ("val", "test") if s in lead.eval_loaders)
+                for k, values in evaluate_packed(pack, splits, precision).items():
+                    pack.runs[k].log.scalars(pack.step, values, kind=m.KIND_VAL)
         if pack.step % log_every == 0 or pack.step == lead.total_steps:
             _log_windows(pack, clock, first, progress)
         if pack.step == lead.total_steps or not pack.active:
             break
     _end_epoch(pack, clock, first, progress)
+
+
+def evaluate_packed(pack: Pack, splits: tuple[str, ...], precision: str
+                    ) -> dict[int, dict[str, float]]:
+    """``<split>/loss`` and ``<split>/acc`` of every active replica in eval mode (as
+    ``bnexp.train.evaluate``), one packed forward per batch: the replicas' batches of a split
+    have the same sizes (their splits do), whatever images each holds (val is drawn by seed)."""
+    net, lead, out = pack.net, pack.lead, {k: {} for k in pack.active}
+    net.eval()
+    try:
+        with torch.no_grad(), autocast(lead.device, precision):
+            for split in splits:
+                loaders = [run.eval_loaders[split] for run in pack.runs]
+                loss_sum = torch.zeros(net.replicas, device=lead.device)
+                correct = torch.zeros(net.replicas, device=lead.device)
+                for batches in zip(*loaders, strict=True):
+                    y = torch.stack([b[1] for b in batches])
+                    logits = net(pack_inputs([b[0] for b in batches], net.is_cnn,
+                                             lead.channels_last)).float()
+                    loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(),
+                                                reduction="none").view(y.shape).sum(1)
+                    correct += (logits.argmax(2) == y).sum(1)
+                l0 = loaders[0]
+                n = len(l0) * l0.batch_size if l0.drop_last else len(l0.images)
+                losses, corrects = torch.stack([loss_sum, correct]).tolist()
+                for k in pack.active:
+                    out[k][m.split_tag(split, "loss")] = losses[k] / n
+                    out[k][m.split_tag(split, "acc")] = corrects[k] / n
+    finally:
+        net.train()
+    return out
+
+
+def _evaluate_all(pack: Pack, last: bool) -> dict[int, dict[str, float]]:
+    """``bnexp.train.evaluate_all`` for every active replica: the eval-mode splits packed,
+    train-mode (test_batchstats) and one-at-a-time (eval_single) evaluations on each single
+    model, then the train-test gap."""
+    tc = pack.lead.cfg.trainer
+    splits = tuple(s for s in pack.lead.eval_loaders if s != "test_batchstats")
+    per = evaluate_packed(pack, splits, tc.precision)
+    for k, metrics in per.items():
+        run = pack.runs[k]
+        metrics.update(evaluate_splits(run.model, run.eval_loaders, ("test_batchstats",),
+                                       tc.precision))
+        if tc.eval_single and last:
+            metrics.update(evaluate_single(run.model, run.test, tc.eval_single, run.spec,
+                                           run.channels_last))
+        if m.TRAIN_EVAL_ACC in metrics:
+            metrics[m.GAP_LOSS] = metrics[m.TRAIN_EVAL_LOSS] - metrics[m.TEST_LOSS]
+            metrics[m.GAP_ACC] = metrics[m.TRAIN_EVAL_ACC] - metrics[m.TEST_ACC]
+    return per
 
 
 def _log_windows(pack: Pack, clock: EpochClock, first: int, progress: Progress) -> None:
@@ -373,6 +422,10 @@ def _end_epoch(pack: Pack, clock: EpochClock, first: int, progress: Progress) ->
     the epoch record (bnexp.train.end_epoch)."""
     _read(pack, close=True)
     times = clock.stop(pack.step - first)
+    lead = pack.lead
+    last = pack.step == lead.total_steps
+    due = lead.epoch % lead.cfg.trainer.eval_every == 0 or last
+    evaluated = _evaluate_all(pack, last) if pack.active and due else {}
     for k in pack.active:
         run = pack.runs[k]
         tc = run.cfg.trainer
@@ -381,9 +434,7 @@ def _end_epoch(pack: Pack, clock: EpochClock, first: int, progress: Progress) ->
         run.train_time += metrics[m.EPOCH_S]
         run.timed_steps = pack.step
         run.step = pack.step
-        last = pack.step == run.total_steps
-        if run.epoch % tc.eval_every == 0 or last:
-            metrics.update(evaluate_all(run, last))
+        metrics.update(evaluated.get(k, {}))
         end_epoch(run, metrics)
     if pack.active:
         lead = pack.lead
