@@ -17,8 +17,10 @@ planning and the data load) plus its runs still to run times a cost per run. A s
 run is measured once some of its runs have finished (the clock from the sweep's start to its
 latest finished run), blended with its prior (``Stage.prior_s``: ``bnexp claims --plan``'s
 model, bnexp/claims/watch.py) while few have; a sweep not started yet costs its prior, scaled
-by how this call's measured sweeps compared with theirs (the median ratio: the machine's speed
-and load today, not one sweep whose code got slower).
+by how this call's measured sweeps compared with theirs (their time-weighted ratio, each held
+within a factor of 2 of the median: the machine's speed and load today, not one sweep whose
+code got slower). ``finish_s`` adds what follows the last sweep (a claims call's verdicts and
+claims.md).
 Without any prior, the mean measured cost per run of the call stands in.
 """
 
@@ -48,6 +50,7 @@ STARTUP_S = 5.0  # a sweep's fixed start-up, as in `bnexp claims --plan` (foreca
 PRIOR_RUNS = 3.0  # a prior counts as this many measured runs in a sweep's cost per run
 PRIOR_SECONDS = 20.0  # and as this many measured seconds in a sweep's speed ratio
 MIN_RUNS = 3  # finished runs before the running sweep's speed ratio counts
+CLIP = 2.0  # a sweep's speed ratio counts at most this far from the median ratio
 ENDED = (COMPLETED, DIVERGED, FAILED, CANCELLED, TIMEOUT, INTERRUPTED)
 
 
@@ -226,21 +229,29 @@ def _measured_rate(stage: Stage) -> float | None:
 
 
 def _speed(stages: list[Stage]) -> tuple[float, float | None]:
-    """(how this call's measured stages compared with their priors: the median over stages of
-    measured / prior, each shrunk towards 1 by PRIOR_SECONDS; the mean measured seconds per run
-    of the call, start-ups included, or None before any run ended). The median, because one
-    sweep whose code changed since its prior was measured must not scale all the others; the
-    running stage counts once MIN_RUNS of its runs have ended."""
-    ratios, seconds, runs = [], 0.0, 0
+    """(how this call's measured stages compared with their priors; the mean measured seconds
+    per run of the call, start-ups included, or None before any run ended).
+
+    The ratio is measured / prior time over the measured stages (the machine's speed and load
+    today), each stage's ratio shrunk towards 1 by PRIOR_SECONDS and held within a factor
+    CLIP of the median ratio, so that one sweep whose code got much slower since its prior
+    was measured does not scale all the others. The running stage counts once MIN_RUNS of its
+    runs have ended."""
+    measured, seconds, runs = [], 0.0, 0
     for s in stages:
         span = _span(s)
         if span is None or not s.fresh:
             continue
         seconds, runs = seconds + span, runs + s.fresh
         if s.prior_s is not None and (s.ended is not None or s.fresh >= MIN_RUNS):
-            prior = STARTUP_S + s.fresh * s.prior_s
-            ratios.append((span + PRIOR_SECONDS) / (prior + PRIOR_SECONDS))
-    return (statistics.median(ratios) if ratios else 1.0), (seconds / runs if runs else None)
+            prior = STARTUP_S + s.fresh * s.prior_s + PRIOR_SECONDS
+            measured.append((prior, (span + PRIOR_SECONDS) / prior))
+    factor = 1.0
+    if measured:
+        middle = statistics.median(r for _, r in measured)
+        clipped = [(w, min(max(r, middle / CLIP), middle * CLIP)) for w, r in measured]
+        factor = sum(w * r for w, r in clipped) / sum(w for w, _ in clipped)
+    return factor, (seconds / runs if runs else None)
 
 
 def _stage_left(s: Stage, now: float, factor: float, per_run: float | None) -> float | None:
@@ -275,6 +286,10 @@ def seconds_left(stages: list[Stage], now: float) -> float | None:
     return left
 
 
+def _plus(left: float | None, more: float) -> float | None:
+    return None if left is None else left + more
+
+
 def clock(seconds: float) -> str:
     """``42s``, ``3m05s``, ``1h02m``."""
     seconds = max(0, int(round(seconds)))
@@ -293,12 +308,14 @@ class Display:
     """The progress of ``stages`` (sweeps run one after another by the caller, each inside
     ``with display.stage(name, directory):``). ``live``: a live display (default: when
     ``out`` is a terminal and not ``verbose``); ``verbose``: the work's own output stays on the
-    terminal. Progress is read from the stages' directories, so it counts runs that any process
-    finished."""
+    terminal; ``finish_s``: the seconds the work takes after its last stage. Progress is read
+    from the stages' directories, so it counts runs that any process finished."""
 
     def __init__(self, title: str, stages: list[Stage], verbose: bool = False,
-                 out: TextIO | None = None, live: bool | None = None) -> None:
+                 out: TextIO | None = None, live: bool | None = None,
+                 finish_s: float = 0.0) -> None:
         self.title, self.stages, self.verbose = title, stages, verbose
+        self.finish_s = finish_s  # what follows the last stage, in the estimate
         self.out = out if out is not None else sys.stdout
         self.live = (self.out.isatty() if live is None else live) and not verbose
         self.scanner, self.version = Scanner(), code_version(code_stamp())
@@ -395,7 +412,7 @@ class Display:
                 "total": sum(s.runs for s in self.stages),
                 "failed": counts[FAILED] + counts[CANCELLED] + counts[TIMEOUT],
                 "diverged": counts[DIVERGED], "elapsed": now - self.t0,
-                "left": seconds_left(self.stages, now)}
+                "left": _plus(seconds_left(self.stages, now), self.finish_s)}
 
     def _where(self, stage: Stage) -> str:
         index = self.stages.index(stage) + 1

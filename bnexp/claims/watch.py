@@ -25,6 +25,8 @@ from bnexp.sweep_progress import Display, Stage
 # on real MNIST (2 cores, bnexp 0.1.0 at e569fb6, 8 min 26 s in all); cost: the timing
 # process's wall time per variant.
 REFERENCE_BUDGET = "quick"
+# After the last sweep: the verdicts, figures and claims.md (30 s in a measured quick call).
+FINISH_S = 30.0
 REFERENCE = {"overfit": 1.09, "deep_sigmoid": 1.05, "deep_relu": 0.88, "ioffe": 3.34,
              "lr_range": 0.93, "cost": 3.8, "small_batch": 1.55, "santurkar": 2.68,
              "batch_noise": 0.84}
@@ -74,6 +76,7 @@ def claims_watch(out: Path, verbose: bool) -> Callable[[Plan], Display | None]:
     def watch(p: Plan) -> Display | None:
         if p.budget == ADAPTIVE:
             return None
-        return Display(f"claims --budget {p.budget}", stages(p, out), verbose=verbose)
+        return Display(f"claims --budget {p.budget}", stages(p, out), verbose=verbose,
+                       finish_s=FINISH_S)
 
     return watch
