@@ -53,11 +53,11 @@ class Recorder:
 
 
 def make(arch: str = "mlp", norm: str = "torch", activation: str = "sigmoid",
-         dropout: float = 0.0, **probe_kw):
+         dropout: float = 0.0, pool: str | None = None, **probe_kw):
     torch.manual_seed(0)
     cfg = compose(f"model={arch}", f"model.activation={activation}", f"model.dropout={dropout}",
                   "model.depth=3", "model.width=20", "model.channels=[4,8]", f"norm={norm}",
-                  "probe.every=1", "probe.hist_every=0",
+                  "probe.every=1", "probe.hist_every=0", *([f"model.pool={pool}"] if pool else []),
                   *(f"probe.{k}={v}" for k, v in probe_kw.items()))
     model = build_model(cfg.model, cfg.norm, (1, 12, 12), 10)
     probe_x = torch.randn(64, 1, 12, 12)
@@ -70,18 +70,20 @@ def captured_stages(model, x) -> dict[str, torch.Tensor]:
     out, h = {}, x
     for name, block in hidden_blocks(model).items():
         pre = block.affine(h.flatten(1) if name.startswith("fc") and h.dim() > 2 else h)
-        normed = block.norm(pre)
+        early = "pool" in block._modules  # model.pool=early: conv -> max-pool -> norm -> act
+        normed = block.norm(F.max_pool2d(pre, 2) if early else pre)
         post = block.act(normed.clone())
         out.update({f"{name}/pre": pre, f"{name}/norm": normed, f"{name}/post": post})
         h = post
-        if name.startswith("conv"):
+        if name.startswith("conv") and not early:
             h = F.max_pool2d(h, 2)
     return out
 
 
-@pytest.mark.parametrize("arch,activation", [("mlp", "sigmoid"), ("mlp", "relu"), ("cnn", "tanh")])
-def test_activation_statistics_match_direct_computation(arch, activation) -> None:
-    model, probes, x, _ = make(arch, activation=activation, max_elements=10**9)
+@pytest.mark.parametrize("arch,activation,pool", [("mlp", "sigmoid", None), ("mlp", "relu", None),
+                                                   ("cnn", "tanh", "early"), ("cnn", "tanh", "late")])
+def test_activation_statistics_match_direct_computation(arch, activation, pool) -> None:
+    model, probes, x, _ = make(arch, activation=activation, pool=pool, max_elements=10**9)
     values = probes.activation_stats(step=1)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
