@@ -104,7 +104,7 @@ def test_hparams_are_the_identity_keys_and_the_trial_is_named_like_the_run(
     assert set(hp) == {"norm.kind", "model.arch", "data.name", "optim.lr",
                        "trainer.batch_size", "seed"}  # not all 61 config keys
     assert hp["norm.kind"].string_value == "torch" and hp["model.arch"].string_value == "mlp"
-    assert hp["optim.lr"].number_value == pytest.approx(0.1)
+    assert hp["optim.lr"].number_value == pytest.approx(0.2)  # configs/optim/sgd.yaml's lr
     assert start.group_name == "mnist-mlp-torch"  # the run's name, not the shared date prefix
 
 
