@@ -219,3 +219,11 @@ def test_pack_max_cuts_a_group_and_resume_keeps_packed_runs(cli, mnist_root, tmp
     again = cli("train", "-m", "--resume", str(sweep_dir))
     assert again.exit_code == 0, again.output
     assert "reused 5 finished runs" in again.output and "packed model" not in again.output
+
+
+def test_what_is_not_packed_and_why(cfg) -> None:
+    from bnexp.pack.job import not_packable
+
+    assert not_packable(cfg("model=mlp")) is None
+    assert "CNN" in not_packable(cfg("model=cnn", "trainer.device=cpu"))
+    assert "compile" in not_packable(cfg("model=mlp", "trainer.compile=true"))
