@@ -122,7 +122,13 @@ def test_mlp_replicas_are_their_single_runs(cfg, tmp_path, norm) -> None:
         assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
 
 
-@pytest.mark.parametrize("norm", NORMS)
+# The CNN's per-kind runs take ~2-5 s each: the kinds whose packed layer differs from the MLP's
+# only in its input's shape run under `pytest -m slow` (each is exercised in the MLP test).
+CNN_SLOW = {"none", "ghost", "layer", "group"}
+
+
+@pytest.mark.parametrize("norm", [pytest.param(n, marks=pytest.mark.slow) if n in CNN_SLOW else n
+                                  for n in NORMS])
 def test_cnn_replicas_are_their_single_runs(cfg, tmp_path, norm) -> None:
     pairs = run_both(cfg, tmp_path, [0, 1], "model=cnn", f"norm={norm}", "model.dropout=0.2",
                      "norm.groups=2" if norm == "group" else "probe.unit=1", *CNN_STEADY,
