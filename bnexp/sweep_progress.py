@@ -442,8 +442,10 @@ class Display:
             self.update(current)
         n = self.summary()
         grid = Table.grid(padding=(0, 1))
-        where = self._where(current) if current is not None else "starting"
-        this = f" ({current.done}/{current.runs} runs)" if current is not None else ""
+        where, this = ("starting", "") if current is None else (
+            self._where(current), f" ({current.done}/{current.runs} runs)")
+        if len(self.stages) == 1:  # the title and the second row say it all
+            where, this = "", ""
         grid.add_row(f"{self.title}", ProgressBar(total=max(1, n["total"]), completed=n["done"],
                                                   width=30), f"{where}{this}")
         grid.add_row("", "", self._tail_text(n))
@@ -463,8 +465,8 @@ def sweep_watch(verbose: bool) -> Any:
         if jobs <= HANDFUL:
             yield
             return
-        with Display("sweep", [Stage(sweep_dir.name, jobs, sweep_dir)], verbose=verbose) as d, \
-                d.stage(sweep_dir.name, sweep_dir):
+        with Display("sweep", [Stage("sweep", jobs, sweep_dir)], verbose=verbose) as d, \
+                d.stage("sweep", sweep_dir):
             yield
 
     return watch
