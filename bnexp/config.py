@@ -123,6 +123,7 @@ class ProgressMode(StrEnum):
 class Precision(StrEnum):
     fp32 = "fp32"
     bf16 = "bf16"  # autocast: matmuls/convs in bfloat16, BN statistics in float32
+    auto = "auto"  # bf16 where the device computes it in hardware, else fp32
 
 
 

@@ -12,6 +12,7 @@ found, at the exact step whose loss was first non-finite.
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import statistics
@@ -344,7 +345,8 @@ def setup(cfg: DictConfig, overrides: list[str], run_dir: Path | None) -> Traini
         raise
     summary = {
         "status": m.RUNNING, "name": cfg.name, "run_dir": str(run_dir), "device": str(device),
-        "seed": cfg.seed, "threads": torch.get_num_threads(),
+        "precision": effective_precision(device, tc.precision), "seed": cfg.seed,
+        "threads": torch.get_num_threads(),
         "epochs": math.ceil(total_steps / steps_per_epoch), "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps, "params": sum(p.numel() for p in model.parameters()),
         "versions": {"bnexp": bnexp.__version__, "torch": torch.__version__,
@@ -384,9 +386,35 @@ def finish(run: Training, wall_time_s: float) -> None:
 # Evaluation
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether this device computes bfloat16 in hardware: CUDA that supports it, a CPU with
+    AVX512-BF16 or AMX (Linux flags). Elsewhere bf16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    return _cpu_bf16()
+
+
+@functools.cache
+def _cpu_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def effective_precision(device: torch.device, precision: str) -> str:
+    """``auto``: bf16 where the device has it in hardware, else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str) -> Any:
     """bf16 autocast (matmuls and convolutions in bfloat16; BN keeps float32 statistics)."""
-    if precision == "bf16":
+    if effective_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 

@@ -3,6 +3,7 @@ and what a finished, diverged or interrupted run records."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -311,3 +312,21 @@ def test_epoch_line_fits_80_columns() -> None:
     m = {"train/loss": 0.123456, "train/acc": 0.9876, "test/loss": 2.3456, "test/acc": 0.99991,
          "time/epoch_s": 999.9, "time/samples_per_s": 99999.0}  # up to 99 epochs, 99,999/s
     assert len(_epoch_line(99, 99, m)) <= 80
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch) -> None:
+    """Emulated bf16 is slower than float32: auto must not pick it on a CPU without
+    AVX512-BF16/AMX, and must pick it where they are."""
+    from bnexp import train as T
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(T, "_cpu_bf16", lambda: False)
+    assert T.effective_precision(cpu, "auto") == "fp32"
+    assert isinstance(T.autocast(cpu, "auto"), contextlib.nullcontext)
+    assert T.effective_precision(cpu, "bf16") == "bf16"  # an explicit choice is kept
+    monkeypatch.setattr(T, "_cpu_bf16", lambda: True)
+    assert T.effective_precision(cpu, "auto") == "bf16"
+    with T.autocast(cpu, "auto"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert T.effective_precision(cpu, "fp32") == "fp32"
+    assert T.effective_precision(torch.device("mps"), "auto") == "fp32"
