@@ -272,3 +272,23 @@ def test_claims_call_piped_prints_a_line_per_sweep(cli, mnist_root: Path, tmp_pa
     assert "bnexp train -m" in (sweep_dir / sp.SWEEP_LOG).read_text()
     logs = "".join(p.read_text() for p in sweep_dir.rglob("*.log"))  # packed or one by one
     assert "epoch 1/" in logs
+
+
+def test_reference_costs_are_measured_from_a_quick_call(tmp_path: Path) -> None:
+    """REFERENCE (bnexp/claims/watch.py) is remeasured from a quick call's sweeps: first job's
+    start to last summary, per run; a timing sweep: its process's wall per variant."""
+    from bnexp.claims.watch import REFERENCE, measured_costs
+
+    sweep = tmp_path / "sweeps" / "ioffe-quick-mnist"
+    for i in range(4):
+        finish(sweep / f"{i}_x", when=1000.0 + 3 * (i + 1))
+    finish(sweep / "0_x" / ".previous" / "t", when=5000.0)  # an earlier attempt: not counted
+    (sweep / "sweep.json").write_text(json.dumps({"jobs": {"0": {"decided": 1000.0}}}))
+    timing = tmp_path / "sweeps" / "cost-quick-mnist"
+    for seed in (0, 1):
+        for kind in ("none", "torch"):
+            (timing / f"seed={seed},norm={kind}").mkdir(parents=True)
+            (timing / f"seed={seed},norm={kind}" / "summary.json").write_text(
+                json.dumps({"status": "completed", "wall_time_s": 8.0}))
+    assert measured_costs(tmp_path) == {"cost": 4.0, "ioffe": 3.0}
+    assert set(REFERENCE) >= {"ioffe", "cost", "santurkar"}

@@ -23,7 +23,8 @@ from bnexp.sweep_progress import Display, Stage
 # Seconds per run of each sweep at the quick budget, job start to job start (the run's wall
 # time, its process's share of start-up and evaluation), from the sweep.json of a quick call
 # on real MNIST (2 cores, bnexp 0.1.0 at e569fb6, 8 min 26 s in all); cost: the timing
-# process's wall time per variant.
+# process's wall time per variant. `python -m bnexp.claims.watch <out>` measures them again
+# from a quick call's --out (after a change that makes runs faster or slower).
 REFERENCE_BUDGET = "quick"
 # After the last sweep: the verdicts, figures and claims.md (30 s in a measured quick call).
 FINISH_S = 30.0
@@ -80,3 +81,35 @@ def claims_watch(out: Path, verbose: bool) -> Callable[[Plan], Display | None]:
                        finish_s=FINISH_S)
 
     return watch
+
+
+def measured_costs(out: Path, dataset: str = "mnist") -> dict[str, float]:
+    """Seconds per run of each sweep of a quick call in ``out``, as ``REFERENCE`` holds them:
+    from the first job's start (sweep.json's ``decided``) to the last summary.json, per run;
+    a timing sweep (no sweep.json): its process's wall time per variant."""
+    import json
+    import statistics
+
+    costs = {}
+    for d in sorted((out / "sweeps").glob(f"*-{REFERENCE_BUDGET}-{dataset}")):
+        summaries = sorted(p for p in d.rglob("summary.json")  # not .previous/ attempts
+                           if not any(part.startswith(".") for part in p.relative_to(d).parts))
+        if not summaries:
+            continue
+        manifest = d / "sweep.json"
+        if manifest.exists():
+            jobs = json.loads(manifest.read_text()).get("jobs", {}).values()
+            start = min(j["decided"] for j in jobs if "decided" in j)
+            span = max(p.stat().st_mtime for p in summaries) - start
+        else:  # bnexp time: each seed's process times every variant, one summary per variant
+            walls = [json.loads(p.read_text()).get("wall_time_s", 0.0) for p in summaries]
+            seeds = len({p.parent.name.split(",")[0] for p in summaries}) or 1
+            span = statistics.mean(walls) * seeds
+        costs[d.name.rsplit(f"-{REFERENCE_BUDGET}-", 1)[0]] = round(span / len(summaries), 2)
+    return costs
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(measured_costs(Path(sys.argv[1]), *sys.argv[2:]))
