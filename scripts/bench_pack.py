@@ -3,7 +3,8 @@
 Per configuration, in one process, alternating round by round: the seeds as one packed model
 (``bnexp.pack.loop.train_pack``) and the same seeds one run after another (``bnexp.train``),
 each writing its real run directories (probes, evaluations, checkpoints included). Reported:
-samples/s per replica (each run's own ``samples_per_s``: training steps only) and the wall time
+training samples/s (from each run's own ``samples_per_s``, training steps only: packed, the
+seeds' together; one by one, one run's, as it runs alone) and the wall time
 of all the seeds (set-up to the last summary.json), as medians with their ranges over the
 rounds, and the packed/unpacked ratios.
 
@@ -39,6 +40,7 @@ CONFIGS = {
                       ["experiment=santurkar", "model=cnn", "norm=torch"]),
     "cnn_b4": ("default CNN, BN, batch 4 (claim 7's smallest batch)",
                ["model=cnn", "norm=torch", "trainer.batch_size=4"]),
+    "cnn_b16": ("default CNN, BN, batch 16", ["model=cnn", "norm=torch", "trainer.batch_size=16"]),
     "mlp_b4": ("small_batch MLP, BN, batch 4", ["experiment=small_batch", "norm=torch",
                                                  "trainer.batch_size=4"]),
 }
@@ -65,7 +67,9 @@ def one_round(overrides: list[str], seeds: list[int], out: Path, packed: bool) -
         summaries = [train(c, [f"seed={s}"], run_dir=d) for c, d, s in zip(cfgs, dirs, seeds, strict=True)]
     wall = time.perf_counter() - t0
     rates = [s["samples_per_s"] for s in summaries if s.get("samples_per_s")]
-    return {"wall": wall, "per_replica": statistics.mean(rates),
+    # Packed, each replica's rate is the pack's: the seeds' samples/s together is their sum;
+    # one by one, one run's rate is what the seeds get (each runs alone).
+    return {"wall": wall, "throughput": sum(rates) if packed else statistics.mean(rates),
             "test_acc": [s["final"].get("test/acc") for s in summaries],
             "status": [s["status"] for s in summaries]}
 
@@ -93,10 +97,10 @@ def _med(values: list[float]) -> str:
 
 def report(name: str, res: dict, seeds: int) -> None:
     p, s = res["packed"], res["single"]
-    rate_p, rate_s = [r["per_replica"] for r in p], [r["per_replica"] for r in s]
+    rate_p, rate_s = [r["throughput"] for r in p], [r["throughput"] for r in s]
     wall_p, wall_s = [r["wall"] for r in p], [r["wall"] for r in s]
     print(f"\n{name}: {res['label']}, {seeds} seeds")
-    print(f"  samples/s per replica  packed {_med(rate_p)}   one by one {_med(rate_s)}   "
+    print(f"  training samples/s     packed {_med(rate_p)}   one by one {_med(rate_s)}   "
           f"ratio {statistics.median(rate_p) / statistics.median(rate_s):.2f}x")
     print(f"  wall, all seeds (s)    packed {statistics.median(wall_p):.1f} "
           f"[{min(wall_p):.1f}-{max(wall_p):.1f}]   one by one {statistics.median(wall_s):.1f} "
@@ -125,9 +129,14 @@ def time_sweep(args: argparse.Namespace) -> None:
             for pack in (("true", "false") if r % 2 == 0 else ("false", "true")):
                 out = Path(tmp) / f"{pack}{r}"
                 t0 = time.perf_counter()
-                subprocess.run([*base, f"sweep.pack={pack}", f"output_dir={out}"], check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                done = subprocess.run([*base, f"sweep.pack={pack}", f"output_dir={out}"],
+                                      capture_output=True, text=True)
                 walls[pack].append(time.perf_counter() - t0)
+                print(f"  sweep.pack={pack}: {walls[pack][-1]:.1f} s, exit {done.returncode}",
+                      flush=True)
+                if done.returncode:
+                    print(done.stdout[-2000:], done.stderr[-2000:])
+                    return
                 (job,) = (out / "sweeps").glob("*/3_*")
                 acc3[pack].append(json.loads((job / "summary.json").read_text())["final"]["test/acc"])
     t, f = statistics.median(walls["true"]), statistics.median(walls["false"])

@@ -231,5 +231,6 @@ def test_what_is_not_packed_and_why(cfg) -> None:
     from bnexp.pack.job import not_packable
 
     assert not_packable(cfg("model=mlp")) is None
-    assert "CNN" in not_packable(cfg("model=cnn", "trainer.device=cpu"))
+    assert "CNN" in not_packable(cfg("model=cnn", "trainer.device=cpu", "trainer.batch_size=64"))
+    assert not_packable(cfg("model=cnn", "trainer.device=cpu", "trainer.batch_size=4")) is None
     assert "compile" in not_packable(cfg("model=mlp", "trainer.compile=true"))
