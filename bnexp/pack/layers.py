@@ -29,14 +29,16 @@ class NotPackable(Exception):
 
 
 class PackedLinear(nn.Module):
-    """K Linear layers as one batched matmul; weight (K, O, I). Takes (B, K*I) (replica k's
-    features the k-th block) or (K, B, I); returns (B, K*O), or (K, B, O) with ``kb_out``
-    (the head: its logits go straight to the loss)."""
+    """K Linear layers as one batched matmul. The weight is held transposed, (K, I, O), so that
+    neither the forward nor the weight gradient needs a copy (replica k's (O, I) weight is a
+    transposed view of its slice). Takes (B, K*I) (replica k's features the k-th block) or
+    (K, B, I); returns (B, K*O), or (K, B, O) with ``kb_out`` (the head: its logits go
+    straight to the loss)."""
 
     def __init__(self, linears: list[nn.Linear], kb_out: bool = False) -> None:
         super().__init__()
         self.replicas, self.kb_out = len(linears), kb_out
-        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in linears]))
+        self.weight = nn.Parameter(torch.stack([m.weight.detach().t() for m in linears]))
         has_bias = linears[0].bias is not None
         self.bias = (nn.Parameter(torch.stack([m.bias.detach() for m in linears]))
                      if has_bias else None)
@@ -46,9 +48,8 @@ class PackedLinear(nn.Module):
             xk = x
         else:
             xk = x.view(x.shape[0], self.replicas, -1).transpose(0, 1)  # (K, B, I), no copy
-        wt = self.weight.transpose(1, 2)
-        out = torch.bmm(xk, wt) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1),
-                                                                          xk, wt)
+        out = (torch.bmm(xk, self.weight) if self.bias is None
+               else torch.baddbmm(self.bias.unsqueeze(1), xk, self.weight))
         return out if self.kb_out else out.transpose(0, 1).reshape(xk.shape[1], -1)
 
 

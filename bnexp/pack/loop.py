@@ -226,8 +226,8 @@ def stacked_batches(loaders: list[TensorLoader]) -> Iterator[tuple[torch.Tensor,
              for ld in loaders]
     for i in range(len(l0)):  # each step's images gathered, not the whole shuffled split
         idx = [p[i * l0.batch_size:(i + 1) * l0.batch_size] for p in perms]
-        x = torch.stack([ld.images[j] for ld, j in zip(loaders, idx, strict=True)])
-        y = torch.stack([ld.labels[j] for ld, j in zip(loaders, idx, strict=True)])
+        x = torch.stack([ld.images.index_select(0, j) for ld, j in zip(loaders, idx, strict=True)])
+        y = torch.stack([ld.labels.index_select(0, j) for ld, j in zip(loaders, idx, strict=True)])
         yield torch.addcmul(l0.shift, x.float(), l0.scale), y
 
 

@@ -32,8 +32,9 @@ from bnexp.pack.layers import (
 Slicer = Callable[[torch.Tensor, int], torch.Tensor]  # (packed tensor, replica) -> its view
 
 
-def _stacked(t: torch.Tensor, k: int) -> torch.Tensor:
-    return t[k]
+def _stacked_t(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Replica k's (O, I) Linear weight from the packed (K, I, O) one (a bias: its row)."""
+    return t[k].t() if t.dim() == 3 else t[k]
 
 
 def _blocks_of(n: int, dim: int) -> Slicer:
@@ -93,7 +94,7 @@ class PackedNet(nn.Module):
                                    else child)
         self.drop = _pack_drop(m0.drop, gens) if self.is_cnn else nn.Identity()
         self.head = PackedLinear([m.head for m in models], kb_out=True)
-        self._bind(self.head, [m.head for m in models], _stacked)
+        self._bind(self.head, [m.head for m in models], _stacked_t)
         self.bind_all()
 
     def _pack_block(self, blocks: list[Block], gens: list[torch.Generator]) -> PackedBlock:
@@ -103,7 +104,7 @@ class PackedNet(nn.Module):
             self._bind(affine, affines, _blocks_of(affines[0].out_channels, 0))
         elif isinstance(affines[0], nn.Linear):
             affine = PackedLinear(affines)
-            self._bind(affine, affines, _stacked)
+            self._bind(affine, affines, _stacked_t)
         else:
             raise NotPackable(f"no packed form of {type(affines[0]).__name__}")
         norms = [b.norm for b in blocks]
