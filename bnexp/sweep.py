@@ -43,6 +43,8 @@ from bnexp.errors import BnexpError, one_line_warnings
 from bnexp.hydra_app import compose_with_hydra, config_dir, parse_overrides
 from bnexp.manifest import MANIFEST, create_manifest, read_manifest, update_manifest
 from bnexp.metrics import CANCELLED, FAILED, INTERRUPTED, PLANNED, RUNNING, TIMEOUT
+from bnexp.pack.job import run_packed
+from bnexp.pack.plan import packing_note, record_packing
 from bnexp.reuse import as_written, code_stamp, stale_reason
 from bnexp.rundir import (
     PREVIOUS,
@@ -196,6 +198,7 @@ def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None =
                 grid=grid, directory=str(sweep_dir), jobs=planned_jobs(grid)):
             _check_same_grid(sweep_dir, grid)
             update_manifest(sweep_dir, finished=False, resumed_with=command)
+        record_packing(sweep_dir, hydra_overrides, planned_jobs(grid), grid)  # bnexp/pack/
         if on_start is not None:
             on_start(sweep_dir)
         started = time.time()
@@ -206,6 +209,9 @@ def run_sweep(overrides: list[str], command: list[str], sweep_dir: Path | None =
     rows, failed = status_table(sweep_dir)
     update_manifest(sweep_dir, finished=True, failed=failed)
     report_reuse(sweep_dir, started)
+    note = packing_note(sweep_dir)
+    if note:
+        print(note, flush=True)
     return sweep_dir, rows, failed
 
 
@@ -289,6 +295,9 @@ def run_job(cfg: Any) -> str:
     hc = HydraConfig.get()
     job_dir, sweep_dir, num = Path(hc.runtime.output_dir), Path(hc.sweep.dir), int(hc.job.num)
     entry = {"num": num, "overrides": list(hc.overrides.task), "dir": job_dir.name}
+    packed = run_packed(cfg, hc, _keep_finished, _share_cores)  # its pack's, bnexp/pack/job.py
+    if packed is not None:
+        return packed
     lock = lock_path(sweep_dir, job_dir.name)
     # Under a progress display (bnexp/sweep_progress.py) the job's lines go to the log files:
     # its notes to the sweep's, its training's to its own directory's.
