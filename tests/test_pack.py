@@ -234,3 +234,16 @@ def test_what_is_not_packed_and_why(cfg) -> None:
     assert "CNN" in not_packable(cfg("model=cnn", "trainer.device=cpu", "trainer.batch_size=64"))
     assert not_packable(cfg("model=cnn", "trainer.device=cpu", "trainer.batch_size=4")) is None
     assert "compile" in not_packable(cfg("model=mlp", "trainer.compile=true"))
+
+
+def test_no_packing_where_hydras_jobs_are_not_the_planned_grid(cli, mnist_root, tmp_path) -> None:
+    """A swept key given again as a fixed value (the later wins in Hydra): Hydra runs fewer,
+    differently numbered jobs than the plan, so no job trusts the plan's packs."""
+    result = cli("train", "-m", f"data.root={mnist_root}", f"output_dir={tmp_path}", *TINY,
+                 "trainer.epochs=1", "model=mlp", "probe=off", "trainer.checkpoint=false",
+                 "norm=none,torch", "seed=0,1", "trainer.batch_size=16,8", "trainer.batch_size=32")
+    assert "Traceback" not in result.output  # exit 1: the plan's other 4 jobs never ran
+    runs = _sweep_runs(tmp_path)
+    assert sorted((s["seed"], s["name"]) for s in runs.values()) == sorted(
+        (seed, f"mnist-mlp-{norm}") for seed in (0, 1) for norm in ("none", "torch"))
+    assert not any("packed" in s for s in runs.values())

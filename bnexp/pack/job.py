@@ -91,6 +91,8 @@ def run_packed(cfg: Any, hc: Any, keep_finished: Callable[..., str | None],
         return None
     if jobs.get(str(num), {}).get("pack_call") == plan["call"]:
         return PACKED
+    if not set(jobs.get(str(num), {}).get("overrides", [])) <= set(hc.overrides.task):
+        return None  # Hydra's jobs are not the planned grid (a swept key also given fixed)
     why = not_packable(cfg)
     if why is not None:
         update_manifest(sweep_dir, jobs={str(num): {**jobs.get(str(num), {}), "unpacked": why,
