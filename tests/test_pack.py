@@ -243,6 +243,9 @@ def test_no_packing_where_hydras_jobs_are_not_the_planned_grid(cli, mnist_root, 
                  "trainer.epochs=1", "model=mlp", "probe=off", "trainer.checkpoint=false",
                  "norm=none,torch", "seed=0,1", "trainer.batch_size=16,8", "trainer.batch_size=32")
     assert "Traceback" not in result.output  # exit 1: the plan's other 4 jobs never ran
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+    again = cli("train", "-m", "--resume", str(sweep_dir))  # sweep.json now holds Hydra's jobs
+    assert "Traceback" not in again.output
     runs = _sweep_runs(tmp_path)
     assert sorted((s["seed"], s["name"]) for s in runs.values()) == sorted(
         (seed, f"mnist-mlp-{norm}") for seed in (0, 1) for norm in ("none", "torch"))

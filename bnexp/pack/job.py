@@ -91,8 +91,6 @@ def run_packed(cfg: Any, hc: Any, keep_finished: Callable[..., str | None],
         return None
     if jobs.get(str(num), {}).get("pack_call") == plan["call"]:
         return PACKED
-    if not set(jobs.get(str(num), {}).get("overrides", [])) <= set(hc.overrides.task):
-        return None  # Hydra's jobs are not the planned grid (a swept key also given fixed)
     why = not_packable(cfg)
     if why is not None:
         update_manifest(sweep_dir, jobs={str(num): {**jobs.get(str(num), {}), "unpacked": why,
@@ -102,6 +100,13 @@ def run_packed(cfg: Any, hc: Any, keep_finished: Callable[..., str | None],
                      if o.startswith("seed=")) for n in pack}
     members = [_member(hc, cfg, n, seeds[n]) for n in pack
                if n == num or jobs.get(str(n), {}).get("pack_call") != plan["call"]]
+    # Only jobs that are what the plan says (their recorded overrides, planned or as Hydra
+    # ran them, within the leader's at their seed): where a swept key is also given fixed,
+    # Hydra runs fewer, renumbered jobs than the plan, and a pack from the plan would be wrong.
+    members = [m for m in members
+               if set(jobs.get(str(m.num), {}).get("overrides", [])) <= set(m.overrides)]
+    if not any(m.num == num for m in members):
+        return None
     with ExitStack() as stack:
         mine = []
         for m in members:
