@@ -295,12 +295,13 @@ def run_job(cfg: Any) -> str:
     hc = HydraConfig.get()
     job_dir, sweep_dir, num = Path(hc.runtime.output_dir), Path(hc.sweep.dir), int(hc.job.num)
     entry = {"num": num, "overrides": list(hc.overrides.task), "dir": job_dir.name}
-    packed = run_packed(cfg, hc, _keep_finished, _share_cores)  # its pack's, bnexp/pack/job.py
+    # Under a progress display (bnexp/sweep_progress.py) the job's lines go to the log files:
+    # its notes to the sweep's, its training's to its own directory's (a pack's to the sweep's).
+    with job_output(sweep_dir / SWEEP_LOG):
+        packed = run_packed(cfg, hc, _keep_finished, _share_cores)  # bnexp/pack/job.py
     if packed is not None:
         return packed
     lock = lock_path(sweep_dir, job_dir.name)
-    # Under a progress display (bnexp/sweep_progress.py) the job's lines go to the log files:
-    # its notes to the sweep's, its training's to its own directory's.
     with job_output(sweep_dir / SWEEP_LOG), claimed(lock) as mine:
         if mine is None:
             print(f"[job {num}] run by {describe(holder(lock))} (another bnexp call on this "
