@@ -181,8 +181,14 @@ def train_epoch(run: Training, progress: Progress) -> dict[str, float]:
 def evaluate_all(run: Training, last: bool) -> dict[str, float]:
     """Every evaluation split, the train-test gap, and after the last step the one-at-a-time
     test (trainer.eval_single)."""
+    metrics = evaluate_splits(run.model, run.eval_loaders, tuple(run.eval_loaders),
+                              run.cfg.trainer.precision)
+    return single_and_gap(run, metrics, last)
+
+
+def single_and_gap(run: Training, metrics: dict[str, float], last: bool) -> dict[str, float]:
+    """``metrics`` with, after the last step, the one-at-a-time test and the train-test gap."""
     tc = run.cfg.trainer
-    metrics = evaluate_splits(run.model, run.eval_loaders, tuple(run.eval_loaders), tc.precision)
     if tc.eval_single and last:
         metrics.update(evaluate_single(run.model, run.test, tc.eval_single, run.spec,
                                        run.channels_last))

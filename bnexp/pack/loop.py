@@ -49,10 +49,10 @@ from bnexp.train import (
     _epoch_line,
     autocast,
     end_epoch,
-    evaluate_single,
     evaluate_splits,
     finish,
     setup,
+    single_and_gap,
 )
 
 
@@ -399,12 +399,7 @@ def _evaluate_all(pack: Pack, last: bool) -> dict[int, dict[str, float]]:
         run = pack.runs[k]
         metrics.update(evaluate_splits(run.model, run.eval_loaders, ("test_batchstats",),
                                        tc.precision))
-        if tc.eval_single and last:
-            metrics.update(evaluate_single(run.model, run.test, tc.eval_single, run.spec,
-                                           run.channels_last))
-        if m.TRAIN_EVAL_ACC in metrics:
-            metrics[m.GAP_LOSS] = metrics[m.TRAIN_EVAL_LOSS] - metrics[m.TEST_LOSS]
-            metrics[m.GAP_ACC] = metrics[m.TRAIN_EVAL_ACC] - metrics[m.TEST_ACC]
+        single_and_gap(run, metrics, last)
     return per
 
 
