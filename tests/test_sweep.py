@@ -136,7 +136,8 @@ def test_interrupt_then_resume_from_sweep_json_alone(cli, mnist_root, tmp_path, 
 
     with monkeypatch.context() as m:
         m.setattr(bnexp.train, "train", interrupt_second)
-        result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1,2")
+        # one process per job (a pack's interrupt is tests/test_pack.py's)
+        result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1,2", "sweep.pack=false")
     assert result.exit_code == 130 and "--resume" in result.output
     sweep_dir = only_sweep(tmp_path / "out")
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
@@ -343,7 +344,7 @@ def test_two_calls_on_one_sweep_split_the_jobs(mnist_root, tmp_path) -> None:
     import time
 
     args = [f"data.root={mnist_root}", f"output_dir={tmp_path / 'out'}", *FAST,
-            "trainer.epochs=2", "seed=0,1,2,3"]
+            "trainer.epochs=2", "sweep.pack=false", "seed=0,1,2,3"]  # jobs, not one pack
     sweep_dir = tmp_path / "out" / "sweeps" / "shared"
     calls = []
     for _ in range(2):  # the second starts while the first plans or runs its first job
