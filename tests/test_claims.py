@@ -563,7 +563,8 @@ def test_two_claims_calls_on_one_out_write_every_run_once(mnist_root: Path, tmp_
     out = tmp_path / "claims"
     bnexp = Path(sys.executable).parent / "bnexp"
     args = [str(bnexp), "claims", "--budget", "test", "--only", "exploding", "--out", str(out),
-            f"data.root={mnist_root}", *[o for o in TINY if not o.startswith("trainer.epochs")]]
+            f"data.root={mnist_root}", "sweep.pack=false",  # job by job: the calls meet
+            *[o for o in TINY if not o.startswith("trainer.epochs")]]
     calls = []
     for _ in range(2):
         calls.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
