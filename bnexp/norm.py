@@ -386,9 +386,7 @@ class NoisyBatchNorm(_AnyBatchNorm):
         """This training step's noise state, (4, C): one walk step from the last step's and the
         running averages updated, or the same state again when the drawn step repeats the last
         one."""
-        z = torch.randn(self.noise_draw.shape, device=self.noise_draw.device,
-                        dtype=self.noise_draw.dtype)
-        again = (z == self.noise_draw).all()
+        z, again = self._draw()
         start = torch.where(again, self.noise_prev, self.noise_params)
         centre = _reflect(start[:2] + self.noise_change * z, self.noise_bound)
         rate = (self.momentum if self.momentum is not None
@@ -399,6 +397,13 @@ class NoisyBatchNorm(_AnyBatchNorm):
         self.noise_params.copy_(state)
         self.noise_draw.copy_(z)
         return state
+
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's walk draw, (2, C), and whether it repeats the last step's (a replayed
+        step: then the state stays)."""
+        z = torch.randn(self.noise_draw.shape, device=self.noise_draw.device,
+                        dtype=self.noise_draw.dtype)
+        return z, (z == self.noise_draw).all()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)

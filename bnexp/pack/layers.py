@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from bnexp.kernels.channels import channel_view
-from bnexp.norm import BatchNorm, GhostBatchNorm, NoisyBatchNorm, SeedBatchNorm, _reflect
+from bnexp.norm import BatchNorm, GhostBatchNorm, NoisyBatchNorm, SeedBatchNorm
 
 
 class NotPackable(Exception):
@@ -112,23 +112,13 @@ class PackedNoisyBatchNorm(NoisyBatchNorm):
                          noise_change=single.noise_change, noise_bound=single.noise_bound)
         self.gens = gens
 
-    @torch.no_grad()
-    def _step_noise(self) -> torch.Tensor:
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each replica's walk draw from its own generator; a repeat is judged per replica."""
         k, draw = len(self.gens), self.noise_draw
         c = self.num_features // k
         z = torch.cat([torch.randn((2, c), generator=g, device=draw.device, dtype=draw.dtype)
                        for g in self.gens], dim=1)
-        again = (z == draw).view(2, k, c).all(2).all(0).repeat_interleave(c)  # per replica
-        start = torch.where(again, self.noise_prev, self.noise_params)
-        centre = _reflect(start[:2] + self.noise_change * z, self.noise_bound)
-        rate = (self.momentum if self.momentum is not None
-                else 1.0 / self.num_batches_tracked.clamp(min=1).to(start.dtype))
-        now = torch.stack([centre[0].exp(), centre[1]])
-        state = torch.cat([centre, start[2:] + rate * (now - start[2:])])
-        self.noise_prev.copy_(start)
-        self.noise_params.copy_(state)
-        self.noise_draw.copy_(z)
-        return state
+        return z, (z == draw).view(2, k, c).all(2).all(0).repeat_interleave(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and torch.is_grad_enabled()):  # only training steps run packed
