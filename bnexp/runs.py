@@ -199,9 +199,24 @@ class Group:
         return dict(counts)
 
     def stat(self, metric: str, statuses: tuple[str, ...] = (metrics.COMPLETED,)) -> dict[str, Any]:
-        values = [v for r in self.runs if r.status in statuses
-                  if (v := r.metric(metric)) is not None and math.isfinite(v)]
-        return ci95(values)
+        """Mean and 95% interval over the group's runs; a timing counts once per pack, since
+        the replicas of a packed model share its clock (K equal values are one measurement,
+        not K: their interval would be zero-width)."""
+        values: dict[Any, float] = {}
+        for r in self.runs:
+            if r.status in statuses and (v := r.metric(metric)) is not None and math.isfinite(v):
+                values.setdefault(_pack_of(r) if is_timing(metric) else id(r), v)
+        return ci95(list(values.values()))
+
+
+def is_timing(metric: str) -> bool:
+    return metric.startswith("time/") or metric == metrics.SUMMARY_SAMPLES_PER_S
+
+
+def _pack_of(run: Run) -> Any:
+    """The packed model a run was trained in (its sweep and leader), or the run itself."""
+    packed = run.summary.get("packed") or {}
+    return (str(run.dir.parent), packed["group"]) if "group" in packed else id(run)
 
 
 def group_runs(runs: list[Run]) -> tuple[list[str], list[Group]]:

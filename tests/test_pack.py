@@ -145,6 +145,40 @@ def test_ics_and_landscape_per_replica(cfg, tmp_path) -> None:
     assert "ics/fc2/l2" in (pairs[0][1] / "metrics.jsonl").read_text()
 
 
+@pytest.mark.parametrize(("arch", "norm", "packed"), [("mlp", "torch", True), ("cnn", "custom", True),
+                                                      ("mlp", "noisy", False)])
+def test_the_replicas_look_through_one_packed_forward(cfg, tmp_path, monkeypatch, arch, norm,
+                                                     packed) -> None:
+    """The probe-batch looks of a probed step (before it, and after it for the per-unit
+    records) are one forward of the pack, whatever K; their values are the single runs' (the
+    exactness tests above). Noisy BN, whose look draws noise, keeps a look per replica."""
+    from bnexp.pack import look
+
+    forwards: list[tuple[int, tuple[str, ...]]] = []
+    real = look.PackedLooks._forward
+
+    def spy(self, stages):
+        forwards.append((self.pack.updates, stages))
+        return real(self, stages)
+
+    monkeypatch.setattr(look.PackedLooks, "_forward", spy)
+    seeds = [0, 1, 2]
+    cfgs = [cfg(*STEPS, f"model={arch}", f"norm={norm}", "trainer.steps=21", f"seed={s}")
+            for s in seeds]
+    train_pack(cfgs, [[f"seed={s}"] for s in seeds], [tmp_path / f"p{s}" for s in seeds], "g")
+    if not packed:
+        assert forwards == []
+        return
+    # Probes at steps 0, 10 and 20 (probe.every=10): one look before each step and one after.
+    assert forwards == [(0, ("pre", "norm", "post")), (1, ("norm",)),
+                        (10, ("pre", "norm", "post")), (11, ("norm",)),
+                        (20, ("pre", "norm", "post")), (21, ("norm",))]
+    for s in seeds:
+        records = [json.loads(line) for line in (tmp_path / f"p{s}" / "metrics.jsonl")
+                   .read_text().splitlines()]
+        assert sum(r.get("kind") == "units_next" for r in records) == 3
+
+
 def test_a_diverging_replica_leaves_the_others_alone(cfg, tmp_path) -> None:
     """A ReLU net at 3x He's scale and lr 3: seed 1 diverges on its own (at step 9), seeds 0
     and 2 do not. Packed together, seed 1 is recorded diverged at the same step, and seeds 0
@@ -184,6 +218,29 @@ def test_packs_are_cut_evenly() -> None:
     assert _chunks(list(range(10)), 8) == [list(range(5)), list(range(5, 10))]
     assert _chunks(list(range(3)), 8) == [[0, 1, 2]]
     assert [len(c) for c in _chunks(list(range(17)), 8)] == [6, 6, 5]
+
+
+@pytest.mark.parametrize(("launcher", "seeds", "groups", "packs"), [
+    ("basic", 8, 1, [8]),           # one process: one pack
+    ("joblib", 8, 1, [4, 4]),       # two workers: two packs, none idle
+    ("joblib", 3, 1, [2]),          # the third seed runs alone beside the pack of 2
+    ("joblib", 8, 2, [8, 8]),       # two groups already fill the two workers
+    ("joblib", 10, 1, [5, 5]),
+])
+def test_packs_fill_the_launchers_workers(launcher, seeds, groups, packs) -> None:
+    from omegaconf import OmegaConf
+
+    from bnexp.pack.plan import BASIC, JOBLIB, plan_packing
+
+    target = JOBLIB if launcher == "joblib" else BASIC
+    base = OmegaConf.create({"sweep": {"pack": True, "pack_max": 8},
+                             "hydra": {"launcher": {"_target_": target, "n_jobs": 2}}})
+    jobs, num = {}, 0
+    for g in range(groups):
+        for s in range(seeds):
+            jobs[str(num)] = {"num": num, "overrides": [f"norm={g}", f"seed={s}"]}
+            num += 1
+    assert [len(p) for p in plan_packing(base, jobs)["packs"]] == packs
 
 
 def _sweep_runs(out: Path) -> dict[str, dict]:

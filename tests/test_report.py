@@ -261,3 +261,22 @@ def test_every_figure_says_what_produced_it(tmp_path: Path) -> None:
     fig, _ = plt.subplots()
     figures._save(fig, tmp_path / "g.png")  # outside all_figures: no stamp
     assert not fig.texts
+
+
+def test_a_packs_replicas_count_once_in_a_timing() -> None:
+    """Replicas of one packed model share its clock: their equal step times are one
+    measurement (n counts packs), while their accuracies stay one value per run."""
+    from bnexp.runs import Group, Run
+
+    def run(i: int, group: str | None, step_ms: float) -> Run:
+        summary = {"status": "completed", "final": {"test/acc": 0.9 + i / 100}}
+        if group:
+            summary["packed"] = {"k": i, "K": 3, "group": group}
+        return Run(dir=Path(f"/sweep/{i}"), summary=summary, config={}, overrides={},
+                   records=[{"kind": "epoch", "step": 10, "time/step_ms": step_ms}])
+
+    g = Group("x", [run(0, "0_a", 2.0), run(1, "0_a", 2.0), run(2, "0_a", 2.0),
+                    run(3, "3_a", 3.0), run(4, "3_a", 3.0), run(5, None, 5.0)])
+    assert g.stat("time/step_ms")["n"] == 3
+    assert g.stat("time/step_ms")["mean"] == pytest.approx(10 / 3)
+    assert g.stat("test/acc")["n"] == 6

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp import metrics as m
 from bnexp.build import make_optimizer, make_scheduler
 from bnexp.data import TensorLoader
+from bnexp.pack.look import install_looks
 from bnexp.pack.model import (
     PackedNet,
     grads,
@@ -86,6 +87,7 @@ class Pack:
     t_start: float
     label_smoothing: float = 0.0  # trainer.label_smoothing, as train_step's loss has it
     step: int = 0
+    updates: int = 0  # optimizer steps taken: the weight state the replicas' looks share
     windows: dict[int, Window] = field(default_factory=dict)
 
     @property
@@ -140,11 +142,13 @@ def setup_pack(cfgs: list[DictConfig], overrides: list[list[str]], run_dirs: lis
     optimizer = make_optimizer(net.parameters(), cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, runs[0].total_steps,
                                runs[0].summary["steps_per_epoch"])
-    return Pack(runs=runs, net=net, gens=gens, optimizer=optimizer, scheduler=scheduler,
+    pack = Pack(runs=runs, net=net, gens=gens, optimizer=optimizer, scheduler=scheduler,
                 share=share, mask=torch.ones(k, device=runs[0].device), active=list(range(k)),
                 t_start=t_start,
                 label_smoothing=float(OmegaConf.select(cfg, "trainer.label_smoothing",
                                                        default=0.0) or 0.0))
+    install_looks(pack)
+    return pack
 
 
 def train_pack(cfgs: list[DictConfig], overrides: list[list[str]], run_dirs: list[Path],
@@ -265,6 +269,7 @@ def pack_step(pack: Pack, xs: list[torch.Tensor], ys: list[torch.Tensor], precis
     pack.optimizer.zero_grad(set_to_none=True)
     total.backward()
     pack.optimizer.step()
+    pack.updates += 1
     pack.scheduler.step()
     return losses.detach(), (logits.argmax(2) == y).sum(1)
 
@@ -299,7 +304,8 @@ def probed_step(pack: Pack, xs: list[torch.Tensor], ys: list[torch.Tensor],
                 precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A step on which the probes are due: each replica's probes around it, as its single run
     has them (``bnexp.probes.ProbedStep``), on its single model (a view of the pack), with the
-    global random stream set to the replica's own for their extra passes (ICS, landscape)."""
+    global random stream set to the replica's own for their extra passes (ICS, landscape). The
+    probe-batch looks before and after the step are one packed forward (bnexp.pack.look)."""
     device = pack.lead.device
     xs = [x.clone() for x in xs]  # each replica's batch its own tensor (probes may mark it)
     with ExitStack() as stack:

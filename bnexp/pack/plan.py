@@ -3,9 +3,12 @@ process (torch-free), and the one line the sweep prints about it.
 
 Jobs whose overrides differ only in ``seed`` form a group; a group of more than one job is cut
 into packs of at most ``sweep.pack_max`` replicas, as equal in size as possible (10 seeds at
-pack_max 8 are two packs of 5). The plan goes into sweep.json (``packing``: a token for this
+pack_max 8 are two packs of 5), and finer where there would be fewer packs than the
+launcher runs jobs at once (joblib's workers: one group of 8 seeds on 2 workers is two packs of
+4, not one pack and an idle worker). The plan goes into sweep.json (``packing``: a token for this
 call and the packs); each job reads it there (bnexp.pack.job). Packing is on by default for
-the launchers that run jobs in this machine's processes (Hydra's basic launcher, joblib);
+the launchers that run jobs in this machine's processes (Hydra's basic launcher, bnexp's
+basic launcher, joblib);
 ``sweep.pack=false`` turns it off. Whether a group gains from packing (a CNN on the CPU may
 not) is decided by the job that leads it, where torch and the config are at hand.
 """
@@ -13,6 +16,7 @@ not) is decided by the job that leads it, where torch and the config are at hand
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,9 @@ from omegaconf import OmegaConf
 from bnexp.manifest import read_manifest
 
 # The launchers that run jobs in local processes: one of them trains a whole pack.
-LOCAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
-                   "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher")
+BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+LOCAL_LAUNCHERS = (BASIC, JOBLIB, "hydra_plugins.bnexp_basic.BnexpBasicLauncher")
 PACKED = "packed"  # what a job returns whose run another job of its pack trained
 
 
@@ -36,6 +41,14 @@ def _chunks(nums: list[int], most: int) -> list[list[int]]:
         out.append(nums[i:i + step])
         i += step
     return out
+
+
+def _workers(base: Any, launcher: str) -> int:
+    """How many jobs the launcher runs at once: joblib's ``n_jobs`` (-1: one per core), else 1."""
+    if launcher != JOBLIB:
+        return 1
+    n = int(OmegaConf.select(base, "hydra.launcher.n_jobs", default=1) or 1)
+    return (os.cpu_count() or 1) if n < 0 else max(1, n)
 
 
 def plan_packing(base: Any, jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -54,8 +67,14 @@ def plan_packing(base: Any, jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if len(rest) < len(job["overrides"]):  # jobs without a swept seed are never packed
             groups.setdefault(rest, []).append(job["num"])
     most = max(1, int(OmegaConf.select(base, "sweep.pack_max", default=8)))
-    packs = [c for nums in groups.values() if len(nums) > 1
-             for c in _chunks(sorted(nums), most) if len(c) > 1]
+    sized = {key: nums for key, nums in groups.items() if len(nums) > 1}
+    # Fewer packs than the launcher's workers would leave workers idle (joblib, 2 workers, one
+    # group of 8 seeds): then each group is cut into as many packs as the workers need.
+    workers = _workers(base, launcher)
+    if sized and sum(math.ceil(len(nums) / most) for nums in sized.values()) < workers:
+        pieces = math.ceil(workers / len(sized))
+        most = min(most, max(2, *(math.ceil(len(nums) / pieces) for nums in sized.values())))
+    packs = [c for nums in sized.values() for c in _chunks(sorted(nums), most) if len(c) > 1]
     return {"call": uuid.uuid4().hex, "packs": [] if off else packs, "off": off,
             "could": sum(map(len, packs))}
 
