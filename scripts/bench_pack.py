@@ -38,6 +38,8 @@ CONFIGS = {
     "cnn": ("default CNN, BN, batch 64", ["model=cnn", "norm=torch"]),
     "santurkar_cnn": ("claims' santurkar CNN (ICS + landscape probes), batch 64",
                       ["experiment=santurkar", "model=cnn", "norm=torch"]),
+    "santurkar_cnn_noisy": ("claims' santurkar CNN, noisy BN, batch 64",
+                            ["experiment=santurkar", "model=cnn", "norm=noisy"]),
     "cnn_b4": ("default CNN, BN, batch 4 (claim 7's smallest batch)",
                ["model=cnn", "norm=torch", "trainer.batch_size=4"]),
     "cnn_b16": ("default CNN, BN, batch 16", ["model=cnn", "norm=torch", "trainer.batch_size=16"]),
