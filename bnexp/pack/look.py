@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -29,9 +29,6 @@ from bnexp.models import batch_statistics
 from bnexp.norm import NoisyBatchNorm
 from bnexp.pack.layers import PackedDropout
 from bnexp.pack.model import PackedNet, pack_inputs
-
-if TYPE_CHECKING:
-    from bnexp.pack.loop import Pack
 
 Measure = Callable[[str, str, torch.Tensor], None]
 
@@ -58,7 +55,7 @@ def _packed_statistics(net: PackedNet) -> Any:
 class PackedLooks:
     """One packed probe-batch forward per weight state, shared by the replicas' looks."""
 
-    def __init__(self, pack: Pack) -> None:
+    def __init__(self, pack: Any) -> None:  # a bnexp.pack.loop.Pack
         self.pack = pack
         self.key: tuple[int, tuple[str, ...]] | None = None
         self.outs: dict[tuple[str, str], torch.Tensor] = {}
@@ -107,7 +104,7 @@ class PackedLooks:
                 h.remove()
 
 
-def install_looks(pack: Pack) -> PackedLooks | None:
+def install_looks(pack: Any) -> PackedLooks | None:
     """Pack the replicas' looks where that is exact (``packable_look``); None otherwise."""
     if not packable_look(pack.net):
         return None
