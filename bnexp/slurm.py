@@ -20,7 +20,9 @@ accounting (``sacct``). This subclass submits the same array and then:
 - cancels the array on Ctrl-C, so that a resumed sweep does not run next to the old one;
 - submits no task for a job that already has a finished result (resume) or that another bnexp
   call on the same sweep runs now (its lock, ``bnexp.runlock``); the sweep waits for those at
-  its end. A task that still meets a held job returns ``held`` without training.
+  its end. A task that still meets a held job returns ``held`` without training;
+- submits one task per pack of seeds (``sweep.pack``, bnexp.slurm_pack): its leader trains the
+  pack, and the pack's other jobs are recorded with the leader's task as it ends.
 
 Jobs never raise into Hydra: the sweep always ends with its status table. Inside each task,
 ``bnexp.sweep.run_job`` turns the scheduler's signals (time limit, scancel) into a recorded
@@ -48,6 +50,7 @@ from bnexp.errors import BnexpError
 from bnexp.manifest import merge_job
 from bnexp.rundir import finished_summary
 from bnexp.runlock import HELD, describe, holder, lock_path
+from bnexp.slurm_pack import describe_tasks, pack_tasks
 from bnexp.slurm_scheduler import partition_nodes, refused_message
 from bnexp.slurm_wait import STUCK_ENV, Waiter
 
@@ -143,10 +146,12 @@ class SlurmLauncher(HydraSlurmLauncher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         results, todo = self._skip_settled(job_overrides, initial_job_idx, sweep_dir)
         if todo:
-            jobs = self._submit(todo)
-            waiter = Waiter(self, sweep_dir, jobs, todo)
-            array_id = jobs[0].job_id.split("_")[0]
-            results.update(zip([num for num, _ in todo], waiter.wait(array_id), strict=True))
+            launched = set(range(initial_job_idx, initial_job_idx + len(job_overrides)))
+            tasks, followers = pack_tasks(self, todo, sweep_dir, launched)  # one per pack
+            jobs = self._submit(tasks, followers)
+            waiter = Waiter(self, sweep_dir, jobs, tasks, followers)
+            waiter.wait(jobs[0].job_id.split("_")[0])
+            results.update(waiter.returns())
         return [results[num] for num in sorted(results)]
 
     def _skip_settled(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
@@ -177,8 +182,10 @@ class SlurmLauncher(HydraSlurmLauncher):
                                      _return_value=status)
         return results, todo
 
-    def _submit(self, todo: list[tuple[int, list[str]]]) -> list[Any]:
-        """Submit ``todo`` as one job array; submitit's jobs, one per task."""
+    def _submit(self, todo: list[tuple[int, list[str]]],
+                followers: dict[int, list[tuple[int, list[str]]]]) -> list[Any]:
+        """Submit ``todo`` as one job array (a pack's leader trains its ``followers`` in its
+        task); submitit's jobs, one per task."""
         import submitit
         from hydra.core.singleton import Singleton
         from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -201,17 +208,22 @@ class SlurmLauncher(HydraSlurmLauncher):
             raise BnexpError(refused_message(str(exc), params)) from None
         array_id = jobs[0].job_id.split("_")[0]
         logs = Path(str(params["submitit_folder"]).replace("%j", f"{array_id}_<task>"))
-        print(f"slurm: submitted job array {array_id} ({len(jobs)} tasks, "
+        tasks = describe_tasks(todo, followers)
+        print(f"slurm: submitted job array {array_id} ({tasks}{'; ' if followers else ', '}"
               f"{params['cpus_per_task']} CPUs and {params.get('mem_gb')} GB each, "
               f"time limit {params.get('timeout_min')} min); logs in {logs}", flush=True)
         return jobs
+
+    def sweep_config(self, overrides: Sequence[str]) -> Any:
+        """The config Hydra composes for the job with ``overrides`` (as in its task)."""
+        assert self.hydra_context is not None and self.config is not None
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     def job_dir(self, overrides: Sequence[str], num: int) -> Path:
         """The directory Hydra gives job ``num`` (for tasks that never started)."""
         from omegaconf import OmegaConf, open_dict
 
-        assert self.hydra_context is not None and self.config is not None
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        cfg = self.sweep_config(overrides)
         with open_dict(cfg.hydra.job):
             cfg.hydra.job.num = num
         return Path(str(cfg.hydra.sweep.dir)) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))

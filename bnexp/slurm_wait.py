@@ -14,7 +14,10 @@ Two halves, so that the decisions can be tested on recorded scheduler output alo
   up after ``BNEXP_SLURM_STUCK_MIN`` minutes: interrupted, and cancelled.
 - ``Waiter`` is the loop: it polls the scheduler, reads the tasks' result files, prints state
   changes, and records each task as it ends in its summary.json and in sweep.json. Every task
-  is keyed by its SLURM id (``<array>_<index>``).
+  is keyed by its SLURM id (``<array>_<index>``). A task that leads a pack (bnexp.slurm_pack)
+  also settles its followers, the pack's jobs that have no task: each keeps the result the
+  leader wrote for it, and where the task ended without one (the scheduler ended it, or it
+  never trained that job) gets the task's status, with the scheduler's record.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from bnexp.errors import BnexpError
 from bnexp.manifest import merge_job
-from bnexp.metrics import COMPLETED, DIVERGED, FAILED, FINISHED, INTERRUPTED
+from bnexp.metrics import COMPLETED, DIVERGED, FAILED, FINISHED, INTERRUPTED, RUNNING
 from bnexp.rundir import summary_so_far, write_summary
 from bnexp.runlock import HELD, claimed, holder, lock_path
 from bnexp.slurm_scheduler import (
@@ -188,17 +191,30 @@ class Task:
     returned: Any = None  # the JobReturn the task itself returned, if it did
     result: Any = None  # Hydra's JobReturn, once the task is over
     shown: str = field(default="", repr=False)
+    # A pack's leader: the pack's other jobs (number, overrides), trained in this task, and
+    # their JobReturns once it is over.
+    followers: list[tuple[int, list[str]]] = field(default_factory=list)
+    settled: dict[int, Any] = field(default_factory=dict)
 
 
 class Waiter:
     """Waits for an array's tasks, recording each as it ends (see the module docstring)."""
 
     def __init__(self, launcher: Any, sweep_dir: Path, jobs: list[Any],
-                 todo: list[tuple[int, list[str]]]) -> None:
+                 todo: list[tuple[int, list[str]]],
+                 followers: dict[int, list[tuple[int, list[str]]]] | None = None) -> None:
         self.launcher, self.sweep_dir = launcher, sweep_dir
         stuck_s = stuck_limit_s()
-        self.tasks = {job.job_id: Task(num, overrides, job, TaskWatch(stuck_s, launcher.params))
+        self.tasks = {job.job_id: Task(num, overrides, job, TaskWatch(stuck_s, launcher.params),
+                                       followers=(followers or {}).get(num, []))
                       for job, (num, overrides) in zip(jobs, todo, strict=True)}
+
+    def returns(self) -> dict[int, Any]:
+        """Every job's JobReturn by job number, the followers' included (after ``wait``)."""
+        out = {task.num: task.result for task in self.tasks.values()}
+        for task in self.tasks.values():
+            out.update(task.settled)
+        return out
 
     def wait(self, array_id: str) -> list[Any]:
         """Hydra's JobReturns, in the order of the tasks, once every task is over."""
@@ -272,6 +288,8 @@ class Waiter:
         status = verdict.status
         assert status is not None
         job_dir = self.launcher.job_dir(task.overrides, task.num)
+        if status != HELD and touch_summary and self._exiting(t, task):
+            return  # the leader's process still holds a follower: at the next poll
         if status != HELD and touch_summary:
             lock = lock_path(self.sweep_dir, job_dir.name)
             with claimed(lock) as mine:
@@ -290,6 +308,51 @@ class Waiter:
         else:
             task.result = JobReturn(overrides=task.overrides, status=JobStatus.COMPLETED,
                                     _return_value=status)
+        for num, overrides in task.followers:
+            status = self._settle(t, num, overrides, verdict, touch_summary)
+            task.settled[num] = JobReturn(overrides=overrides, status=JobStatus.COMPLETED,
+                                          _return_value=status)
+
+    def _exiting(self, t: str, task: Task) -> bool:
+        """Whether task ``t``'s own process still holds one of its followers' locks."""
+        return any((holder(lock_path(self.sweep_dir, self.launcher.job_dir(o, n).name))
+                    or {}).get("slurm_task") == t for n, o in task.followers)
+
+    def _settle(self, t: str, num: int, overrides: list[str], verdict: Verdict,
+                touch_summary: bool) -> str:
+        """Record follower ``num`` of task ``t``'s pack, once the task is over: the result
+        the leader wrote for it, else the task's status (see the module docstring)."""
+        job_dir = self.launcher.job_dir(overrides, num)
+        status = str(verdict.status)
+        if touch_summary:
+            with claimed(lock_path(self.sweep_dir, job_dir.name)) as mine:
+                if mine is None:  # another bnexp call on this sweep runs it now
+                    self._show(t, f"job {num} of its pack is held by another bnexp call on "
+                               "this sweep: waited for at the end")
+                    return HELD
+                status = self._follower_summary(t, job_dir, verdict)
+        merge_job(self.sweep_dir, num, overrides=overrides, dir=job_dir.name, status=status,
+                  scheduler={"job_id": t, **(verdict.scheduler or {})})
+        self._show(t, f"recorded job {num} of its pack {status}")
+        return status
+
+    def _follower_summary(self, t: str, job_dir: Path, verdict: Verdict) -> str:
+        """A follower's status: its own when the leader wrote one (a finished run, or any
+        ending in a task that ended by itself), else the task's status, written into its
+        summary.json with the scheduler's record."""
+        summary = summary_so_far(job_dir)
+        own = summary.get("status")
+        if own in FINISHED or (verdict.scheduler is None and own not in (None, RUNNING)):
+            return str(own)
+        leader = self.tasks[t]
+        status = str(verdict.status) if verdict.scheduler is not None else FAILED
+        why = verdict.error or leader.error or "it ended without a result for this job"
+        summary.update(status=status, run_dir=str(job_dir),
+                       error=f"the task of its pack's leader (job {leader.num}, {t}): {why}")
+        if verdict.scheduler is not None:
+            summary["scheduler"] = {"job_id": t, **verdict.scheduler}
+        write_summary(job_dir, summary)
+        return status
 
     def _write_summary(self, task: Task, job_dir: Path, verdict: Verdict) -> str:
         """Add the verdict to the job's summary.json; a result it holds stays its result."""

@@ -1,6 +1,7 @@
 """Sweeps through a real single-node SLURM cluster (scripts/slurm_local.sh: munged, slurmctld,
 slurmd, no accounting): an array job, a failing job, cancelled, killed and held tasks, a task
-past its time limit, resume, an unsatisfiable request, claims and report through the cluster.
+past its time limit, resume, a pack of seeds as one task, an unsatisfiable request, claims and
+report through the cluster.
 Every test checks sweep.json's statuses against what happened and that the table printed.
 
 Slow (`pytest -m slow`). The cluster is started here if it is not running (installing Debian's
@@ -193,7 +194,8 @@ def test_cancelled_pending_task_then_resume(cluster, cli, mnist_root, tmp_path) 
     held = "+hydra.launcher.additional_parameters.hold=true"
     watchers = [on_task(0, "PENDING", lambda j: scontrol("release", j)),
                 on_task(1, "PENDING", lambda j: (time.sleep(1), subprocess.run(["scancel", j])))]
-    result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1", held)
+    # sweep.pack=false: one task per seed (packed, both seeds would be one task).
+    result = sweep(cli, mnist_root, tmp_path / "out", "seed=0,1", held, "sweep.pack=false")
     for w in watchers:
         w.join(1)
     assert result.exit_code == 1, result.output
@@ -208,6 +210,25 @@ def test_cancelled_pending_task_then_resume(cluster, cli, mnist_root, tmp_path) 
     assert result.exit_code == 0, result.output
     table_shows(result.output, r"completed \(kept\)", "completed")
     assert statuses(sweep_dir) == (["completed"] * 2, ["completed"] * 2)
+
+
+def test_a_pack_of_seeds_is_one_task(cluster, cli, mnist_root, tmp_path) -> None:
+    """sweep.pack (the default): two groups of three seeds are two tasks, each training its
+    three runs as one packed model; every run completes in its own directory."""
+    result = sweep(cli, mnist_root, tmp_path / "out", "norm=none,torch", "seed=0,1,2",
+                   "trainer.steps=20")
+    assert result.exit_code == 0, result.output
+    assert "(2 tasks: 2 packs of 3 runs;" in result.output
+    assert "trained 6 runs as 2 packed models" in result.output
+    table_shows(result.output, *["completed"] * 6)
+    sweep_dir = only_sweep(tmp_path / "out")
+    assert statuses(sweep_dir) == (["completed"] * 6, ["completed"] * 6)
+    array = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]["0"]["scheduler"]
+    array = array["job_id"].split("_")[0]
+    tasks = sorted(p.name for p in (sweep_dir / ".submitit").glob("*_*") if p.is_dir())
+    assert tasks == [f"{array}_0", f"{array}_1"]  # one task per pack
+    assert [summary(sweep_dir, n)["packed"]["k"] for n in range(6)] == [0, 1, 2, 0, 1, 2]
+    assert {summary(sweep_dir, n)["packed"]["K"] for n in range(6)} == {3}
 
 
 def test_stuck_task_gives_up_after_the_bound(cluster, cli, mnist_root, tmp_path,

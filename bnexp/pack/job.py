@@ -7,7 +7,9 @@ and trains the rest as one packed model (bnexp.pack.loop), each replica into the
 own job would have trained in (``<num>_<overrides>``, the name Hydra gives it), with the
 config Hydra composes for it (the leader's, at the replica's seed). The jobs it trained are
 marked in sweep.json with this call's token; when the launcher runs them, they return at once.
-A group that does not gain from packing (``not_packable``) is left to its jobs, one by one.
+A group that does not gain from packing (``not_packable``) is left to its jobs, one by one;
+under bnexp's SLURM launcher (``one_task`` in the plan: each pack is one task, bnexp.slurm_pack)
+its other jobs have no task of their own, so the leader trains them one after another.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from bnexp.config import validate
 from bnexp.errors import BnexpError
 from bnexp.hydra_app import parse_overrides
 from bnexp.manifest import merge_job, read_manifest, update_manifest
-from bnexp.metrics import FAILED, INTERRUPTED, RUNNING
+from bnexp.metrics import FAILED, FINISHED, INTERRUPTED, RUNNING
 from bnexp.pack.plan import PACKED
 from bnexp.reuse import code_stamp
 from bnexp.rundir import job_dirname, set_aside_previous_attempt, summary_so_far, write_summary
 from bnexp.runlock import lock_path, try_claim
+from bnexp.signals import SchedulerSignal, scheduler_signals
 
 # On the CPU a CNN's convolutions are compute-bound at ordinary batches: 8 replicas of the
 # default CNN as grouped convolutions trained 1.05x the samples/s of the runs one after another
@@ -51,15 +54,18 @@ class Member:
         self.entry.update(num=self.num, overrides=self.overrides, dir=self.job_dir.name)
 
 
-def not_packable(cfg: Any) -> str | None:
-    """Why this group of runs is trained one by one, or None when packing gains."""
+def not_packable(cfg: Any, device: str | None = None) -> str | None:
+    """Why this group of runs is trained one by one, or None when packing gains. ``device``:
+    the device type the runs will have ("cpu", "cuda"); default: trainer.device resolved here
+    (the SLURM launcher names the task's, which it decides before submission)."""
     if cfg.trainer.compile:
         return "trainer.compile: the packed model is not compiled"
     if cfg.model.arch == "cnn":
-        from bnexp.build import resolve_device
+        if device is None:
+            from bnexp.build import resolve_device
 
-        if (resolve_device(cfg.trainer.device).type == "cpu"
-                and cfg.trainer.batch_size > CNN_CPU_MAX_BATCH):
+            device = resolve_device(cfg.trainer.device).type
+        if device == "cpu" and cfg.trainer.batch_size > CNN_CPU_MAX_BATCH:
             return (f"a CNN on the CPU at batch > {CNN_CPU_MAX_BATCH}: grouped convolutions "
                     "train no faster there than one run after another")
     return None
@@ -92,7 +98,7 @@ def run_packed(cfg: Any, hc: Any, keep_finished: Callable[..., str | None],
     if jobs.get(str(num), {}).get("pack_call") == plan["call"]:
         return PACKED
     why = not_packable(cfg)
-    if why is not None:
+    if why is not None and not plan.get("one_task"):
         update_manifest(sweep_dir, jobs={str(num): {**jobs.get(str(num), {}), "unpacked": why,
                                                     "unpacked_call": plan["call"]}})
         return None
@@ -121,20 +127,52 @@ def run_packed(cfg: Any, hc: Any, keep_finished: Callable[..., str | None],
             if status is not None:  # decided in this call: its job returns at once
                 merge_job(sweep_dir, n, pack_call=plan["call"])
         todo = [m for m in mine if kept[m.num] is None]
-        statuses = _train(todo, num, sweep_dir, plan["call"], hc, share_cores) if todo else {}
+        marks: dict[str, Any] = {"pack_call": plan["call"]}
+        marks.update({"packed_in": plan["call"], "packed_by": num} if why is None else
+                     {"unpacked": why, "unpacked_call": plan["call"]})
+        statuses = _train_all(todo, num, sweep_dir, marks, why, hc, share_cores) if todo else {}
         return statuses.get(num) or kept.get(num) or PACKED
 
 
-def _train(todo: list[Member], num: int, sweep_dir: Path, call: str, hc: Any,
+def _train_all(todo: list[Member], num: int, sweep_dir: Path, marks: dict[str, Any],
+               why: str | None, hc: Any, share_cores: Callable[[Any, Any], None]
+               ) -> dict[int, str]:
+    """Train ``todo`` as one pack, or (``why`` it is not packable, in a SLURM task that was
+    given them all) one after another; the scheduler's signals (time limit, scancel) end
+    every run not finished with the status they mean, as they end a single job."""
+    statuses: dict[int, str] = {}
+    try:
+        with scheduler_signals():
+            if why is None:
+                return _train(todo, num, sweep_dir, marks, hc, share_cores)
+            print(f"[job {num}] training jobs {', '.join(str(m.num) for m in todo)} one after "
+                  f"another, not packed ({why})", flush=True)
+            for m in todo:
+                statuses.update(_train([m], num, sweep_dir, marks, hc, share_cores))
+            return statuses
+    except SchedulerSignal as sig:  # the launcher adds the scheduler's final state
+        for m in todo:
+            summary = summary_so_far(m.job_dir)
+            if summary.get("status") not in FINISHED:
+                summary.update(status=sig.status, run_dir=str(m.job_dir), error=str(sig))
+                write_summary(m.job_dir, summary)
+            statuses[m.num] = summary["status"]
+        update_manifest(sweep_dir, jobs={str(m.num): {**m.entry, **marks,
+                                                      "status": statuses[m.num]} for m in todo})
+        print(f"[job {num}] {sig.status}: {sig}", flush=True)
+        return statuses
+
+
+def _train(todo: list[Member], num: int, sweep_dir: Path, marks: dict[str, Any], hc: Any,
            share_cores: Callable[[Any, Any], None]) -> dict[int, str]:
     """Train ``todo`` (claimed, none finished) as one pack led by job ``num``, each recorded in
-    its summary.json and sweep.json whatever happens; their statuses by job number."""
+    its summary.json and sweep.json (with ``marks``) whatever happens; their statuses by job
+    number."""
     from bnexp.startup import import_trainer
 
     for m in todo:
         set_aside_previous_attempt(m.job_dir)
         share_cores(m.cfg, hc.launcher)
-    marks = {"pack_call": call, "packed_in": call, "packed_by": num}
     update_manifest(sweep_dir, jobs={str(m.num): {**m.entry, **marks, "status": RUNNING}
                                      for m in todo})
     try:

@@ -8,7 +8,8 @@ launcher runs jobs at once (joblib's workers: one group of 8 seeds on 2 workers 
 4, not one pack and an idle worker). The plan goes into sweep.json (``packing``: a token for this
 call and the packs); each job reads it there (bnexp.pack.job). Packing is on by default for
 the launchers that run jobs in this machine's processes (Hydra's basic launcher, bnexp's
-basic launcher, joblib);
+basic launcher, joblib) and for bnexp's SLURM launcher, which submits one task per pack
+(bnexp.slurm_pack);
 ``sweep.pack=false`` turns it off. Whether a group gains from packing (a CNN on the CPU may
 not) is decided by the job that leads it, where torch and the config are at hand.
 """
@@ -29,6 +30,9 @@ from bnexp.manifest import read_manifest
 BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 LOCAL_LAUNCHERS = (BASIC, JOBLIB, "hydra_plugins.bnexp_basic.BnexpBasicLauncher")
+# bnexp's SLURM launcher: one task per pack, its leader trains the pack (bnexp.slurm_pack).
+# Hydra's own submitit launchers start every job as its own task: not packed.
+SLURM_LAUNCHERS = ("hydra_plugins.bnexp_slurm_launcher.BnexpSlurmLauncher",)
 PACKED = "packed"  # what a job returns whose run another job of its pack trained
 
 
@@ -59,7 +63,7 @@ def plan_packing(base: Any, jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     launcher = OmegaConf.select(base, "hydra.launcher._target_") or ""
     if not OmegaConf.select(base, "sweep.pack", default=True):
         off = "sweep.pack=false"
-    elif launcher not in LOCAL_LAUNCHERS:
+    elif launcher not in LOCAL_LAUNCHERS + SLURM_LAUNCHERS:
         off = f"the launcher {launcher.rsplit('.', 1)[-1]} runs each job as its own task"
     groups: dict[tuple[str, ...], list[int]] = {}
     for job in jobs.values():
