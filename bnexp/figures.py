@@ -75,10 +75,12 @@ def _ns(groups: list[Group]) -> list[int]:
     return [len(g.runs) for g in groups]
 
 
-def spread_text(groups: list[Group], spread: str = "mean ± sd over seeds (band)") -> str:
-    """What a figure's bands or bars are: ``spread`` when some group has several runs,
-    else that each group is one run (no spread, no interval claimed)."""
-    ns = _ns(groups)
+def spread_text(groups: list[Group], spread: str = "mean ± sd over seeds (band)",
+                ns: list[int] | None = None) -> str:
+    """What a figure's bands or bars are: ``spread`` when some group has several runs (or
+    values: ``ns``, one count per group), else that each group is one run (no spread, no
+    interval claimed)."""
+    ns = _ns(groups) if ns is None else ns
     if max(ns, default=0) <= 1:
         return "one run per group (n = 1): no spread, no interval"
     counts = f"n = {min(ns)}" if min(ns) == max(ns) else f"n = {min(ns)} to {max(ns)}"
@@ -356,17 +358,21 @@ def step_time(groups: list[Group], path: Path) -> Path | None:
     if not any(g.stat(metrics.STEP_MS)["n"] for g in groups):
         return None
     interleaved = all(r.summary.get("kind") == INTERLEAVED for g in groups for r in g.runs)
+    # A pack's replicas share its clock: their timing counts once (Group.stat), n = packs.
+    ns = [n for g in groups if (n := g.stat(metrics.STEP_MS)["n"])]
+    spread = spread_text(groups, "95% t-interval where n ≥ 2", ns)
+    if any((r.summary.get("packed") or {}).get("K", 1) > 1 for g in groups for r in g.runs):
+        spread += "\nn counts packs: the replicas of a packed model share its clock"
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(groups) + 2.6))
     _bars(ax, groups, metrics.STEP_MS)
     ax.set(xlabel="ms per training step (mean over epochs of each run)")
     if interleaved:
-        ax.set_title("step time per variant, interleaved timing (bnexp time): "
-                     + spread_text(groups, "95% t-interval where n ≥ 2"), fontsize=9)
+        ax.set_title("step time per variant, interleaved timing (bnexp time): " + spread,
+                     fontsize=9)
     else:
         ax.set_title("step time measured during training on one machine, variants not "
                      "interleaved:\nnoisy, not a speed comparison (use `bnexp time`); "
-                     + spread_text(groups, "95% t-interval where n ≥ 2"), fontsize=9,
-                     color="#8a3b00")
+                     + spread, fontsize=9, color="#8a3b00")
     return _save(fig, path)
 
 

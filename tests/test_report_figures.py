@@ -115,3 +115,15 @@ def test_each_report_gets_its_own_folder_unless_out_is_given(cli, tmp_path, monk
         "| norm=custom |")
     given = cli("report", "runs", "--out", "mine")
     assert given.exit_code == 0 and (tmp_path / "mine" / "report.md").exists()
+
+
+def test_step_time_of_packed_runs_counts_packs(tmp_path, drawn) -> None:
+    """Three seeds trained as one pack are one step-time measurement: n = 1 per group, said so,
+    and no interval over three equal values."""
+    groups = groups_of(tmp_path / "runs", seeds=3)
+    for g in groups:
+        for k, r in enumerate(g.runs):
+            r.summary["packed"] = {"k": k, "K": 3, "group": f"{g.label}-pack"}
+    figures.step_time(groups, tmp_path / "step_time.png")
+    text = _texts(drawn["step_time.png"])
+    assert "n = 1" in text and "n counts packs" in text and "n = 3" not in text
