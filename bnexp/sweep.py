@@ -60,6 +60,7 @@ from bnexp.rundir import (
 from bnexp.runlock import HELD, claimed, describe, holder, lock_path, wait_for_others
 from bnexp.signals import SchedulerSignal, scheduler_signals
 from bnexp.sweep_progress import JOB_LOG, QUIET_ENV, SWEEP_LOG, job_output
+from bnexp.threads import joblib_workers
 
 # Launchers' worker processes import this module (for run_job) before Hydra composes there:
 # they get the CLI's one-line warnings, without Hydra's launcher-schema deprecation notice.
@@ -419,8 +420,7 @@ def _share_cores(cfg: Any, launcher: Any) -> None:
     n_jobs, threads = launcher.get("n_jobs"), launcher.get("cpus_per_task")
     threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
     if n_jobs is not None:
-        cores = os.cpu_count() or 1
-        threads = max(1, cores // max(1, cores if n_jobs < 0 else n_jobs))
+        threads = max(1, (os.cpu_count() or 1) // joblib_workers(n_jobs))
     if threads:
         with open_dict(cfg):
             cfg.trainer.threads = threads
@@ -500,7 +500,7 @@ def joblib_warmup(overrides: list[str]) -> Iterator[None]:
             joblib_cfg = {k: v for k, v in settings.items() if k != "_target_"}
             joblib_cfg["backend"] = "loky"  # as the launcher does
             process_joblib_cfg(joblib_cfg)
-            n_workers = joblib_cfg["n_jobs"] if joblib_cfg["n_jobs"] > 0 else os.cpu_count() or 1
+            n_workers = joblib_workers(joblib_cfg["n_jobs"])
             if n_workers > 1:  # one job at a time: joblib runs it in this process, no workers
                 warm = Parallel(**joblib_cfg, return_as="generator_unordered")(
                     delayed(_warm_worker)() for _ in range(n_workers))

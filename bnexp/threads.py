@@ -34,6 +34,11 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def joblib_workers(n_jobs: int) -> int:
+    """The worker processes of joblib's ``n_jobs``: a negative value is one per core."""
+    return (os.cpu_count() or 1) if n_jobs < 0 else max(1, n_jobs)
+
+
 class ThreadShare:
     """This process's share of the cores among the running bnexp trainings."""
 

@@ -17,7 +17,6 @@ not) is decided by the job that leads it, where torch and the config are at hand
 from __future__ import annotations
 
 import math
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from bnexp.manifest import read_manifest
+from bnexp.threads import joblib_workers
 
 # The launchers that run jobs in local processes: one of them trains a whole pack.
 BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
@@ -51,8 +51,7 @@ def _workers(base: Any, launcher: str) -> int:
     """How many jobs the launcher runs at once: joblib's ``n_jobs`` (-1: one per core), else 1."""
     if launcher != JOBLIB:
         return 1
-    n = int(OmegaConf.select(base, "hydra.launcher.n_jobs", default=1) or 1)
-    return (os.cpu_count() or 1) if n < 0 else max(1, n)
+    return joblib_workers(int(OmegaConf.select(base, "hydra.launcher.n_jobs", default=1) or 1))
 
 
 def plan_packing(base: Any, jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
