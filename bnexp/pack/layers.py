@@ -83,13 +83,14 @@ def _uniform_like(y: torch.Tensor, k: int, gens: list[torch.Generator]) -> torch
     return torch.cat(parts, dim=1)
 
 
-class PackedDropout(nn.Module):
+class PackedDropout(nn.Dropout):
     """Dropout on (B, K*C): replica k's mask drawn from its generator as torch's CPU dropout
-    draws it (``empty_like(x).bernoulli_(1 - p)``, then scaled by 1 / (1 - p))."""
+    draws it (``empty_like(x).bernoulli_(1 - p)``, then scaled by 1 / (1 - p)). A Dropout, so
+    what turns dropout off (``bnexp.models.batch_statistics``) turns this off too."""
 
     def __init__(self, p: float, gens: list[torch.Generator]) -> None:
-        super().__init__()
-        self.p, self.gens = p, gens
+        super().__init__(p)
+        self.gens = gens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:

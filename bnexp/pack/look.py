@@ -18,7 +18,6 @@ runs do); their replicas keep their own looks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -27,7 +26,6 @@ import torch
 from bnexp.metrics import STAGES
 from bnexp.models import batch_statistics
 from bnexp.norm import NoisyBatchNorm
-from bnexp.pack.layers import PackedDropout
 from bnexp.pack.model import PackedNet, pack_inputs
 
 Measure = Callable[[str, str, torch.Tensor], None]
@@ -36,20 +34,6 @@ Measure = Callable[[str, str, torch.Tensor], None]
 def packable_look(net: PackedNet) -> bool:
     """Whether a look through ``net`` sees what its replicas' single looks see."""
     return not any(isinstance(m, NoisyBatchNorm) for m in net.modules())
-
-
-@contextmanager
-def _packed_statistics(net: PackedNet) -> Any:
-    """``batch_statistics`` for the packed net: its dropout (per-replica masks) off too."""
-    drops = [m for m in net.modules() if isinstance(m, PackedDropout)]
-    with batch_statistics(net):
-        for d in drops:
-            d.eval()
-        try:
-            yield
-        finally:
-            for d in drops:
-                d.train(net.training)
 
 
 class PackedLooks:
@@ -97,7 +81,7 @@ class PackedLooks:
         x = pack_inputs([run.probes.ctx.probe_x for run in runs], net.is_cnn,
                         first.channels_last)
         try:
-            with _packed_statistics(net):
+            with batch_statistics(net):  # the packed dropout is a Dropout: off too
                 net(x)
         finally:
             for h in handles:
