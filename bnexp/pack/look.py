@@ -42,8 +42,7 @@ class PackedLooks:
     def __init__(self, pack: Any) -> None:  # a bnexp.pack.loop.Pack
         self.pack = pack
         self.key: tuple[int, tuple[str, ...]] | None = None
-        self.outs: dict[tuple[str, str], torch.Tensor] = {}
-        self.order: list[tuple[str, str]] = []  # (layer, stage) in forward order
+        self.outs: dict[tuple[str, str], torch.Tensor] = {}  # (layer, stage), forward order
 
     def install(self) -> None:
         """Point every replica's ``ctx.look`` here (an instance attribute over the method)."""
@@ -57,18 +56,17 @@ class PackedLooks:
             self._forward(tuple(stages))
             self.key = key
         n = self.pack.net.replicas
-        for layer, stage in self.order:
-            measure(layer, stage, self.outs[layer, stage].unflatten(1, (n, -1))[:, k])
+        for (layer, stage), out in self.outs.items():
+            measure(layer, stage, out.unflatten(1, (n, -1))[:, k])
 
     def _forward(self, stages: tuple[str, ...]) -> None:
         net, runs = self.pack.net, self.pack.runs
-        self.outs, self.order, handles = {}, [], []
+        self.outs, handles = {}, []
 
         def keep(layer: str, stage: str, out: torch.Tensor) -> None:
             # A copy: a later in-place module (a ReLU after an identity norm) would overwrite
             # the tensor before the replicas measure it.
             self.outs[layer, stage] = out.detach().clone()
-            self.order.append((layer, stage))
 
         for name, block in net.blocks.named_children():
             if not hasattr(block, "affine"):
@@ -88,10 +86,7 @@ class PackedLooks:
                 h.remove()
 
 
-def install_looks(pack: Any) -> PackedLooks | None:
-    """Pack the replicas' looks where that is exact (``packable_look``); None otherwise."""
-    if not packable_look(pack.net):
-        return None
-    looks = PackedLooks(pack)
-    looks.install()
-    return looks
+def install_looks(pack: Any) -> None:
+    """Pack the replicas' looks where that is exact (``packable_look``)."""
+    if packable_look(pack.net):
+        PackedLooks(pack).install()
