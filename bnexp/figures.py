@@ -355,11 +355,11 @@ def step_time(groups: list[Group], path: Path) -> Path | None:
     """ms per training step per group. Training runs time their steps alone, one after
     another, on whatever else the machine does: the figure says so, and that `bnexp time`
     (variants interleaved in one process) is the measurement to compare speeds with."""
-    if not any(g.stat(metrics.STEP_MS)["n"] for g in groups):
-        return None
-    interleaved = all(r.summary.get("kind") == INTERLEAVED for g in groups for r in g.runs)
     # A pack's replicas share its clock: their timing counts once (Group.stat), n = packs.
     ns = [n for g in groups if (n := g.stat(metrics.STEP_MS)["n"])]
+    if not ns:
+        return None
+    interleaved = all(r.summary.get("kind") == INTERLEAVED for g in groups for r in g.runs)
     spread = spread_text(groups, "95% t-interval where n ≥ 2", ns)
     if any((r.summary.get("packed") or {}).get("K", 1) > 1 for g in groups for r in g.runs):
         spread += "\nn counts packs: the replicas of a packed model share its clock"
