@@ -414,10 +414,20 @@ class NoisyBatchNorm(_AnyBatchNorm):
         # train-mode evaluation's look, bnexp.models.batch_statistics) sees this step's noise
         # distribution without moving it, so a look after a step sees exactly that step's move.
         state = self._step_noise() if torch.is_grad_enabled() else self.noise_params
+        return self._add_noise(y, state, torch.rand_like(y), torch.rand_like(y))
+
+    def _add_noise(self, y: torch.Tensor, state: torch.Tensor, ru: torch.Tensor,
+                   rv: torch.Tensor) -> torch.Tensor:
+        """``exp(l) * (y * u + v) + m`` with ``u = 1 + (noise_var - 1) * ru`` and ``v =
+        noise_mean * (2 * rv - 1)`` from two U(0, 1) tensors of y's shape (overwritten), in
+        three passes over y's size instead of nine: ``exp(l) * u`` and ``exp(l) * v + m`` in
+        place, then one addcmul (the noise of a santurkar CNN run cost more than its
+        convolutions)."""
         log_scale, shift = (channel_view(p, y) for p in state[:2].to(y.dtype))
-        u = 1 + (self.noise_var - 1) * torch.rand_like(y)  # U(1, noise_var)
-        v = self.noise_mean * (2 * torch.rand_like(y) - 1)  # U(-noise_mean, noise_mean)
-        return log_scale.exp() * (y * u + v) + shift
+        scale = log_scale.exp()
+        a = ru.mul_(scale * (self.noise_var - 1)).add_(scale)
+        b = rv.mul_(scale * (2 * self.noise_mean)).add_(shift - scale * self.noise_mean)
+        return torch.addcmul(b, y, a)
 
 
 class GhostBatchNorm(_AnyBatchNorm):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnexp.kernels.channels import channel_view
 from bnexp.norm import BatchNorm, GhostBatchNorm, NoisyBatchNorm, SeedBatchNorm
 
 
@@ -126,11 +125,9 @@ class PackedNoisyBatchNorm(NoisyBatchNorm):
             return super().forward(x)
         y = nn.modules.batchnorm._BatchNorm.forward(self, x)
         state = self._step_noise()
-        log_scale, shift = (channel_view(p, y) for p in state[:2].to(y.dtype))
         k = len(self.gens)
-        u = 1 + (self.noise_var - 1) * _uniform_like(y, k, self.gens)
-        v = self.noise_mean * (2 * _uniform_like(y, k, self.gens) - 1)
-        return log_scale.exp() * (y * u + v) + shift
+        return self._add_noise(y, state, _uniform_like(y, k, self.gens),
+                               _uniform_like(y, k, self.gens))
 
 
 def packed_norm(norms: list[nn.Module], gens: list[torch.Generator]) -> nn.Module:
