@@ -15,6 +15,7 @@ import torch
 from bnexp.config import NormKind
 from bnexp.pack.layers import PackedDropout, _uniform_like
 from bnexp.pack.loop import train_pack
+from bnexp.pack.model import pack_inputs
 from bnexp.pack.plan import _chunks
 from bnexp.train import train
 from tests.conftest import FIXED_THREADS, TINY
@@ -194,6 +195,31 @@ def test_a_diverging_replica_leaves_the_others_alone(cfg, tmp_path) -> None:
     assert [p["status"] for p in packed] == ["completed", "diverged", "completed"]
     assert packed[1]["diverged_step"] == singles[1]["diverged_step"] == packed[1]["steps"]
     assert_same_runs([pairs[0], pairs[2]], replicas=3)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_the_test_split_is_read_once_for_all_replicas(cfg, tmp_path, arch) -> None:
+    """Test images do not depend on the seed: a pack evaluates each test batch once, through
+    a first layer that maps it to every replica (``forward_shared``), and gets what K copies
+    through the packed forward give; val and train_eval are drawn by seed and stay per
+    replica."""
+    from bnexp.pack.loop import setup_pack
+
+    seeds = [0, 1, 2]
+    cfgs = [cfg(*STEPS, f"model={arch}", "norm=torch", f"seed={s}") for s in seeds]
+    pack = setup_pack(cfgs, [[f"seed={s}"] for s in seeds], [tmp_path / f"p{s}" for s in seeds],
+                      "g")
+    try:
+        assert {"test", "test_batchstats"} <= pack.shared
+        assert {"val", "train_eval"} <= pack.runs[0].eval_loaders.keys() - pack.shared
+        x, _ = next(iter(pack.runs[0].eval_loaders["test"]))
+        net = pack.net.eval()
+        with torch.no_grad():
+            copies = pack_inputs([x] * len(seeds), net.is_cnn, pack.runs[0].channels_last)
+            torch.testing.assert_close(net.forward_shared(x), net(copies), rtol=1e-5,
+                                       atol=1e-5)
+    finally:
+        pack.share.close()
 
 
 def test_packed_random_draws_are_the_single_runs() -> None:

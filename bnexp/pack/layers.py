@@ -51,6 +51,13 @@ class PackedLinear(nn.Module):
                else torch.baddbmm(self.bias.unsqueeze(1), xk, self.weight))
         return out if self.kb_out else out.transpose(0, 1).reshape(xk.shape[1], -1)
 
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The K layers on one input (B, I) that every replica sees: one matmul with the
+        replicas' weights side by side, (B, K*O), instead of K copies of the input."""
+        k, i, o = self.weight.shape
+        w = self.weight.transpose(0, 1).reshape(i, k * o)
+        return x @ w if self.bias is None else torch.addmm(self.bias.reshape(-1), x, w)
+
 
 def packed_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
     """K convolutions as one with ``groups=K`` (weights concatenated along the output channels,

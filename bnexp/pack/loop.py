@@ -89,6 +89,7 @@ class Pack:
     step: int = 0
     updates: int = 0  # optimizer steps taken: the weight state the replicas' looks share
     windows: dict[int, Window] = field(default_factory=dict)
+    shared: frozenset[str] = frozenset()  # eval splits of the same images for every replica
 
     @property
     def lead(self) -> Training:
@@ -147,8 +148,24 @@ def setup_pack(cfgs: list[DictConfig], overrides: list[list[str]], run_dirs: lis
                 t_start=t_start,
                 label_smoothing=float(OmegaConf.select(cfg, "trainer.label_smoothing",
                                                        default=0.0) or 0.0))
+    pack.shared = _shared_splits(runs)
     install_looks(pack)
     return pack
+
+
+def _shared_splits(runs: list[Training]) -> frozenset[str]:
+    """The evaluation splits whose loaders give every replica the same batches (test, which
+    no seed draws), so that ``evaluate_packed`` reads and normalises each batch once."""
+    def same(a: Any, b: Any) -> bool:
+        return (b is not None and (a.batch_size, a.drop_last, a.shuffle, a.augment)
+                == (b.batch_size, b.drop_last, b.shuffle, b.augment)
+                and a.memory_format == b.memory_format and torch.equal(a.scale, b.scale)
+                and torch.equal(a.shift, b.shift) and torch.equal(a.labels, b.labels)
+                and torch.equal(a.images, b.images))
+
+    lead = runs[0].eval_loaders
+    return frozenset(s for s, loader in lead.items()
+                     if all(same(loader, r.eval_loaders.get(s)) for r in runs[1:]))
 
 
 def train_pack(cfgs: list[DictConfig], overrides: list[list[str]], run_dirs: list[Path],
@@ -367,19 +384,27 @@ def evaluate_packed(pack: Pack, splits: tuple[str, ...], precision: str
                     ) -> dict[int, dict[str, float]]:
     """``<split>/loss`` and ``<split>/acc`` of every active replica in eval mode (as
     ``bnexp.train.evaluate``), one packed forward per batch: the replicas' batches of a split
-    have the same sizes (their splits do), whatever images each holds (val is drawn by seed)."""
+    have the same sizes (their splits do), whatever images each holds (val is drawn by seed).
+    A split of the same images for all (``pack.shared``: test) is read once per batch, and the
+    first layer maps it to every replica (``PackedNet.forward_shared``)."""
     net, lead, out = pack.net, pack.lead, {k: {} for k in pack.active}
     net.eval()
     try:
         with torch.no_grad(), autocast(lead.device, precision):
             for split in splits:
-                loaders = [run.eval_loaders[split] for run in pack.runs]
+                shared = split in pack.shared
+                loaders = [run.eval_loaders[split] for run in pack.runs[:1 if shared else None]]
                 loss_sum = torch.zeros(net.replicas, device=lead.device)
                 correct = torch.zeros(net.replicas, device=lead.device)
                 for batches in zip(*loaders, strict=True):
-                    y = torch.stack([b[1] for b in batches])
-                    logits = net(pack_inputs([b[0] for b in batches], net.is_cnn,
-                                             lead.channels_last)).float()
+                    if shared:
+                        x, y1 = batches[0]
+                        y = y1.expand(net.replicas, -1)
+                        logits = net.forward_shared(x).float()
+                    else:
+                        y = torch.stack([b[1] for b in batches])
+                        logits = net(pack_inputs([b[0] for b in batches], net.is_cnn,
+                                                 lead.channels_last)).float()
                     loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(),
                                                 reduction="none").view(y.shape).sum(1)
                     correct += (logits.argmax(2) == y).sum(1)

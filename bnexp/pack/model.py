@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bnexp.models import CNN, MLP, Block
@@ -68,7 +69,10 @@ class PackedBlock(nn.Module):
         self.norm, self.act, self.drop = norm, act, drop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.act(self.norm(self.pool(self.affine(x)))))
+        return self.after_affine(self.affine(x))
+
+    def after_affine(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.act(self.norm(self.pool(x))))
 
 
 def _pack_drop(drop: nn.Module, gens: list[torch.Generator]) -> nn.Module:
@@ -139,7 +143,24 @@ class PackedNet(nn.Module):
             bind(self, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(x)  # (B, K*C, ...) after the first block
+        return self._tail(self.blocks(x))  # (B, K*C, ...) after the first block
+
+    def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The replicas' logits (K, B, classes) for one batch that all of them see (B, C, H, W)
+        (an evaluation split that does not depend on the seed, such as test): the first layer
+        maps it to every replica's features at once, without K copies of the batch."""
+        first = self.blocks[0]
+        affine = first.affine
+        if isinstance(affine, PackedLinear):
+            h = affine.shared(x.flatten(1))
+        elif affine.padding_mode == "zeros":  # the grouped conv of K copies, as one conv
+            h = F.conv2d(x, affine.weight, affine.bias, affine.stride, affine.padding,
+                         affine.dilation, affine.groups // self.replicas)
+        else:
+            h = affine(x.repeat(1, self.replicas, 1, 1))
+        return self._tail(self.blocks[1:](first.after_affine(h)))
+
+    def _tail(self, h: torch.Tensor) -> torch.Tensor:
         if self.is_cnn:  # replica k's features stay the k-th block of (B, K*features)
             h = self.drop(h.flatten(1) if self.flatten else h.mean(dim=(2, 3)))
         return self.head(h)
