@@ -151,25 +151,41 @@ def test_ics_and_landscape_per_replica(cfg, tmp_path) -> None:
 def test_the_replicas_look_through_one_packed_forward(cfg, tmp_path, monkeypatch, arch, norm,
                                                      packed) -> None:
     """The probe-batch looks of a probed step (before it, and after it for the per-unit
-    records) are one forward of the pack, whatever K; their values are the single runs' (the
-    exactness tests above). Noisy BN, whose look draws noise, keeps a look per replica."""
+    records) are one forward of the pack, whatever K, and the activation statistics of all
+    replicas are taken at once from each of its outputs; their values are the single runs'
+    (the exactness tests above). Noisy BN, whose look draws noise, keeps a look per replica."""
     from bnexp.pack import look
+    from bnexp.probes import act
 
     forwards: list[tuple[int, tuple[str, ...]]] = []
+    outputs: list[int] = []  # stage outputs each packed forward kept
     real = look.PackedLooks._forward
 
     def spy(self, stages):
         forwards.append((self.pack.updates, stages))
-        return real(self, stages)
+        real(self, stages)
+        outputs.append(len(self.outs))
+
+    stats_calls: list[int] = []
+    real_stats = act.replica_stats
+
+    def count_stats(out, count, *args):
+        stats_calls.append(count)
+        return real_stats(out, count, *args)
 
     monkeypatch.setattr(look.PackedLooks, "_forward", spy)
+    monkeypatch.setattr(act, "replica_stats", count_stats)
     seeds = [0, 1, 2]
     cfgs = [cfg(*STEPS, f"model={arch}", f"norm={norm}", "trainer.steps=21", f"seed={s}")
             for s in seeds]
     train_pack(cfgs, [[f"seed={s}"] for s in seeds], [tmp_path / f"p{s}" for s in seeds], "g")
     if not packed:
-        assert forwards == []
+        assert forwards == [] and set(stats_calls) == {1}
         return
+    # The activation statistics of all replicas are taken once per kept output, not per replica.
+    assert stats_calls == [len(seeds)] * sum(n for n, (_, stages) in zip(outputs, forwards,
+                                                                          strict=True)
+                                             if "pre" in stages)
     # Probes at steps 0, 10 and 20 (probe.every=10): one look before each step and one after.
     assert forwards == [(0, ("pre", "norm", "post")), (1, ("norm",)),
                         (10, ("pre", "norm", "post")), (11, ("norm",)),

@@ -5,10 +5,12 @@ statistics, the per-unit percentiles) and, with ``probe.per_unit``, once after i
 (``bnexp.probes.base.Context.look``). In a pack, K replicas looking one by one through their
 single models cost K small forwards; ``PackedLooks`` replaces each replica's ``ctx.look`` with
 one forward of all K probe batches through the packed net, whose hooks keep every block's stage
-outputs, and hands each replica its slice (channels k*C..(k+1)*C of the (B, K*C, ...) output),
-in the state its single run's look would see: BN on batch statistics, dropout off, buffers
-restored, no autograd (``bnexp.models.batch_statistics``). The first replica that looks after
-the weights changed runs the forward; the others read what it kept.
+outputs, and hands each replica its slice (channels k*C..(k+1)*C of the (B, K*C, ...) output)
+with the whole output (``bnexp.probes.base.Replicas``: activation statistics and per-unit
+percentiles measure every replica at once on the first replica's call), in the state its
+single run's look would see: BN on batch statistics, dropout off, buffers restored, no
+autograd (``bnexp.models.batch_statistics``). The first replica that looks after the weights
+changed runs the forward; the others read what it kept.
 
 Not packed: nets that draw random numbers in a look (norm=noisy draws its per-sample noise
 from the probe's fixed stream over all K*C channels at once, not per replica as its single
@@ -27,6 +29,7 @@ from bnexp.metrics import STAGES
 from bnexp.models import batch_statistics
 from bnexp.norm import NoisyBatchNorm
 from bnexp.pack.model import PackedNet, pack_inputs
+from bnexp.probes.base import Replicas
 
 Measure = Callable[[str, str, torch.Tensor], None]
 
@@ -43,6 +46,7 @@ class PackedLooks:
         self.pack = pack
         self.key: tuple[int, tuple[str, ...]] | None = None
         self.outs: dict[tuple[str, str], torch.Tensor] = {}  # (layer, stage), forward order
+        self.memo: dict[Any, Any] = {}  # what kinds measured for all replicas (Replicas.memo)
 
     def install(self) -> None:
         """Point every replica's ``ctx.look`` here (an instance attribute over the method)."""
@@ -54,10 +58,11 @@ class PackedLooks:
         key = (self.pack.updates, tuple(stages))
         if key != self.key:
             self._forward(tuple(stages))
-            self.key = key
+            self.key, self.memo = key, {}
         n = self.pack.net.replicas
         for (layer, stage), out in self.outs.items():
-            measure(layer, stage, out.unflatten(1, (n, -1))[:, k])
+            measure(layer, stage, out.unflatten(1, (n, -1))[:, k],
+                    Replicas(out, n, k, self.memo))
 
     def _forward(self, stages: tuple[str, ...]) -> None:
         net, runs = self.pack.net, self.pack.runs

@@ -20,16 +20,22 @@ restored afterwards and no random numbers are drawn. Gradient quantities are rea
 training step itself. ``tensors.py`` holds the statistics the kinds share.
 """
 
-from bnexp.probes.base import Context, Probe, hidden_blocks, layer_bias, probed_layers
+from bnexp.probes.base import (
+    Context,
+    Probe,
+    Replicas,
+    hidden_blocks,
+    layer_bias,
+    probed_layers,
+)
 from bnexp.probes.registry import PROBES
 from bnexp.probes.schedule import ProbedStep, Probes, probe_layout
 from bnexp.probes.tensors import (
     batched_percentiles,
-    percentile_sample,
-    tensor_stats,
+    replica_stats,
     unit_percentiles,
 )
 
-__all__ = ["PROBES", "Context", "Probe", "ProbedStep", "Probes", "batched_percentiles",
-           "hidden_blocks", "layer_bias", "percentile_sample", "probe_layout", "probed_layers",
-           "tensor_stats", "unit_percentiles"]
+__all__ = ["PROBES", "Context", "Probe", "ProbedStep", "Probes", "Replicas",
+           "batched_percentiles", "hidden_blocks", "layer_bias", "probe_layout",
+           "probed_layers", "replica_stats", "unit_percentiles"]

@@ -16,7 +16,20 @@ from bnexp.models import Block, batch_statistics
 
 Scalars = dict[str, torch.Tensor]  # tag -> 0-d device tensor, read back once per record
 Charts = dict[str, dict[str, list]]  # custom-scalars category -> chart title -> chart
-Measure = Callable[[str, str, torch.Tensor], None]  # (layer, stage, tensor)
+Measure = Callable[..., None]  # (layer, stage, tensor, replicas: Replicas | None = None)
+
+
+@dataclass
+class Replicas:
+    """In a pack's look (bnexp.pack.look), the stage output of all K replicas, (B, K*C, ...),
+    of which the measuring replica's tensor is the k-th block of C channels: a kind that can
+    measure every replica at once does so on the first replica's call, keeps the result in
+    ``memo`` (one per forward, shared by the replicas) and takes its row."""
+
+    out: torch.Tensor
+    count: int
+    k: int
+    memo: dict[Any, Any]
 
 
 def hidden_blocks(model: nn.Module) -> dict[str, Block]:
@@ -109,6 +122,21 @@ class Probe:
 
     def measure(self, step: int, layer: str, stage: str, t: torch.Tensor) -> None:
         """One of ``stages`` of one block, in the probe-batch forward."""
+
+    def look_at(self, step: int, layer: str, stage: str, t: torch.Tensor,
+                replicas: Replicas | None = None) -> None:
+        """What a look calls (a ``Measure`` with ``step`` bound): ``measure``, or in a pack's
+        look ``measure_in_pack``."""
+        if replicas is None:
+            self.measure(step, layer, stage, t)
+        else:
+            self.measure_in_pack(step, layer, stage, t, replicas)
+
+    def measure_in_pack(self, step: int, layer: str, stage: str, t: torch.Tensor,
+                        replicas: Replicas) -> None:
+        """``measure`` in a pack's look, where ``replicas`` lets a kind measure all the pack's
+        replicas at once; by default each measures its own ``t``."""
+        self.measure(step, layer, stage, t)
 
     def looked(self, step: int) -> Scalars:
         return {}

@@ -14,7 +14,7 @@ from torch import nn
 
 from bnexp import metrics as m
 from bnexp.metrics import STAGES
-from bnexp.probes.base import Charts, Context, Probe, Scalars
+from bnexp.probes.base import Charts, Context, Probe, Replicas, Scalars
 from bnexp.probes.registry import PROBES
 
 
@@ -56,9 +56,10 @@ class Probes:
         kinds = self.kinds if kinds is None else kinds
         lookers = {s: [k for k in kinds if s in k.stages] for s in STAGES}
 
-        def measure(layer: str, stage: str, t: torch.Tensor) -> None:
+        def measure(layer: str, stage: str, t: torch.Tensor,
+                    replicas: Replicas | None = None) -> None:
             for kind in lookers[stage]:
-                kind.measure(step, layer, stage, t)
+                kind.look_at(step, layer, stage, t, replicas)
 
         stages = tuple(s for s in STAGES if lookers[s])
         if stages:

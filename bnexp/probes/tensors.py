@@ -1,6 +1,7 @@
 """The tensor statistics the probe kinds share, in torch on the device: mean and std,
-saturated/dead fractions, percentiles (from one sort, on a fixed sample of huge tensors)
-and per-unit percentiles. Nothing here reads a value back to the host."""
+saturated/dead fractions and their samples for percentiles (of one run's tensor, or of each
+replica's channels of a pack's at once), percentiles (from one sort, on a fixed sample of huge
+tensors) and per-unit percentiles. Nothing here reads a value back to the host."""
 
 from __future__ import annotations
 
@@ -12,32 +13,46 @@ QUANTILES = (0.15, 0.50, 0.85)  # of m.PERCENTILES
 SATURATION_MARGIN = 0.02  # sigmoid/tanh output within this of its bounds counts as saturated
 
 
-def tensor_stats(t: torch.Tensor, activation: str | None = None,
-                 stage: str | None = None) -> dict[str, torch.Tensor]:
-    """mean and std of all of ``t``, and for post-activation tensors the saturated / dead
-    fractions. Percentiles come from ``batched_percentiles``."""
-    flat = t.detach().float().flatten()
-    mean = flat.mean()
-    std = torch.linalg.vector_norm(flat - mean) / flat.numel() ** 0.5  # population std
+def replica_stats(out: torch.Tensor, replicas: int, activation: str | None, stage: str,
+                  unit: int, max_elements: int
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``tensor_stats``, ``percentile_sample`` and the tracked unit's sample of each of the
+    ``replicas`` blocks of channels of ``out`` (B, K*C, *) at once, as (K,) statistics and
+    rows of K samples: row k is what a single run computes from its own (B, C, *) tensor,
+    values in the same order. A pack's look measures all its replicas with the ops one
+    replica's would take (bnexp.pack.look); a single run is K=1."""
+    blocks = out.detach().float().unflatten(1, (replicas, -1)).transpose(0, 1)  # (K, B, C, *)
+    flat = blocks.clone(memory_format=torch.contiguous_format).view(replicas, -1)  # a copy
+    units = blocks.select(2, unit % blocks.shape[2]).reshape(replicas, -1)
+    return (_row_stats(flat, activation, stage), _sample(flat, max_elements, copy=False),
+            _sample(units, max_elements, copy=True))
+
+
+def _row_stats(flat: torch.Tensor, activation: str | None,
+               stage: str | None) -> dict[str, torch.Tensor]:
+    """Each row's mean and (population) std, and for post-activation rows the saturated
+    (sigmoid, tanh) or dead (ReLU) fraction."""
+    n = flat.shape[1]
+    mean = flat.mean(1)
+    std = torch.linalg.vector_norm(flat - mean[:, None], dim=1) / n ** 0.5  # population std
     out = {"mean": mean, "std": std}
     if stage == "post" and activation == "relu":
         # ReLU outputs are >= 0, so sign() is 1 for live units and 0 for dead ones: one
         # elementwise op and a sum, cheaper on CPU than count_nonzero or (flat == 0).sum().
-        out["dead"] = 1.0 - torch.sign(flat).sum(dtype=torch.float64) / flat.numel()
+        out["dead"] = 1.0 - torch.sign(flat).sum(1, dtype=torch.float64) / n
     elif stage == "post" and activation in ("sigmoid", "tanh"):
         low = 0.0 if activation == "sigmoid" else -1.0
         saturated = (flat < low + SATURATION_MARGIN) | (flat > 1.0 - SATURATION_MARGIN)
-        out["saturated"] = saturated.float().mean()
+        out["saturated"] = saturated.float().mean(1)
     return out
 
 
-def percentile_sample(t: torch.Tensor, max_elements: int) -> torch.Tensor:
-    """A copy of all of ``t``'s values, or of a fixed sample of ``max_elements`` of them (a copy:
-    an in-place activation may overwrite ``t`` later in the forward pass)."""
-    flat = t.detach().float().flatten()
-    if flat.numel() > max_elements:
-        return flat[_fixed_subset(flat.numel(), max_elements, t.device)]
-    return flat.clone()
+def _sample(rows: torch.Tensor, max_elements: int, copy: bool) -> torch.Tensor:
+    """Each row, or the same fixed sample of ``max_elements`` of its values; a copy with
+    ``copy`` (an in-place activation may overwrite ``rows`` later in the forward pass)."""
+    if rows.shape[1] > max_elements:
+        return rows[:, _fixed_subset(rows.shape[1], max_elements, rows.device)]
+    return rows.clone() if copy else rows
 
 
 def row_percentiles(rows: torch.Tensor) -> dict[str, torch.Tensor]:

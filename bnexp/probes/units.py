@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
 from bnexp import metrics as m
-from bnexp.probes.base import Context, Probe, Scalars
+from bnexp.probes.base import Context, Probe, Replicas, Scalars
 from bnexp.probes.tensors import unit_percentiles
 
 
@@ -30,13 +31,24 @@ class PerUnit(Probe):
     def measure(self, step: int, layer: str, stage: str, t: torch.Tensor) -> None:
         self.units[m.act_units(layer, stage)] = unit_percentiles(t, self.max_elements)
 
+    def measure_in_pack(self, step: int, layer: str, stage: str, t: torch.Tensor,
+                        replicas: Replicas) -> None:
+        """The K*C units of all replicas in one sort (the first replica's call); replica k's
+        are its block of C."""
+        key = (PerUnit, layer, stage)
+        if key not in replicas.memo:
+            replicas.memo[key] = unit_percentiles(replicas.out, self.max_elements)
+        c = t.shape[1]
+        self.units[m.act_units(layer, stage)] = {
+            q: v[replicas.k * c:(replicas.k + 1) * c] for q, v in replicas.memo[key].items()}
+
     def looked(self, step: int) -> Scalars:
         if self.units:
             self._record(step, m.KIND_UNITS)
         return {}
 
     def finish(self, step: int) -> None:
-        self.ctx.look(self.stages, lambda layer, stage, t: self.measure(step, layer, stage, t))
+        self.ctx.look(self.stages, partial(self.look_at, step))
         self._record(step, m.KIND_UNITS_NEXT)
 
     def _record(self, step: int, kind: str) -> None:
