@@ -2,8 +2,8 @@
 process (torch-free), and the one line the sweep prints about it.
 
 Jobs whose overrides differ only in ``seed`` form a group; a group of more than one job is cut
-into packs of at most ``sweep.pack_max`` replicas, as equal in size as possible (10 seeds at
-pack_max 8 are two packs of 5), and finer where there would be fewer packs than the
+into packs of at most ``sweep.pack_max`` replicas, as equal in size as possible (20 seeds at
+pack_max 16 are two packs of 10), and finer where there would be fewer packs than the
 launcher runs jobs at once (joblib's workers: one group of 8 seeds on 2 workers is two packs of
 4, not one pack and an idle worker). The plan goes into sweep.json (``packing``: a token for this
 call and the packs); each job reads it there (bnexp.pack.job). Packing is on by default for
