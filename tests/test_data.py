@@ -211,8 +211,20 @@ def test_parsed_splits_are_cached_until_the_files_change(mnist_root: Path, monke
 
     with monkeypatch.context() as m:
         m.setattr(data, "_read_split", parse_again)
+        m.setattr(data, "_IN_PROCESS", {})  # as a new process: from the cache file
         cached = data.load_splits(data_cfg(mnist_root, verify=False), 0, cpu)
     assert torch.equal(cached.train[0], first.train[0]) and torch.equal(cached.test[1], first.test[1])
+
+    # In the same process the splits are read once (neither the files nor the cache file
+    # again), and every caller gets its own copies: changing one run's images changes no other's.
+    with monkeypatch.context() as m:
+        m.setattr(data, "_read_split", parse_again)
+        m.setattr(data, "_load_cache", parse_again)
+        again = data.load_splits(data_cfg(mnist_root, verify=False), 0, cpu)
+    first.test[0].fill_(0)
+    first.train[0].fill_(0)
+    assert torch.equal(again.test[0], cached.test[0]) and torch.equal(again.train[0], cached.train[0])
+    assert int(again.test[0].sum()) > 0
 
     # A changed file (new contents, new mtime) is parsed again, not served from the cache.
     from tests.conftest import write_idx
@@ -310,6 +322,7 @@ def test_a_corrupted_tensor_cache_is_detected(cli, mnist_root: Path, monkeypatch
     cache.write_bytes(bytes(blob))
     result = cli("data", "verify", "mnist", "--root", str(mnist_root))
     assert result.exit_code == 2 and "checksum" in result.output and "Traceback" not in result.output
+    monkeypatch.setattr(data, "_IN_PROCESS", {})  # a new process (this one holds the splits)
     with pytest.warns(UserWarning, match="checksum"):
         again = data.load_splits(data_cfg(mnist_root), 0, cpu)
     assert torch.equal(again.test[0], first.test[0])  # parsed from the files, not the bad cache
