@@ -290,7 +290,7 @@ class SweepConfig:
 
     stale: str = MISSING  # rerun (old files to .previous/) | reuse (keep) | refuse (stop, exit 2)
     pack: bool = MISSING  # train jobs that differ only in seed as one packed model (bnexp/pack/)
-    pack_max: int = MISSING  # the most replicas in one packed model (memory)
+    pack_max: int | None = MISSING  # the most replicas in one pack; None: the launcher's default
 
 
 @dataclass

@@ -455,7 +455,7 @@ def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[tor
         return _IN_PROCESS[key][1]
     cached = _load_cache(cache, fingerprint)
     if cached is not None and (cached.get("verified") is True or not verify):
-        _IN_PROCESS[key] = (cached.get("verified") is True, (cached["train"], cached["test"]))
+        _remember(key, cached.get("verified") is True, (cached["train"], cached["test"]))
         return cached["train"], cached["test"]
     if verify:
         _verify(spec, root)
@@ -477,14 +477,23 @@ def _read_cached(spec: DatasetSpec, root: Path, verify: bool) -> tuple[tuple[tor
                         "test": test, "checksum": tensor_checksum([*train, *test])}, tmp)
     except OSError:  # a read-only data folder: no cache, parse each time
         pass
-    _IN_PROCESS[key] = (verify, (train, test))
+    _remember(key, verify, (train, test))
     return train, test
+
+
+def _remember(key: tuple[str, str], verified: bool,
+              splits: tuple[tuple[torch.Tensor, ...], ...]) -> None:
+    """Keep ``splits`` for this process, in place of any older version of the same files."""
+    for old in [k for k in _IN_PROCESS if k[0] == key[0]]:
+        del _IN_PROCESS[old]
+    _IN_PROCESS[key] = (verified, splits)
 
 
 # The splits this process has read, by cache file and the source files' fingerprint: the runs
 # of a sweep in one process (the basic launcher, a pack's replicas) read the dataset once
-# instead of loading and checksumming the cache for each (~0.08 s for MNIST). Nobody gets these
-# tensors themselves: load_splits hands out copies (bnexp.data.load_splits).
+# instead of loading and checksumming the cache for each (~0.08 s for MNIST); one version of
+# each dataset. Callers of _read_cached must not change these tensors: load_splits hands out
+# copies.
 _IN_PROCESS: dict[tuple[str, str], tuple[bool, tuple[tuple[torch.Tensor, ...], ...]]] = {}
 
 

@@ -424,7 +424,7 @@ class NoisyBatchNorm(_AnyBatchNorm):
         place, then one addcmul (the noise of a santurkar CNN run cost more than its
         convolutions)."""
         log_scale, shift = (channel_view(p, y) for p in state[:2].to(y.dtype))
-        scale = log_scale.exp()
+        scale = log_scale.exp().to(y.dtype)  # autocast runs exp in fp32: the output stays y's
         a = ru.mul_(scale * (self.noise_var - 1)).add_(scale)
         b = rv.mul_(scale * (2 * self.noise_mean)).add_(shift - scale * self.noise_mean)
         return torch.addcmul(b, y, a)

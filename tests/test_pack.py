@@ -262,6 +262,23 @@ def test_packs_are_cut_evenly() -> None:
     assert [len(c) for c in _chunks(list(range(17)), 8)] == [6, 6, 5]
 
 
+@pytest.mark.parametrize(("launcher", "pack_max", "packs"), [
+    ("basic", None, [10, 10]),    # one local process: packs of up to 16
+    ("slurm", None, [7, 7, 6]),   # a SLURM task has one run's CPUs: packs of up to 8
+    ("slurm", 10, [10, 10]),      # an explicit sweep.pack_max holds everywhere
+])
+def test_pack_max_defaults_to_the_launchers(launcher, pack_max, packs) -> None:
+    from omegaconf import OmegaConf
+
+    from bnexp.pack.plan import BASIC, SLURM_LAUNCHERS, plan_packing
+
+    target = SLURM_LAUNCHERS[0] if launcher == "slurm" else BASIC
+    base = OmegaConf.create({"sweep": {"pack": True, "pack_max": pack_max},
+                             "hydra": {"launcher": {"_target_": target}}})
+    jobs = {str(s): {"num": s, "overrides": ["norm=torch", f"seed={s}"]} for s in range(20)}
+    assert [len(p) for p in plan_packing(base, jobs)["packs"]] == packs
+
+
 @pytest.mark.parametrize(("launcher", "seeds", "groups", "packs"), [
     ("basic", 8, 1, [8]),           # one process: one pack
     ("joblib", 8, 1, [4, 4]),       # two workers: two packs, none idle

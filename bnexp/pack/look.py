@@ -19,7 +19,6 @@ runs do); their replicas keep their own looks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -29,9 +28,7 @@ from bnexp.metrics import STAGES
 from bnexp.models import batch_statistics
 from bnexp.norm import NoisyBatchNorm
 from bnexp.pack.model import PackedNet, pack_inputs
-from bnexp.probes.base import Replicas
-
-Measure = Callable[[str, str, torch.Tensor], None]
+from bnexp.probes.base import Measure, Replicas
 
 
 def packable_look(net: PackedNet) -> bool:
@@ -62,7 +59,7 @@ class PackedLooks:
         n = self.pack.net.replicas
         for (layer, stage), out in self.outs.items():
             measure(layer, stage, out.unflatten(1, (n, -1))[:, k],
-                    Replicas(out, n, k, self.memo))
+                    replicas=Replicas(out, n, k, self.memo))
 
     def _forward(self, stages: tuple[str, ...]) -> None:
         net, runs = self.pack.net, self.pack.runs

@@ -156,9 +156,9 @@ def setup_pack(cfgs: list[DictConfig], overrides: list[list[str]], run_dirs: lis
 def _shared_splits(runs: list[Training]) -> frozenset[str]:
     """The evaluation splits whose loaders give every replica the same batches (test, which
     no seed draws), so that ``evaluate_packed`` reads and normalises each batch once."""
-    def same(a: Any, b: Any) -> bool:
-        return (b is not None and (a.batch_size, a.drop_last, a.shuffle, a.augment)
-                == (b.batch_size, b.drop_last, b.shuffle, b.augment)
+    def same(a: Any, b: Any) -> bool:  # a loader that draws (shuffle, augment) is its own
+        return (b is not None and not (a.shuffle or a.augment or b.shuffle or b.augment)
+                and (a.batch_size, a.drop_last) == (b.batch_size, b.drop_last)
                 and a.memory_format == b.memory_format and torch.equal(a.scale, b.scale)
                 and torch.equal(a.shift, b.shift) and torch.equal(a.labels, b.labels)
                 and torch.equal(a.images, b.images))

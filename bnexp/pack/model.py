@@ -153,9 +153,10 @@ class PackedNet(nn.Module):
         affine = first.affine
         if isinstance(affine, PackedLinear):
             h = affine.shared(x.flatten(1))
-        elif affine.padding_mode == "zeros":  # the grouped conv of K copies, as one conv
+        elif affine.padding_mode == "zeros" and affine.groups == self.replicas:
+            # the K-grouped conv of K copies of x is one ungrouped conv of x
             h = F.conv2d(x, affine.weight, affine.bias, affine.stride, affine.padding,
-                         affine.dilation, affine.groups // self.replicas)
+                         affine.dilation)
         else:
             h = affine(x.repeat(1, self.replicas, 1, 1))
         return self._tail(self.blocks[1:](first.after_affine(h)))

@@ -18,7 +18,7 @@ class ActivationStats(Probe):
     (nonlinearity input: the BN paper's Figure 1) and post, the same percentiles of one tracked
     unit (``unit_p15``..., unit ``probe.unit``), and ``act/<layer>/post/saturated`` (sigmoid,
     tanh) or ``.../dead`` (ReLU). Percentiles are found after the forward, batched over every
-    stage (one selection per order statistic), on a fixed sample of ``probe.max_elements``."""
+    stage (one sort per group of rows), on a fixed sample of ``probe.max_elements``."""
 
     switch = "enabled"
     stages = STAGES

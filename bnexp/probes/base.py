@@ -74,7 +74,9 @@ class Context:
         """One forward of the probe batch (bnexp.models.batch_statistics: training is left as
         it was) with ``measure(layer, stage, tensor)`` called on each block's ``stages`` inside
         the forward hooks, before the next module runs: an in-place ReLU would otherwise
-        overwrite the norm's output, and nothing needs copying."""
+        overwrite the norm's output, and only what is kept needs copying. A pack's look
+        (bnexp.pack.look) also passes ``replicas=``: a ``measure`` takes that keyword
+        (``Probe.look_at`` does)."""
         handles = []
         for name, block in self.blocks.items():
             for stage, module in zip(STAGES, (block.affine, block.norm, block.act), strict=True):

@@ -16,16 +16,20 @@ SATURATION_MARGIN = 0.02  # sigmoid/tanh output within this of its bounds counts
 def replica_stats(out: torch.Tensor, replicas: int, activation: str | None, stage: str,
                   unit: int, max_elements: int
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """``tensor_stats``, ``percentile_sample`` and the tracked unit's sample of each of the
-    ``replicas`` blocks of channels of ``out`` (B, K*C, *) at once, as (K,) statistics and
-    rows of K samples: row k is what a single run computes from its own (B, C, *) tensor,
-    values in the same order. A pack's look measures all its replicas with the ops one
-    replica's would take (bnexp.pack.look); a single run is K=1."""
+    """For each of the ``replicas`` blocks of channels of ``out`` (B, K*C, *) at once: its
+    mean, std and saturated/dead fraction, as (K,) tensors, and the samples its percentiles
+    and its tracked unit's are taken from, as (K, n) rows. Row k is what a single run computes
+    from its own (B, C, *) tensor, values in the same order (so the same fixed sample). A
+    pack's look measures all its replicas with the ops one replica's would take
+    (bnexp.pack.look); a single run is K=1. NaN sorts last in the percentiles
+    (``row_percentiles``), where ``torch.quantile`` would give NaN."""
     blocks = out.detach().float().unflatten(1, (replicas, -1)).transpose(0, 1)  # (K, B, C, *)
-    flat = blocks.clone(memory_format=torch.contiguous_format).view(replicas, -1)  # a copy
+    # A view where the layout allows (a single run's contiguous output): the statistics are
+    # queued now, before any later in-place op, and only the kept samples are copied.
+    flat = blocks.reshape(replicas, -1)
     units = blocks.select(2, unit % blocks.shape[2]).reshape(replicas, -1)
-    return (_row_stats(flat, activation, stage), _sample(flat, max_elements, copy=False),
-            _sample(units, max_elements, copy=True))
+    return (_row_stats(flat, activation, stage), _sample(flat, max_elements),
+            _sample(units, max_elements))
 
 
 def _row_stats(flat: torch.Tensor, activation: str | None,
@@ -33,9 +37,8 @@ def _row_stats(flat: torch.Tensor, activation: str | None,
     """Each row's mean and (population) std, and for post-activation rows the saturated
     (sigmoid, tanh) or dead (ReLU) fraction."""
     n = flat.shape[1]
-    mean = flat.mean(1)
-    std = torch.linalg.vector_norm(flat - mean[:, None], dim=1) / n ** 0.5  # population std
-    out = {"mean": mean, "std": std}
+    var, mean = torch.var_mean(flat, dim=1, correction=0)  # one pass, no temporary
+    out = {"mean": mean, "std": var.sqrt()}  # population std
     if stage == "post" and activation == "relu":
         # ReLU outputs are >= 0, so sign() is 1 for live units and 0 for dead ones: one
         # elementwise op and a sum, cheaper on CPU than count_nonzero or (flat == 0).sum().
@@ -47,12 +50,12 @@ def _row_stats(flat: torch.Tensor, activation: str | None,
     return out
 
 
-def _sample(rows: torch.Tensor, max_elements: int, copy: bool) -> torch.Tensor:
-    """Each row, or the same fixed sample of ``max_elements`` of its values; a copy with
-    ``copy`` (an in-place activation may overwrite ``rows`` later in the forward pass)."""
+def _sample(rows: torch.Tensor, max_elements: int) -> torch.Tensor:
+    """A copy of each row, or of the same fixed sample of ``max_elements`` of its values (a
+    copy: an in-place activation may overwrite ``rows`` later in the forward pass)."""
     if rows.shape[1] > max_elements:
         return rows[:, _fixed_subset(rows.shape[1], max_elements, rows.device)]
-    return rows.clone() if copy else rows
+    return rows.clone()
 
 
 def row_percentiles(rows: torch.Tensor) -> dict[str, torch.Tensor]:
