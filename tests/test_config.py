@@ -213,4 +213,4 @@ def test_a_group_without_its_file_names_the_missing_value() -> None:
 def test_flatten_and_optional_keys() -> None:
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": [1, 2], "d": None}
     assert optional_keys() == {"data.train_size", "trainer.steps", "trainer.threads",
-                               "trainer.channels_last", "norm.momentum"}
+                               "trainer.channels_last", "norm.momentum", "sweep.pack_max"}
