@@ -92,3 +92,12 @@ def install_looks(pack: Any) -> None:
     """Pack the replicas' looks where that is exact (``packable_look``)."""
     if packable_look(pack.net):
         PackedLooks(pack).install()
+
+
+def uninstall_looks(pack: Any) -> None:
+    """Give every replica its own ``ctx.look`` back. The packed look refers to the pack, which
+    refers to the replicas' contexts: a cycle that would keep the pack's memory (K copies of
+    the training split, the packed model) until the garbage collector next runs; in a claims
+    call that held ~6 GB of finished packs at once."""
+    for run in pack.runs:
+        run.probes.ctx.__dict__.pop("look", None)

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp import metrics as m
 from bnexp.build import make_optimizer, make_scheduler
 from bnexp.data import TensorLoader
-from bnexp.pack.look import install_looks
+from bnexp.pack.look import install_looks, uninstall_looks
 from bnexp.pack.model import (
     PackedNet,
     grads,
@@ -192,6 +192,7 @@ def train_pack(cfgs: list[DictConfig], overrides: list[list[str]], run_dirs: lis
         for k in list(pack.active):
             _end_replica(pack, k, status)
         pack.share.close()
+        uninstall_looks(pack)
     return [run.summary for run in pack.runs]
 
 
