@@ -49,10 +49,9 @@ class ActivationStats(Probe):
                         replicas: Replicas) -> None:
         """Every replica's statistics of this stage in one go (the first replica's call), each
         replica taking its row: K times fewer small ops than K looks."""
-        key = (ActivationStats, layer, stage)
-        if key not in replicas.memo:
-            replicas.memo[key] = self._stats(replicas.out, replicas.count, stage)
-        self._take(layer, stage, replicas.memo[key], replicas.k)
+        stats = replicas.once((ActivationStats, layer, stage),
+                              lambda: self._stats(replicas.out, replicas.count, stage))
+        self._take(layer, stage, stats, replicas.k)
 
     def _stats(self, out: torch.Tensor, count: int, stage: str) -> Any:
         return replica_stats(out, count, self.ctx.activation, stage, self.unit, self.max_elements)

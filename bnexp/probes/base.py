@@ -23,13 +23,20 @@ Measure = Callable[..., None]  # (layer, stage, tensor, replicas: Replicas | Non
 class Replicas:
     """In a pack's look (bnexp.pack.look), the stage output of all K replicas, (B, K*C, ...),
     of which the measuring replica's tensor is the k-th block of C channels: a kind that can
-    measure every replica at once does so on the first replica's call, keeps the result in
-    ``memo`` (one per forward, shared by the replicas) and takes its row."""
+    measure every replica at once does so on the first replica's call (``once``: ``memo`` is
+    one per forward, shared by the replicas) and takes its row."""
 
     out: torch.Tensor
     count: int
     k: int
     memo: dict[Any, Any]
+
+    def once(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` for the first replica that asks for ``key`` in this forward, the same
+        result for the others."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
 
 def hidden_blocks(model: nn.Module) -> dict[str, Block]:

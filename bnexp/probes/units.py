@@ -35,12 +35,11 @@ class PerUnit(Probe):
                         replicas: Replicas) -> None:
         """The K*C units of all replicas in one sort (the first replica's call); replica k's
         are its block of C."""
-        key = (PerUnit, layer, stage)
-        if key not in replicas.memo:
-            replicas.memo[key] = unit_percentiles(replicas.out, self.max_elements)
+        every = replicas.once((PerUnit, layer, stage),
+                              lambda: unit_percentiles(replicas.out, self.max_elements))
         c = t.shape[1]
         self.units[m.act_units(layer, stage)] = {
-            q: v[replicas.k * c:(replicas.k + 1) * c] for q, v in replicas.memo[key].items()}
+            q: v[replicas.k * c:(replicas.k + 1) * c] for q, v in every.items()}
 
     def looked(self, step: int) -> Scalars:
         if self.units:
