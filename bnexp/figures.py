@@ -362,6 +362,8 @@ def step_time(groups: list[Group], path: Path) -> Path | None:
     interleaved = all(r.summary.get("kind") == INTERLEAVED for g in groups for r in g.runs)
     spread = spread_text(groups, "95% t-interval where n ≥ 2", ns)
     if any((r.summary.get("packed") or {}).get("K", 1) > 1 for g in groups for r in g.runs):
+        if max(ns) <= 1:  # each group's seeds were one pack, not one run
+            spread = "one pack per group (n = 1): no spread, no interval"
         spread += "\nn counts packs: the replicas of a packed model share its clock"
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(groups) + 2.6))
     _bars(ax, groups, metrics.STEP_MS)
@@ -371,7 +373,7 @@ def step_time(groups: list[Group], path: Path) -> Path | None:
                      fontsize=9)
     else:
         ax.set_title("step time measured during training on one machine, variants not "
-                     "interleaved:\nnoisy, not a speed comparison (use `bnexp time`); "
+                     "interleaved:\nnoisy, not a speed comparison (use `bnexp time`)\n"
                      + spread, fontsize=9, color="#8a3b00")
     return _save(fig, path)
 
